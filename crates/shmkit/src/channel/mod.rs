@@ -1,0 +1,1 @@
+//! Channels between processes: SPSC ring and zero-copy publish/subscribe.

@@ -1,0 +1,835 @@
+//! Named shared memory segments.
+//!
+//! A segment is a fixed-size region of memory with a name (its *key*) that
+//! unrelated processes map. Each one starts with a validated header (see
+//! [`header`]) followed by the data area.
+//!
+//! ```no_run
+//! use shmkit::segment::{Lifetime, Segment};
+//!
+//! // Process A
+//! let seg = Segment::builder("frames")
+//!     .size(1 << 20)
+//!     .lifetime(Lifetime::UntilLastDetach)
+//!     .create()?;
+//! seg.write_at(0, b"hello")?;
+//!
+//! // Process B
+//! let seg = Segment::open("frames")?;
+//! let mut buf = [0u8; 5];
+//! seg.read_at(0, &mut buf)?;
+//! # Ok::<(), shmkit::segment::Error>(())
+//! ```
+//!
+//! # Lifecycle protocol
+//!
+//! - **Create**: an unnamed tmpfs file (`O_TMPFILE`) is sized, mapped, its
+//!   header and object written, a shared `flock` taken (the creator is
+//!   attached), and only then is it given its name with `linkat`, which
+//!   fails atomically if the name is taken. Nobody can ever open a
+//!   half-initialised segment; a creator killed before `linkat` leaves
+//!   nothing behind.
+//! - **Attach**: every handle holds a shared `flock` on its own open file
+//!   description. The kernel releases it when the handle is dropped or the
+//!   process dies, SIGKILL included: a dead process never counts.
+//! - **Detach**: the handle unmaps, tries to upgrade to an exclusive lock
+//!   and, if that works (nobody else attached) and the segment is due
+//!   (lifetime [`Lifetime::UntilLastDetach`] or marked for removal),
+//!   removes the name.
+//! - **Stale segments** (due, but everyone attached died) are removed by
+//!   the next `open`, `create`, [`list`] or [`gc`] that touches them.
+//!
+//! # Deleting a segment, three ways
+//!
+//! | how | when the name goes | when the memory goes |
+//! |---|---|---|
+//! | [`remove`] | now | when the last mapping goes (POSIX) |
+//! | [`Lifetime::UntilLastDetach`] at creation | when the last process detaches or dies | same |
+//! | [`remove_when_unused`] (System V `IPC_RMID`) | when the last process detaches or dies, now if none is attached; new opens fail with [`Error::MarkedForRemoval`] | same |
+
+mod error;
+pub mod header;
+mod name;
+mod registry;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use error::{Error, Result};
+pub use header::Header;
+pub use name::{file_name, validate as validate_name, MAX_NAME_LEN, PREFIX};
+pub use registry::{gc, list, remove, remove_when_unused, stat, Collected, SegmentInfo};
+
+use crate::sys::{flock, mmap::Mapping, process, shm};
+
+/// What a segment holds. Stored in the header; `open` of a typed object
+/// checks it so a ring is never mistaken for a mutex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Raw bytes.
+    Raw,
+    /// A [`crate::sync`] mutex.
+    Mutex,
+    /// A [`crate::sync`] semaphore.
+    Semaphore,
+    /// A [`crate::sync`] event.
+    Event,
+    /// A [`crate::channel`] ring buffer.
+    Ring,
+    /// A [`crate::channel`] publish/subscribe pool.
+    PubSub,
+    /// A kind this version does not know.
+    Other(u32),
+}
+
+impl Kind {
+    /// Header encoding.
+    pub fn to_raw(self) -> u32 {
+        match self {
+            Kind::Raw => 1,
+            Kind::Mutex => 2,
+            Kind::Semaphore => 3,
+            Kind::Event => 4,
+            Kind::Ring => 5,
+            Kind::PubSub => 6,
+            Kind::Other(n) => n,
+        }
+    }
+
+    /// Header decoding; unknown values become [`Kind::Other`].
+    pub fn from_raw(v: u32) -> Kind {
+        match v {
+            1 => Kind::Raw,
+            2 => Kind::Mutex,
+            3 => Kind::Semaphore,
+            4 => Kind::Event,
+            5 => Kind::Ring,
+            6 => Kind::PubSub,
+            n => Kind::Other(n),
+        }
+    }
+
+    /// Lower-case name, as shown by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Raw => "raw",
+            Kind::Mutex => "mutex",
+            Kind::Semaphore => "semaphore",
+            Kind::Event => "event",
+            Kind::Ring => "ring",
+            Kind::PubSub => "pubsub",
+            Kind::Other(_) => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Other(n) => write!(f, "unknown kind {n}"),
+            k => f.write_str(k.as_str()),
+        }
+    }
+}
+
+/// When a segment is deleted without anyone calling [`remove`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Lifetime {
+    /// Lives until [`remove`] or [`remove_when_unused`] (or reboot).
+    #[default]
+    Persistent,
+    /// Deleted when the number of attached processes drops to zero,
+    /// including by their death.
+    UntilLastDetach,
+}
+
+impl Lifetime {
+    /// Header encoding.
+    pub fn to_raw(self) -> u32 {
+        match self {
+            Lifetime::Persistent => 0,
+            Lifetime::UntilLastDetach => 1,
+        }
+    }
+
+    /// Header decoding.
+    pub fn from_raw(v: u32) -> Option<Lifetime> {
+        match v {
+            0 => Some(Lifetime::Persistent),
+            1 => Some(Lifetime::UntilLastDetach),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name, as shown by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifetime::Persistent => "persistent",
+            Lifetime::UntilLastDetach => "until-last-detach",
+        }
+    }
+}
+
+/// Identity of the type stored in a segment: size, alignment and a hash of
+/// its Rust type name. Two programs that disagree on a layout get
+/// [`Error::TypeMismatch`] instead of reinterpreting each other's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    /// `size_of::<T>()`.
+    pub size: u64,
+    /// `align_of::<T>()`.
+    pub align: u64,
+    /// FNV-1a of `type_name::<T>()` (or of a name chosen by the caller).
+    pub hash: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of untyped bytes.
+    pub const BYTES: Fingerprint = Fingerprint {
+        size: 1,
+        align: 1,
+        hash: 0,
+    };
+
+    /// The fingerprint of `T`, named by its Rust type name.
+    pub fn of<T>() -> Fingerprint {
+        Fingerprint::named::<T>(std::any::type_name::<T>())
+    }
+
+    /// The fingerprint of `T` under an explicit, stable name: use this when
+    /// programs built by different compilers or crates share a type.
+    pub fn named<T>(name: &str) -> Fingerprint {
+        Fingerprint {
+            size: std::mem::size_of::<T>() as u64,
+            align: std::mem::align_of::<T>() as u64,
+            hash: header::fnv1a(name.as_bytes()),
+        }
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "(size {}, align {}, hash {:016x})",
+            self.size, self.align, self.hash
+        )
+    }
+}
+
+type InitFn<'a> = Box<dyn FnOnce(&mut [u8]) -> Result<()> + 'a>;
+
+/// Options for creating or opening a segment. Start with
+/// [`Segment::builder`], finish with [`create`](SegmentBuilder::create),
+/// [`open`](SegmentBuilder::open) or
+/// [`open_or_create`](SegmentBuilder::open_or_create).
+pub struct SegmentBuilder<'a> {
+    name: String,
+    size: Option<u64>,
+    mode: u32,
+    lifetime: Lifetime,
+    kind: Option<Kind>,
+    fingerprint: Option<Fingerprint>,
+    params: [u64; 8],
+    writable: bool,
+    init: Option<InitFn<'a>>,
+    open_timeout: Duration,
+}
+
+impl std::fmt::Debug for SegmentBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentBuilder")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("lifetime", &self.lifetime)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> SegmentBuilder<'a> {
+    /// Size of the data area in bytes (required to create; > 0).
+    pub fn size(mut self, bytes: u64) -> Self {
+        self.size = Some(bytes);
+        self
+    }
+
+    /// Permission bits for a new segment (default `0o600`). Applied
+    /// exactly: the umask does not trim them.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// When a new segment is deleted (default [`Lifetime::Persistent`]).
+    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// The kind to create, and to require when opening. Without it,
+    /// `create` makes [`Kind::Raw`] and `open` accepts any kind.
+    pub fn kind(mut self, kind: Kind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
+    /// The stored type to record, and to require when opening.
+    pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// Kind-specific parameters recorded in the header (creation only).
+    pub fn params(mut self, params: [u64; 8]) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Attach read-only (`O_RDONLY`, `PROT_READ`). Writes then fail with
+    /// [`Error::PermissionDenied`]. Only for `open`.
+    pub fn read_only(mut self) -> Self {
+        self.writable = false;
+        self
+    }
+
+    /// How long `open` waits for a segment that another process holds
+    /// exclusively while deciding whether to delete it (default 2 s).
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Runs `init` on the zero-filled data area of a new segment before any
+    /// other process can see it. Objects that live in segments (mutexes,
+    /// rings) are set up here, so they are never seen half-initialised.
+    pub fn init(mut self, init: impl FnOnce(&mut [u8]) -> Result<()> + 'a) -> Self {
+        self.init = Some(Box::new(init));
+        self
+    }
+
+    /// Creates a new segment; [`Error::AlreadyExists`] if the name is taken.
+    pub fn create(self) -> Result<Segment> {
+        validate_name("create", &self.name)?;
+        match self.create_inner("create")? {
+            Ok(seg) => Ok(seg),
+            Err(_builder) => Err(Error::AlreadyExists {
+                op: "create",
+                name: _builder.name,
+            }),
+        }
+    }
+
+    /// Opens an existing segment; [`Error::NotFound`] if there is none.
+    pub fn open(self) -> Result<Segment> {
+        validate_name("open", &self.name)?;
+        self.open_inner("open")
+    }
+
+    /// Opens the segment, creating it if it does not exist. Race-free: when
+    /// many processes call this at once, exactly one creates (see
+    /// [`Segment::created`]) and all get the same, fully initialised
+    /// segment. An existing segment must match `size`, kind and type.
+    pub fn open_or_create(self) -> Result<Segment> {
+        const OP: &str = "open_or_create";
+        validate_name(OP, &self.name)?;
+        let mut this = self;
+        // A segment removed between our failed create and our open makes
+        // us loop; each turn is progress by someone else, so bound it.
+        for _ in 0..100 {
+            this = match this.create_inner(OP)? {
+                Ok(seg) => return Ok(seg),
+                Err(builder) => builder,
+            };
+            match this.open_inner_ref(OP) {
+                Err(Error::NotFound { .. }) => continue,
+                Ok(seg) => {
+                    let want = this.size.unwrap_or(seg.len() as u64);
+                    if want != seg.len() as u64 {
+                        return Err(Error::InvalidArgument {
+                            op: OP,
+                            name: this.name.clone(),
+                            reason: format!(
+                                "exists with a data size of {} bytes, not {want}",
+                                seg.len()
+                            ),
+                        });
+                    }
+                    return Ok(seg);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Busy {
+            op: OP,
+            name: this.name,
+        })
+    }
+
+    /// `Ok(Err(self))` when the name is taken, so the caller can open it.
+    fn create_inner(mut self, op: &'static str) -> Result<std::result::Result<Segment, Self>> {
+        let name = self.name.clone();
+        let err = |e| Error::from_errno(op, &name, e);
+        let data_len = match self.size {
+            Some(0) | None => {
+                return Err(Error::InvalidArgument {
+                    op,
+                    name,
+                    reason: "a new segment needs a size greater than zero".into(),
+                })
+            }
+            Some(n) => n,
+        };
+        if self.mode & !0o777 != 0 {
+            return Err(Error::InvalidArgument {
+                op,
+                name,
+                reason: format!("mode {:o} has bits outside 0o777", self.mode),
+            });
+        }
+        let total = header::HEADER_SIZE
+            .checked_add(data_len)
+            .filter(|t| usize::try_from(*t).is_ok() && *t <= i64::MAX as u64)
+            .ok_or_else(|| Error::InvalidArgument {
+                op,
+                name: name.clone(),
+                reason: format!("size {data_len} is too large"),
+            })?;
+        let fd = shm::create_unnamed(self.mode, total).map_err(err)?;
+        let map = Mapping::new(fd.as_fd(), total as usize, true).map_err(err)?;
+        let created_at_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let header = Header {
+            kind: self.kind.unwrap_or(Kind::Raw),
+            lifetime: self.lifetime,
+            mode: self.mode,
+            creator_pid: process::current_pid(),
+            created_at_ns,
+            data_len,
+            fingerprint: self.fingerprint.unwrap_or(Fingerprint::BYTES),
+            params: self.params,
+        };
+        let bytes = header.encode();
+        // SAFETY:
+        // - the mapping is `total >= HEADER_SIZE > bytes.len()` bytes long
+        //   and writable;
+        // - the file is unnamed, so no other process can map it yet and no
+        //   Rust reference to these bytes exists.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_ptr(), bytes.len()) };
+        if let Some(init) = self.init.take() {
+            // SAFETY:
+            // - `HEADER_SIZE + data_len == total` bytes are mapped, so the
+            //   data area is in bounds;
+            // - nobody else can reach the unnamed file, and this is the only
+            //   reference, dropped before the segment is published.
+            let data = unsafe {
+                std::slice::from_raw_parts_mut(
+                    map.as_ptr().add(header::HEADER_SIZE as usize),
+                    data_len as usize,
+                )
+            };
+            init(data)?;
+        }
+        // Attached before it has a name: there is no instant at which the
+        // published segment has no holder and could be collected.
+        if !flock::try_shared(fd.as_fd()).map_err(err)? {
+            return Err(Error::corrupt(op, &name, "fresh unnamed file was locked"));
+        }
+        let file = file_name(&name);
+        let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
+        // linkat is a full barrier for our stores: any process that finds
+        // the name (a later syscall) sees the header and object written.
+        match shm::publish(fd.as_fd(), &file) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                // A stale, due segment may hold the name: collect it and retry once.
+                if registry::collect_if_due(&name).unwrap_or(false) {
+                    match shm::publish(fd.as_fd(), &file) {
+                        Ok(()) => {}
+                        Err(rustix::io::Errno::EXIST) => return Ok(Err(self)),
+                        Err(e) => return Err(err(e)),
+                    }
+                } else {
+                    return Ok(Err(self));
+                }
+            }
+            Err(e) => return Err(err(e)),
+        }
+        Ok(Ok(Segment {
+            name,
+            fd,
+            map,
+            id: info.id,
+            header,
+            writable: true,
+            created: true,
+            detached: false,
+        }))
+    }
+
+    fn open_inner(self, op: &'static str) -> Result<Segment> {
+        self.open_inner_ref(op)
+    }
+
+    fn open_inner_ref(&self, op: &'static str) -> Result<Segment> {
+        let name = &self.name;
+        let file = file_name(name);
+        let err = |e| Error::from_errno(op, name, e);
+        let deadline = Instant::now() + self.open_timeout;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            let fd = shm::open(&file, self.writable).map_err(err)?;
+            // Alone (exclusive) or one of many (shared)? Exclusive first so a
+            // due segment whose holders all died is collected right here.
+            let alone = flock::try_exclusive(fd.as_fd()).map_err(err)?;
+            if !alone && !flock::try_shared(fd.as_fd()).map_err(err)? {
+                // Someone holds it exclusively: a detacher deleting it, `gc`,
+                // or another opener about to downgrade. Brief; wait.
+                if Instant::now() >= deadline {
+                    return Err(Error::Busy {
+                        op,
+                        name: name.clone(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(10));
+                continue;
+            }
+            let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
+            let (header, flags) = read_header(op, name, &fd, info.size)?;
+            let due =
+                header.lifetime == Lifetime::UntilLastDetach || flags & header::FLAG_MARKED != 0;
+            if alone && due {
+                // Nobody alive is attached to a segment that is due: it is
+                // garbage. Remove it and report it absent.
+                shm::unlink_if_same(&file, info.id).map_err(err)?;
+                return Err(Error::NotFound {
+                    op,
+                    name: name.clone(),
+                });
+            }
+            if flags & header::FLAG_MARKED != 0 {
+                return Err(Error::MarkedForRemoval {
+                    op,
+                    name: name.clone(),
+                });
+            }
+            if alone && !flock::try_shared(fd.as_fd()).map_err(err)? {
+                continue;
+            }
+            // Holding our shared lock, make sure the name still means this
+            // file: a delete may have won the race before we locked.
+            match shm::id_of_name(&file) {
+                Ok(id) if id == info.id => {}
+                Ok(_) | Err(rustix::io::Errno::NOENT) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::NotFound {
+                            op,
+                            name: name.clone(),
+                        });
+                    }
+                    continue;
+                }
+                Err(e) => return Err(err(e)),
+            }
+            if let Some(kind) = self.kind {
+                if kind != header.kind {
+                    return Err(Error::WrongKind {
+                        op,
+                        name: name.clone(),
+                        expected: kind,
+                        found: header.kind,
+                    });
+                }
+            }
+            if let Some(fp) = self.fingerprint {
+                if fp != header.fingerprint {
+                    return Err(Error::TypeMismatch {
+                        op,
+                        name: name.clone(),
+                        expected: fp.to_string(),
+                        found: header.fingerprint.to_string(),
+                    });
+                }
+            }
+            let map = Mapping::new(fd.as_fd(), info.size as usize, self.writable).map_err(err)?;
+            return Ok(Segment {
+                name: name.clone(),
+                fd,
+                map,
+                id: info.id,
+                header,
+                writable: self.writable,
+                created: false,
+                detached: false,
+            });
+        }
+    }
+}
+
+/// Reads and validates the header with `pread`: a short or hostile file
+/// gives an error, never a SIGBUS.
+pub(crate) fn read_header(
+    op: &'static str,
+    name: &str,
+    fd: &OwnedFd,
+    size: u64,
+) -> Result<(Header, u32)> {
+    let mut buf = [0u8; header::READ_LEN];
+    let n = shm::read_at(fd.as_fd(), &mut buf, 0).map_err(|e| Error::from_errno(op, name, e))?;
+    Header::decode(op, name, &buf[..n], size)
+}
+
+/// An attachment to a named segment. Dropping it detaches (and deletes
+/// the segment if it is due and this was the last attachment).
+///
+/// The data area is `len()` bytes at `as_ptr()`, page aligned, shared with
+/// every other process attached to the same segment.
+#[derive(Debug)]
+pub struct Segment {
+    name: String,
+    /// Holds our shared `flock`: the proof that we are attached.
+    fd: OwnedFd,
+    /// Header page + data area. Invariant: `map.len() == HEADER_SIZE +
+    /// header.data_len`, checked against the file size at open.
+    map: Mapping,
+    id: shm::FileId,
+    header: Header,
+    writable: bool,
+    created: bool,
+    /// Set by `detach` so that drop does not run the protocol twice.
+    detached: bool,
+}
+
+impl Segment {
+    /// Starts building a create/open request for `name`.
+    pub fn builder<'a>(name: &str) -> SegmentBuilder<'a> {
+        SegmentBuilder {
+            name: name.to_owned(),
+            size: None,
+            mode: 0o600,
+            lifetime: Lifetime::Persistent,
+            kind: None,
+            fingerprint: None,
+            params: [0; 8],
+            writable: true,
+            init: None,
+            open_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Creates a persistent raw segment of `size` bytes, mode 0600.
+    pub fn create(name: &str, size: u64) -> Result<Segment> {
+        Segment::builder(name).size(size).create()
+    }
+
+    /// Opens an existing segment read-write.
+    pub fn open(name: &str) -> Result<Segment> {
+        Segment::builder(name).open()
+    }
+
+    /// Opens `name`, creating a persistent raw segment of `size` bytes if
+    /// it does not exist.
+    pub fn open_or_create(name: &str, size: u64) -> Result<Segment> {
+        Segment::builder(name).size(size).open_or_create()
+    }
+
+    /// The key this segment was opened with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this handle created the segment (as opposed to opening it).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Kind of object stored.
+    pub fn kind(&self) -> Kind {
+        self.header.kind
+    }
+
+    /// Lifetime policy.
+    pub fn lifetime(&self) -> Lifetime {
+        self.header.lifetime
+    }
+
+    /// Whether writes are allowed through this handle.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Size of the data area in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.header.data_len as usize
+    }
+
+    /// Whether the data area is empty (never, for a valid segment).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Start of the data area: page aligned, `len()` bytes, shared with
+    /// other processes. For zero-copy use. Other processes may write these
+    /// bytes at any time: treat them as untrusted, synchronise with
+    /// [`crate::sync`] or a [`crate::channel`], and never form a `&mut`
+    /// that another party could write to at the same time. Writing through
+    /// it on a read-only handle faults.
+    #[inline]
+    pub fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: the mapping is HEADER_SIZE + len bytes (struct
+        // invariant), so HEADER_SIZE is in bounds.
+        unsafe { self.map.as_ptr().add(header::HEADER_SIZE as usize) }
+    }
+
+    fn check_range(&self, op: &'static str, offset: u64, len: usize) -> Result<usize> {
+        let size = self.len() as u64;
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= size => Ok(offset as usize),
+            _ => Err(Error::OutOfBounds {
+                op,
+                name: self.name.clone(),
+                offset,
+                len: len as u64,
+                size,
+            }),
+        }
+    }
+
+    /// Copies `buf.len()` bytes from the data area at `offset` into `buf`.
+    /// Fails with [`Error::OutOfBounds`] (copying nothing) if they do not
+    /// fit. Bytes written concurrently by another process may be torn.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let at = self.check_range("read", offset, buf.len())?;
+        // SAFETY:
+        // - `at + buf.len() <= len()` (checked), so the source is inside
+        //   the mapping; `buf` is a distinct, exclusive Rust buffer;
+        // - shared bytes are only copied, never referenced, so a
+        //   concurrent writer can tear the data but not break Rust's
+        //   aliasing rules for any reference we hold.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(at), buf.as_mut_ptr(), buf.len())
+        };
+        Ok(())
+    }
+
+    /// Copies `buf` into the data area at `offset`. Fails with
+    /// [`Error::OutOfBounds`] (writing nothing) if it does not fit, or
+    /// [`Error::PermissionDenied`] on a read-only handle.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::PermissionDenied {
+                op: "write",
+                name: self.name.clone(),
+            });
+        }
+        let at = self.check_range("write", offset, buf.len())?;
+        // SAFETY: as in `read_at`, with the mapping writable (checked).
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.as_ptr().add(at), buf.len()) };
+        Ok(())
+    }
+
+    /// The flags word in the header (bit 0: marked for removal).
+    pub(crate) fn flags(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY:
+        // - FLAGS_OFFSET + 4 <= HEADER_SIZE <= map.len() and FLAGS_OFFSET
+        //   is 4-aligned in a page-aligned mapping;
+        // - the word is only ever accessed atomically by shmkit processes;
+        //   a hostile writer can change its value, not its validity (every
+        //   u32 is a valid AtomicU32).
+        unsafe {
+            &*(self.map.as_ptr().add(header::FLAGS_OFFSET) as *const std::sync::atomic::AtomicU32)
+        }
+    }
+
+    /// Whether the segment is marked for deferred removal.
+    pub fn is_marked_for_removal(&self) -> bool {
+        // Relaxed: an informational snapshot; detach re-reads it after
+        // its exclusive flock, which is what correctness relies on.
+        self.flags().load(std::sync::atomic::Ordering::Relaxed) & header::FLAG_MARKED != 0
+    }
+
+    /// Pids of the processes attached now (one per process, sorted), read
+    /// from `/proc/locks`. Includes this process.
+    pub fn attached_pids(&self) -> Vec<u32> {
+        let mut pids = process::flock_holders()
+            .remove(&self.id)
+            .unwrap_or_default();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Detaches now, reporting whether this removed the segment (it was
+    /// due and this was the last attachment). Dropping does the same and
+    /// ignores errors.
+    pub fn detach(mut self) -> Result<bool> {
+        self.detached = true;
+        detach_protocol(
+            &self.name,
+            &self.fd,
+            &self.map,
+            self.id,
+            self.header.lifetime,
+        )
+        // `self` drops here: unmaps, then closes the fd (releasing the lock).
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if !self.detached {
+            let _ = detach_protocol(
+                &self.name,
+                &self.fd,
+                &self.map,
+                self.id,
+                self.header.lifetime,
+            );
+        }
+    }
+}
+
+/// The detach protocol (the mapping and fd are released by the caller).
+fn detach_protocol(
+    name: &str,
+    fd: &OwnedFd,
+    map: &Mapping,
+    id: shm::FileId,
+    lifetime: Lifetime,
+) -> Result<bool> {
+    const OP: &str = "detach";
+    let err = |e| Error::from_errno(OP, name, e);
+    // Upgrade: succeeds only if no other handle, in any process, is
+    // attached. A failed upgrade leaves us holding nothing, which is fine:
+    // we are leaving, and whoever is still attached will do this check.
+    if !flock::try_exclusive(fd.as_fd()).map_err(err)? {
+        return Ok(false);
+    }
+    // Read the flags only after the exclusive lock: `remove_when_unused`
+    // sets the bit before its own flock attempt, and the kernel's lock
+    // list is serialised, so if its attempt failed because of us, we see
+    // the bit here.
+    // SAFETY: see `Segment::flags`; the mapping is still live (borrowed).
+    let flags = unsafe {
+        &*(map.as_ptr().add(header::FLAGS_OFFSET) as *const std::sync::atomic::AtomicU32)
+    };
+    // Acquire: pairs with the SeqCst fetch_or in `remove_when_unused`
+    // (the flock syscalls between them order the two processes).
+    let marked = flags.load(std::sync::atomic::Ordering::Acquire) & header::FLAG_MARKED != 0;
+    if lifetime == Lifetime::UntilLastDetach || marked {
+        return shm::unlink_if_same(&file_name(name), id).map_err(err);
+    }
+    let _ = flock::unlock(fd.as_fd());
+    Ok(false)
+}

@@ -1,0 +1,86 @@
+//! Segment keys and their place in the OS namespace.
+
+use super::{Error, Result};
+
+/// Every shmkit segment's file name starts with this, so listing finds
+/// exactly shmkit's segments and never touches other software's.
+pub const PREFIX: &str = "shmkit.";
+
+/// Longest accepted key, in bytes. Linux allows 255-byte file names; the
+/// prefix takes 7 and the rest is headroom. (macOS allows only 31 bytes for
+/// the whole shm name: a macOS backend would map long keys to a hash.)
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Checks a key: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits, `.`,
+/// `_` and `-`, not `.`-only path components (`.`, `..`) and no `..`
+/// anywhere. Called before any system call.
+pub fn validate(op: &'static str, name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            op,
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("longer than 200 bytes");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return match c {
+            '/' => bad("contains '/'"),
+            '\0' => bad("contains a NUL byte"),
+            _ => bad("only letters, digits, '.', '_' and '-' are allowed"),
+        };
+    }
+    if name.contains("..") {
+        return bad("contains '..'");
+    }
+    if name == "." {
+        return bad("is '.'");
+    }
+    Ok(())
+}
+
+/// The file name in `/dev/shm` for a (valid) key.
+pub fn file_name(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_allowed_alphabet() {
+        for ok in ["a", "A-z_0.9", "cam0.frames", &"x".repeat(MAX_NAME_LEN)] {
+            validate("test", ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn rejects_every_bad_class() {
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        for bad in [
+            "",
+            "/",
+            "a/b",
+            "..",
+            "a..b",
+            ".",
+            "nul\0",
+            "space here",
+            "é",
+            "a*",
+            &long,
+        ] {
+            let e = validate("test", bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidName { .. }), "{bad:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Process-shared synchronisation primitives that live inside a segment.
