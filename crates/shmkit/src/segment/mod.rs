@@ -752,6 +752,13 @@ impl Segment {
         }
     }
 
+    /// The segment's file descriptor, for layers that lock byte ranges of
+    /// it (per-role liveness with OFD locks). Never close or lock it whole
+    /// with `flock`: the shared `flock` on it is this handle's attachment.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// Whether the segment is marked for deferred removal.
     pub fn is_marked_for_removal(&self) -> bool {
         // Relaxed: an informational snapshot; detach re-reads it after
