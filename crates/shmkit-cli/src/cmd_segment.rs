@@ -347,11 +347,15 @@ pub fn stat(a: &StatArgs, describe: Describe) -> CliResult {
         vec!["attached".into(), i.attached.to_string()],
         vec![
             "pids".into(),
-            i.pids
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(" "),
+            if i.pids.is_empty() {
+                "-".to_owned()
+            } else {
+                i.pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
         ],
     ]);
     for r in rows {
@@ -420,10 +424,8 @@ pub fn rm(a: &RmArgs) -> CliResult {
     }
     match failed {
         0 => Ok(()),
-        n => Err(CliError::fail(format!(
-            "rm: {n} of {} could not be removed",
-            a.names.len()
-        ))),
+        // Each failure was reported on its own line already.
+        _ => Err(CliError::silent(1)),
     }
 }
 

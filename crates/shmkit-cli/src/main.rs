@@ -102,7 +102,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shmkit: {e}");
+            if !e.message.is_empty() {
+                eprintln!("shmkit: {e}");
+            }
             ExitCode::from(e.code.clamp(1, 255) as u8)
         }
     }

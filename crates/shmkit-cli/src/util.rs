@@ -30,6 +30,14 @@ impl CliError {
         }
     }
 
+    /// A failure already reported on stderr: exit with `code`, print nothing.
+    pub fn silent(code: i32) -> CliError {
+        CliError {
+            message: String::new(),
+            code,
+        }
+    }
+
     /// A failure with a specific exit status.
     pub fn with_code(code: i32, message: impl Into<String>) -> CliError {
         CliError {
