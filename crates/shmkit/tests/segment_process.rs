@@ -79,6 +79,18 @@ fn play(role: &str) {
             reply("created");
             std::thread::sleep(LIMIT);
         }
+        "create_slow_init" => {
+            let r = Segment::builder(&name)
+                .size(1 << 20)
+                .init(|data| {
+                    data[0] = 1;
+                    reply("initialising");
+                    std::thread::sleep(LIMIT);
+                    Ok(())
+                })
+                .create();
+            panic!("should have been killed during init: {r:?}");
+        }
         "open_denied" => {
             let e = Segment::open(&name).unwrap_err();
             assert!(matches!(e, Error::PermissionDenied { .. }), "got {e}");
@@ -340,4 +352,24 @@ fn permission_denied_for_another_user() {
         assert!(matches!(e, Error::PermissionDenied { .. }), "got {e}");
         drop(seg);
     }
+}
+
+#[test]
+fn creator_killed_during_initialisation_leaves_nothing() {
+    const TEST: &str = "creator_killed_during_initialisation_leaves_nothing";
+    if let Some(r) = role() {
+        return play(&r);
+    }
+    let name = Name::new("init-kill");
+    let mut peer = spawn_peer(TEST, "create_slow_init", &[("SEG", name.0.clone())]);
+    assert_eq!(read_line(&mut peer, LIMIT), "initialising");
+    // Mid-initialisation the segment has no name: nobody can open it.
+    assert!(Segment::open(&name).unwrap_err().is_not_found());
+    peer.kill().unwrap();
+    peer.wait().unwrap();
+    assert!(!name.exists());
+    assert!(segment::list().unwrap().iter().all(|i| i.name != *name));
+    // The next create just works.
+    let s = Segment::create(&name, 4096).unwrap();
+    assert!(s.created());
 }
