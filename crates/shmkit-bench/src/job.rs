@@ -53,7 +53,6 @@ impl Job {
             Job::Stream { size, .. } => size.max(ACK_LEN),
         }
     }
-
 }
 
 /// Everything the child needs to build its end and run its role.

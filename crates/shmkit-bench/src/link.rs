@@ -20,13 +20,21 @@ pub trait Link {
     /// `fill` is given a raw pointer because some mechanisms (iceoryx2 loans,
     /// shared-memory slots) hand out uninitialised or shared memory that must
     /// not be turned into `&mut [u8]`. It must write exactly `len` bytes.
-    fn send(&mut self, len: usize, deadline: Instant, fill: impl FnOnce(*mut u8, usize))
-        -> Result<()>;
+    fn send(
+        &mut self,
+        len: usize,
+        deadline: Instant,
+        fill: impl FnOnce(*mut u8, usize),
+    ) -> Result<()>;
 
     /// Receives one message, which must be `len` bytes long, and runs `read`
     /// on it in place.
-    fn recv<R>(&mut self, len: usize, deadline: Instant, read: impl FnOnce(&[u8]) -> R)
-        -> Result<R>;
+    fn recv<R>(
+        &mut self,
+        len: usize,
+        deadline: Instant,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R>;
 }
 
 /// Writes the pattern of message `seq` into `len` bytes at `dst`: 64-bit
@@ -37,7 +45,7 @@ pub trait Link {
 /// `dst` must be valid for writes of `len` bytes.
 #[inline]
 pub unsafe fn fill_raw(dst: *mut u8, len: usize, seq: u64) {
-    debug_assert!(len % 8 == 0);
+    debug_assert!(len.is_multiple_of(8));
     for i in 0..len / 8 {
         let w = seq.wrapping_add(i as u64).to_le();
         // SAFETY: `i * 8 + 8 <= len` and the caller guarantees `dst` is
@@ -68,7 +76,7 @@ pub fn check(buf: &[u8], seq: u64) -> bool {
 fn expected_sum(n: usize, seq: u64) -> u64 {
     let n = n as u64;
     // n * (n - 1) / 2 without overflow for any n the harness uses.
-    let tri = if n % 2 == 0 {
+    let tri = if n.is_multiple_of(2) {
         (n / 2).wrapping_mul(n.wrapping_sub(1))
     } else {
         n.wrapping_mul(n.wrapping_sub(1) / 2)
@@ -89,7 +97,9 @@ pub fn recv_seq<L: Link>(link: &mut L, len: usize, seq: u64, deadline: Instant) 
     if link.recv(len, deadline, |b| check(b, seq))? {
         Ok(())
     } else {
-        Err(format!("payload of message {seq} ({len} B) failed its checksum"))
+        Err(format!(
+            "payload of message {seq} ({len} B) failed its checksum"
+        ))
     }
 }
 
@@ -123,7 +133,7 @@ pub fn spin_until(deadline: Instant, what: &str, mut ready: impl FnMut() -> bool
         let now = Instant::now();
         if now.duration_since(start) > PURE_SPIN {
             std::thread::yield_now();
-            if polls % 256 == 0 && now > deadline {
+            if polls.is_multiple_of(256) && now > deadline {
                 return Err(format!("timed out waiting for {what}"));
             }
         }

@@ -59,7 +59,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             (_, false) => 24,
             (_, true) => 4,
         };
-        let warmup = (iters / 10).max(1);
+        let warmup = (iters / 10).max(4);
         v.push(Case {
             scenario: Scenario::Latency,
             size,
@@ -94,7 +94,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             size,
             job: Job::Stream {
                 size,
-                warmup: (count / 10).max(1),
+                warmup: (count / 10).max(8),
                 count,
             },
         });
@@ -104,9 +104,9 @@ pub fn cases(quick: bool) -> Vec<Case> {
 
 /// Human size: `8 B`, `4 KiB`, `16 MiB`.
 pub fn size_label(size: usize) -> String {
-    if size >= 1 << 20 && size % (1 << 20) == 0 {
+    if size >= 1 << 20 && size.is_multiple_of(1 << 20) {
         format!("{} MiB", size >> 20)
-    } else if size >= 1 << 10 && size % (1 << 10) == 0 {
+    } else if size >= 1 << 10 && size.is_multiple_of(1 << 10) {
         format!("{} KiB", size >> 10)
     } else {
         format!("{size} B")

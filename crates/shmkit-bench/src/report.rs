@@ -200,7 +200,11 @@ impl Report {
             "| payload | contender | p50 | p90 | p99 | max | p50 vs floor | p50 vs iceoryx2 |"
         );
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
-        for r in self.results.iter().filter(|r| r.scenario == Scenario::Latency) {
+        for r in self
+            .results
+            .iter()
+            .filter(|r| r.scenario == Scenario::Latency)
+        {
             match &r.latency {
                 Some(l) => {
                     let _ = writeln!(
@@ -227,11 +231,22 @@ impl Report {
             }
         }
         for (sc, title, unit) in [
-            (Scenario::Stream, "Streaming throughput (back-to-back messages)", "messages/s"),
-            (Scenario::Bandwidth, "Large-frame bandwidth", "GB/s (1e9 B/s)"),
+            (
+                Scenario::Stream,
+                "Streaming throughput (back-to-back messages)",
+                "messages/s",
+            ),
+            (
+                Scenario::Bandwidth,
+                "Large-frame bandwidth",
+                "GB/s (1e9 B/s)",
+            ),
         ] {
             let _ = writeln!(s, "\n### {title}\n");
-            let _ = writeln!(s, "| message | contender | {unit} | vs floor | vs iceoryx2 |");
+            let _ = writeln!(
+                s,
+                "| message | contender | {unit} | vs floor | vs iceoryx2 |"
+            );
             let _ = writeln!(s, "|---|---|---:|---:|---:|");
             for r in self.results.iter().filter(|r| r.scenario == sc) {
                 let v = match (&r.throughput, sc) {
@@ -250,7 +265,11 @@ impl Report {
                 );
             }
         }
-        let failed: Vec<_> = self.results.iter().filter(|r| !r.errors.is_empty()).collect();
+        let failed: Vec<_> = self
+            .results
+            .iter()
+            .filter(|r| !r.errors.is_empty())
+            .collect();
         if !failed.is_empty() {
             let _ = writeln!(s, "\n### Failures\n");
             for r in failed {
@@ -344,7 +363,9 @@ impl Report {
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
                 .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
         chart

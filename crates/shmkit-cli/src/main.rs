@@ -1,6 +1,7 @@
 //! `shmkit`: create, inspect, read, write and remove shared memory
 //! segments, and synchronise and message through them.
 
+mod cmd_bench;
 mod cmd_demo;
 mod cmd_segment;
 mod signals;
@@ -46,6 +47,11 @@ enum Command {
     Gc(cmd_segment::GcArgs),
     /// Writer and reader processes share a payload through a segment.
     Demo(cmd_demo::DemoArgs),
+    /// Measure IPC latency on this machine: shared memory vs pipe vs socket.
+    Bench(cmd_bench::BenchArgs),
+    /// Internal: the echoing side of `shmkit bench`.
+    #[command(hide = true)]
+    BenchPeer(cmd_bench::BenchPeerArgs),
     /// Internal: one side of `shmkit demo`.
     #[command(hide = true)]
     DemoPeer(cmd_demo::DemoPeerArgs),
@@ -66,6 +72,8 @@ fn run(cli: Cli) -> CliResult {
         Command::Attach(a) => cmd_segment::attach(&a),
         Command::Rm(a) => cmd_segment::rm(&a),
         Command::Gc(a) => cmd_segment::gc(&a),
+        Command::Bench(a) => cmd_bench::bench(&a),
+        Command::BenchPeer(a) => cmd_bench::bench_peer(&a),
         Command::Demo(a) => cmd_demo::demo(&a),
         Command::DemoPeer(a) => cmd_demo::demo_peer(&a),
     }

@@ -100,8 +100,16 @@ impl FloorLink {
         // SAFETY: `ab.bytes() <= seg.len()`, checked above.
         let ba_base = unsafe { base.add(ab.bytes()) };
         let (a, b) = (
-            Ring { base, shape: ab, pos: 0 },
-            Ring { base: ba_base, shape: ba, pos: 0 },
+            Ring {
+                base,
+                shape: ab,
+                pos: 0,
+            },
+            Ring {
+                base: ba_base,
+                shape: ba,
+                pos: 0,
+            },
         );
         let (tx, rx) = if is_parent { (a, b) } else { (b, a) };
         Ok(FloorLink {

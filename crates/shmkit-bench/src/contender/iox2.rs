@@ -45,7 +45,8 @@ impl Iox2Link {
     fn new(spec: &PeerSpec, is_parent: bool) -> Result<Iox2Link> {
         iceoryx2::prelude::set_log_level(LogLevel::Error);
         let mut config = Config::default();
-        config.global.prefix = FileName::new(spec.iox_prefix.as_bytes()).map_err(|e| err("prefix")(&e))?;
+        config.global.prefix =
+            FileName::new(spec.iox_prefix.as_bytes()).map_err(|e| err("prefix")(&e))?;
         config
             .global
             .set_root_path(&Path::new(spec.iox_root.as_bytes()).map_err(|e| err("root path")(&e))?);
@@ -57,7 +58,10 @@ impl Iox2Link {
         let (down, up) = shape(&spec.job);
         let open = |dir: &str, (depth, _len): (usize, usize)| {
             let name = format!("shmkit-bench/{}/{dir}", spec.resource);
-            let name: ServiceName = name.as_str().try_into().map_err(|e| err("service name")(&e))?;
+            let name: ServiceName = name
+                .as_str()
+                .try_into()
+                .map_err(|e| err("service name")(&e))?;
             node.service_builder(&name)
                 .publish_subscribe::<[u8]>()
                 .enable_safe_overflow(false)
@@ -138,15 +142,17 @@ impl Link for Iox2Link {
     ) -> Result<R> {
         let mut got = None;
         let mut failure = None;
-        spin_until(deadline, "an iceoryx2 sample", || match self.subscriber.receive() {
-            Ok(Some(s)) => {
-                got = Some(s);
-                true
-            }
-            Ok(None) => false,
-            Err(e) => {
-                failure = Some(err("receive")(&e));
-                true
+        spin_until(deadline, "an iceoryx2 sample", || {
+            match self.subscriber.receive() {
+                Ok(Some(s)) => {
+                    got = Some(s);
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    failure = Some(err("receive")(&e));
+                    true
+                }
             }
         })?;
         if let Some(f) = failure {
@@ -155,7 +161,10 @@ impl Link for Iox2Link {
         let sample = got.ok_or("iceoryx2: no sample")?;
         let payload = sample.payload();
         if payload.len() != len {
-            return Err(format!("iceoryx2 sample of {} B, expected {len}", payload.len()));
+            return Err(format!(
+                "iceoryx2 sample of {} B, expected {len}",
+                payload.len()
+            ));
         }
         Ok(read(payload))
     }
