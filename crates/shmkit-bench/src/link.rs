@@ -104,7 +104,7 @@ pub fn recv_seq<L: Link>(link: &mut L, len: usize, seq: u64, deadline: Instant) 
 }
 
 /// How long a waiter spins before it starts yielding the CPU between polls.
-pub const PURE_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+pub const PURE_SPIN: std::time::Duration = std::time::Duration::from_micros(10);
 
 /// Busy-polls until `ready()` returns true. For the first [`PURE_SPIN`]
 /// it spins; after that every poll also calls `sched_yield`: on a machine

@@ -139,6 +139,28 @@ pub fn fmt_ns(ns: u64) -> String {
     }
 }
 
+/// Axis label for a byte count: `10 B`, `98 KiB`, `10 MiB`.
+fn axis_bytes(x: f64) -> String {
+    if x < 1024.0 {
+        format!("{x:.0} B")
+    } else if x < 1024.0 * 1024.0 {
+        format!("{:.0} KiB", x / 1024.0)
+    } else {
+        format!("{:.0} MiB", x / (1024.0 * 1024.0))
+    }
+}
+
+/// Axis label for nanoseconds: `100 ns`, `10 µs`, `1 ms`.
+fn axis_ns(y: f64) -> String {
+    if y < 1e3 {
+        format!("{y:.0} ns")
+    } else if y < 1e6 {
+        format!("{:.0} µs", y / 1e3)
+    } else {
+        format!("{:.0} ms", y / 1e6)
+    }
+}
+
 fn fmt_rate(r: f64) -> String {
     if r >= 1e6 {
         format!("{:.2} M/s", r / 1e6)
@@ -197,9 +219,9 @@ impl Report {
         let _ = writeln!(s, "### One-way latency (half a round trip, payload written and checksummed on both sides)\n");
         let _ = writeln!(
             s,
-            "| payload | contender | p50 | p90 | p99 | max | p50 vs floor | p50 vs iceoryx2 |"
+            "| payload | contender | p50 | p90 | p99 | max | p50 − floor | p50 vs floor | p50 vs iceoryx2 |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in self
             .results
             .iter()
@@ -207,15 +229,24 @@ impl Report {
         {
             match &r.latency {
                 Some(l) => {
+                    let over = self
+                        .find(r.scenario, r.size, "floor")
+                        .and_then(|f| f.latency.as_ref())
+                        .map_or("–".to_string(), |f| {
+                            let d = l.p50_ns as i64 - f.p50_ns as i64;
+                            let sign = if d < 0 { "−" } else { "" };
+                            format!("{sign}{}", fmt_ns(d.unsigned_abs()))
+                        });
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         size_label(r.size),
                         r.contender,
                         fmt_ns(l.p50_ns),
                         fmt_ns(l.p90_ns),
                         fmt_ns(l.p99_ns),
                         fmt_ns(l.max_ns),
+                        over,
                         fmt_ratio(self.time_ratio(r, "floor")),
                         fmt_ratio(self.time_ratio(r, "iceoryx2")),
                     );
@@ -223,7 +254,7 @@ impl Report {
                 None => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | FAILED | | | | | |",
+                        "| {} | {} | FAILED | | | | | | |",
                         size_label(r.size),
                         r.contender
                     );
@@ -355,8 +386,8 @@ impl Report {
             .configure_mesh()
             .x_desc("payload bytes")
             .y_desc(format!("one-way latency {what} (ns)"))
-            .x_label_formatter(&|x| size_label(x.round() as usize).replace(' ', ""))
-            .y_label_formatter(&|y| fmt_ns(y.round() as u64))
+            .x_label_formatter(&|x| axis_bytes(*x))
+            .y_label_formatter(&|y| axis_ns(*y))
             .draw()?;
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
