@@ -144,21 +144,26 @@ pub(crate) unsafe trait Placed: Sync {
     fn validate(&self) -> Result<(), Corrupt>;
 }
 
+/// `fingerprint: None`: open only, no type check, `O` a prefix of the
+/// stored object (see [`Named::<Mutex<()>>::open_untyped`]).
 fn attach<'a, O: Placed>(
     op: &'static str,
     builder: SegmentBuilder<'a>,
-    fingerprint: Fingerprint,
+    fingerprint: Option<Fingerprint>,
     mode: Mode,
     init: impl FnOnce(*mut O) -> Result<(), String> + 'a,
 ) -> segment::Result<Named<O>> {
     let mut params = [0u64; 8];
     params[0] = LAYOUT_VERSION;
     params[1] = std::mem::size_of::<O>() as u64;
-    let builder = builder
+    let exact = fingerprint.is_some();
+    let mut builder = builder
         .kind(O::KIND)
-        .fingerprint(fingerprint)
         .params(params)
         .size(std::mem::size_of::<O>() as u64);
+    if let Some(fp) = fingerprint {
+        builder = builder.fingerprint(fp);
+    }
     let seg = match mode {
         Mode::Open => builder.open()?,
         Mode::Create | Mode::OpenOrCreate => {
@@ -180,7 +185,7 @@ fn attach<'a, O: Placed>(
             }
         }
     };
-    let obj = locate::<O>(op, &seg, true)?;
+    let obj = locate::<O>(op, &seg, exact)?;
     // SAFETY: located in our live mapping (size and alignment checked).
     let r = unsafe { obj.as_ref() };
     r.validate()
@@ -217,7 +222,7 @@ impl<T: zerocopy::FromBytes + Send> Named<Mutex<T>> {
         attach(
             "create",
             builder,
-            Fingerprint::of::<T>(),
+            Some(Fingerprint::of::<T>()),
             Mode::Create,
             |p| {
                 // SAFETY: `p` is the start of a fresh, exclusive, page-aligned
@@ -230,7 +235,7 @@ impl<T: zerocopy::FromBytes + Send> Named<Mutex<T>> {
     /// [`open`](Self::open) with a builder (e.g. `read_only` is not
     /// useful for a mutex; `open_timeout` is).
     pub fn open_with(builder: SegmentBuilder<'_>) -> segment::Result<Self> {
-        attach("open", builder, Fingerprint::of::<T>(), Mode::Open, |_| {
+        attach("open", builder, Some(Fingerprint::of::<T>()), Mode::Open, |_| {
             Ok(())
         })
     }
@@ -240,13 +245,21 @@ impl<T: zerocopy::FromBytes + Send> Named<Mutex<T>> {
         attach(
             "open_or_create",
             builder,
-            Fingerprint::of::<T>(),
+            Some(Fingerprint::of::<T>()),
             Mode::OpenOrCreate,
             |p| {
                 // SAFETY: as in `create_with`.
                 unsafe { Mutex::init_at(p, value) }.map_err(|e| e.to_string())
             },
         )
+    }
+}
+
+impl Named<Mutex<()>> {
+    /// Opens any mutex segment, whatever its `T`, to use it as a bare lock
+    /// (as `shmkit lock` does). The data is not accessible this way.
+    pub fn open_untyped(name: &str) -> segment::Result<Self> {
+        attach("open", Segment::builder(name), None, Mode::Open, |_| Ok(()))
     }
 }
 
@@ -276,7 +289,7 @@ impl Named<Semaphore> {
 
     /// [`create`](Self::create) with a builder carrying mode and lifetime.
     pub fn create_with(builder: SegmentBuilder<'_>, value: u32) -> segment::Result<Self> {
-        attach("create", builder, sem_fp(), Mode::Create, |p| {
+        attach("create", builder, Some(sem_fp()), Mode::Create, |p| {
             // SAFETY: fresh, exclusive, aligned data area (see `attach`).
             unsafe { Semaphore::init_at(p, value) }.map_err(|e| e.to_string())
         })
@@ -284,7 +297,7 @@ impl Named<Semaphore> {
 
     /// [`open`](Self::open) with a builder.
     pub fn open_with(builder: SegmentBuilder<'_>) -> segment::Result<Self> {
-        attach("open", builder, sem_fp(), Mode::Open, |_| Ok(()))
+        attach("open", builder, Some(sem_fp()), Mode::Open, |_| Ok(()))
     }
 
     /// [`open_or_create`](Self::open_or_create) with a builder.
@@ -292,7 +305,7 @@ impl Named<Semaphore> {
         attach(
             "open_or_create",
             builder,
-            sem_fp(),
+            Some(sem_fp()),
             Mode::OpenOrCreate,
             |p| {
                 // SAFETY: fresh, exclusive, aligned data area (see `attach`).
@@ -320,7 +333,7 @@ impl Named<Event> {
 
     /// [`create`](Self::create) with a builder carrying mode and lifetime.
     pub fn create_with(builder: SegmentBuilder<'_>, mode: EventMode) -> segment::Result<Self> {
-        attach("create", builder, event_fp(), Mode::Create, |p| {
+        attach("create", builder, Some(event_fp()), Mode::Create, |p| {
             // SAFETY: fresh, exclusive, aligned data area (see `attach`).
             unsafe { Event::init_at(p, mode) }.map_err(|e| e.to_string())
         })
@@ -328,7 +341,7 @@ impl Named<Event> {
 
     /// [`open`](Self::open) with a builder.
     pub fn open_with(builder: SegmentBuilder<'_>) -> segment::Result<Self> {
-        attach("open", builder, event_fp(), Mode::Open, |_| Ok(()))
+        attach("open", builder, Some(event_fp()), Mode::Open, |_| Ok(()))
     }
 
     /// [`open_or_create`](Self::open_or_create) with a builder.
@@ -339,7 +352,7 @@ impl Named<Event> {
         attach(
             "open_or_create",
             builder,
-            event_fp(),
+            Some(event_fp()),
             Mode::OpenOrCreate,
             |p| {
                 // SAFETY: fresh, exclusive, aligned data area (see `attach`).
