@@ -5,7 +5,12 @@ use std::process::Command as Process;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use shmkit::sync::{EventMode, LockError, NamedEvent, NamedMutex, NamedSemaphore, WaitError};
+use serde_json::{json, Value};
+use shmkit::segment::{Kind, Segment, SegmentInfo};
+use shmkit::sync::{
+    describe, EventMode, LockError, MutexState, NamedEvent, NamedMutex, NamedSemaphore, State,
+    WaitError, SEM_VALUE_MAX,
+};
 
 use crate::util::{parse_duration, CliError, CliResult};
 
@@ -140,10 +145,9 @@ fn wait_err(what: &str, name: &str, e: WaitError) -> CliError {
 fn run_sem(c: SemCommand) -> CliResult {
     match c {
         SemCommand::Create { name, value } => {
-            if value > shmkit::sync::semaphore::MAX_VALUE {
+            if value > SEM_VALUE_MAX {
                 return Err(CliError::usage(format!(
-                    "--value {value} exceeds {}",
-                    shmkit::sync::semaphore::MAX_VALUE
+                    "--value {value} exceeds {SEM_VALUE_MAX}"
                 )));
             }
             NamedSemaphore::create(&name, value)?;
@@ -233,7 +237,6 @@ fn run_lock(a: LockArgs) -> CliResult {
     let status = Process::new(prog).args(args).status();
     // Unlock before anything else (also before reporting a spawn error).
     drop(guard);
-    drop(m);
     let status = status.map_err(|e| {
         let code = if e.kind() == std::io::ErrorKind::NotFound {
             127
@@ -251,7 +254,44 @@ fn run_lock(a: LockArgs) -> CliResult {
     };
     if code != 0 {
         // The command's own status, with no message of ours.
-        std::process::exit(code);
+        return Err(CliError::with_code(code, ""));
     }
     Ok(())
+}
+
+/// State of a mutex, semaphore or event segment for `shmkit ls`/`stat`:
+/// a one-line summary and a JSON object; `None` for other kinds (or if
+/// the segment vanished). Never locks or changes anything.
+pub fn describe_info(info: &SegmentInfo) -> Option<(String, Value)> {
+    let kind = info.header.as_ref().ok()?.kind;
+    if !matches!(kind, Kind::Mutex | Kind::Semaphore | Kind::Event) {
+        return None;
+    }
+    let seg = Segment::builder(&info.name).read_only().open().ok()?;
+    let state = match describe(&seg) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("error: {e}");
+            return Some((msg.clone(), json!({ "error": msg })));
+        }
+    };
+    let v = match &state {
+        State::Mutex(m) => match m {
+            MutexState::Free => json!({ "state": "free" }),
+            MutexState::Held {
+                pid,
+                tid,
+                repairing,
+            } => json!({ "state": "held", "pid": pid, "tid": tid, "repairing": repairing }),
+            MutexState::OwnerDied => json!({ "state": "owner-died" }),
+            MutexState::Unrecoverable => json!({ "state": "unrecoverable" }),
+        },
+        State::Semaphore { value, sleepers } => json!({ "value": value, "sleepers": sleepers }),
+        State::Event {
+            mode,
+            set,
+            sleepers,
+        } => json!({ "mode": mode.as_str(), "set": set, "sleepers": sleepers }),
+    };
+    Some((state.to_string(), v))
 }

@@ -53,7 +53,7 @@ pub use event::{Event, EventMode};
 pub use mutex::{LockError, Mutex, MutexGuard, MutexState};
 #[cfg(not(loom))]
 pub use named::{Named, NamedEvent, NamedMutex, NamedSemaphore};
-pub use semaphore::{PostError, Semaphore};
+pub use semaphore::{PostError, Semaphore, MAX_VALUE as SEM_VALUE_MAX};
 
 #[cfg(not(loom))]
 use crate::segment::{self, Kind, Segment};
