@@ -159,7 +159,11 @@ fn lock_reports_dead_holder_and_passes_exit_status() {
     // Repaired: the next lock is silent.
     let o = shmkit(&["lock", &n, "--", "true"]);
     assert!(o.status.success());
-    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(ok(&["stat", &n]).contains("free"));
     assert!(ok(&["ls"]).contains(&n));
 }
@@ -203,7 +207,9 @@ fn event_set_wait() {
     assert!(ok(&["stat", &n]).contains("manual-reset set"));
     ok(&["event", "reset", &n]);
     assert_eq!(
-        shmkit(&["event", "wait", &n, "--timeout", "10ms"]).status.code(),
+        shmkit(&["event", "wait", &n, "--timeout", "10ms"])
+            .status
+            .code(),
         Some(1)
     );
 }

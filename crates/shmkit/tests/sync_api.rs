@@ -51,7 +51,10 @@ fn named_mutex_checks_type_and_kind() {
     let again = NamedMutex::<u64>::open_or_create(&name, 0).unwrap();
     assert!(!again.segment().created());
     assert_eq!(*again.lock().unwrap(), 42);
-    assert_eq!(describe(m.segment()).unwrap(), State::Mutex(MutexState::Free));
+    assert_eq!(
+        describe(m.segment()).unwrap(),
+        State::Mutex(MutexState::Free)
+    );
 }
 
 /// A user's own layout: a robust mutex guarding a frame buffer, with an
@@ -133,10 +136,7 @@ fn describe_reports_state_of_each_kind() {
         st => panic!("{st:?}"),
     }
     drop(g);
-    assert_eq!(
-        describe(&seg).unwrap().to_string(),
-        "free".to_string()
-    );
+    assert_eq!(describe(&seg).unwrap().to_string(), "free".to_string());
     assert_eq!(
         describe(s.segment()).unwrap(),
         State::Semaphore {

@@ -11,16 +11,16 @@
 //! - `sleepers`: waiters in the slow path; `set` calls `FUTEX_WAKE` only
 //!   when it is non-zero.
 //!
-//! No lost wake-up: the same SeqCst Dekker pair as the semaphore (waiter:
-//! `sleepers += 1` then read `state`; setter: write `state` then read
-//! `sleepers`), plus the kernel's compare-and-sleep in `FUTEX_WAIT`.
+//! No lost wake-up: the same Dekker pair with SeqCst fences as the
+//! semaphore (waiter: `sleepers += 1`, fence, read `state`; setter: write
+//! `state`, fence, read `sleepers`), plus the kernel's compare-and-sleep in `FUTEX_WAIT`.
 //! Setting an already-set auto-reset event is a no-op (the two sets merge),
 //! as with Windows events.
 
 use std::time::{Duration, Instant};
 
 use super::{Corrupt, WaitError};
-use crate::primitive::{AtomicU32, Ordering};
+use crate::primitive::{fence, AtomicU32, Ordering};
 use crate::sys::futex;
 
 /// "SHMe".
@@ -185,16 +185,17 @@ impl Event {
     /// it releases.
     pub fn set(&self) -> Result<(), Corrupt> {
         let mode = self.checked_mode()?;
-        // SeqCst: Release for the data the waiter reads (pairs with the
-        // Acquire in `try_take`) and the store half of the Dekker pair
-        // with the `sleepers` load below.
-        let old = self.state.swap(SET, Ordering::SeqCst);
+        // Release: publishes what we wrote before `set` to the waiters
+        // (pairs with the Acquire in `try_take`).
+        let old = self.state.swap(SET, Ordering::Release);
         if old > SET {
             return Err(bad("state", old));
         }
-        // SeqCst: load half of the Dekker pair (pairs with the SeqCst
-        // increment in `wait_slow`).
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
+        // Dekker pair with `wait_slow` via SeqCst fences, as in the
+        // semaphore's `post_n` (see there for why fences, not accesses).
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
+        if self.sleepers.load(Ordering::Relaxed) != 0 {
             if mode == AUTO {
                 futex::wake(&self.state);
             } else {
@@ -218,19 +219,19 @@ impl Event {
     #[inline]
     fn try_take(&self, mode: u32) -> Result<bool, Corrupt> {
         if mode == AUTO {
-            // SeqCst: Acquire pairs with `set`'s swap; SeqCst also makes it
-            // the load half of the Dekker pair in the slow path.
+            // Acquire: pairs with `set`'s Release swap. In the slow path
+            // this is the load half of the Dekker pair (after the fence).
             match self
                 .state
-                .compare_exchange(SET, UNSET, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(SET, UNSET, Ordering::Acquire, Ordering::Relaxed)
             {
                 Ok(_) => Ok(true),
                 Err(UNSET) => Ok(false),
                 Err(s) => Err(bad("state", s)),
             }
         } else {
-            // SeqCst: as above (Acquire + Dekker load).
-            match self.state.load(Ordering::SeqCst) {
+            // Acquire: as above.
+            match self.state.load(Ordering::Acquire) {
                 SET => Ok(true),
                 UNSET => Ok(false),
                 s => Err(bad("state", s)),
@@ -277,8 +278,10 @@ impl Event {
 
     #[cold]
     fn wait_slow(&self, mode: u32, deadline: Option<Instant>) -> Result<(), WaitError> {
-        // SeqCst: store half of the Dekker pair with `set`'s sleepers load.
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        // Relaxed + SeqCst fence: store half of the Dekker pair with
+        // `set`; the fence orders it before the re-read in `try_take`.
+        self.sleepers.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         let r = loop {
             match self.try_take(mode) {
                 Ok(true) => break Ok(()),

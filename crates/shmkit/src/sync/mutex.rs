@@ -706,6 +706,8 @@ mod loom_tests {
                 Ok(g) => assert!(repaired && *g == 1),
                 Err(LockError::OwnerDied(mut g)) => {
                     assert!(!repaired);
+                    assert_eq!(*g, 99);
+                    *g = 1;
                     g.mark_consistent();
                 }
                 Err(e) => panic!("{e}"),

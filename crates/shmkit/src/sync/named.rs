@@ -235,9 +235,13 @@ impl<T: zerocopy::FromBytes + Send> Named<Mutex<T>> {
     /// [`open`](Self::open) with a builder (e.g. `read_only` is not
     /// useful for a mutex; `open_timeout` is).
     pub fn open_with(builder: SegmentBuilder<'_>) -> segment::Result<Self> {
-        attach("open", builder, Some(Fingerprint::of::<T>()), Mode::Open, |_| {
-            Ok(())
-        })
+        attach(
+            "open",
+            builder,
+            Some(Fingerprint::of::<T>()),
+            Mode::Open,
+            |_| Ok(()),
+        )
     }
 
     /// [`open_or_create`](Self::open_or_create) with a builder.

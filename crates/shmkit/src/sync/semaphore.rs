@@ -8,11 +8,11 @@
 //!   makes the wake syscall only when it is non-zero, so an uncontended
 //!   post is one CAS.
 //!
-//! No lost wake-up (a Dekker pair, all `SeqCst`): a waiter increments
-//! `sleepers` *then* re-reads `count`; a poster increments `count` *then*
-//! reads `sleepers`. In the single total order of SeqCst operations one of
-//! them comes first, so either the waiter sees the new count, or the poster
-//! sees the sleeper and wakes it. If the wake comes before the waiter is
+//! No lost wake-up (a Dekker pair with SeqCst fences): a waiter increments
+//! `sleepers`, fences, *then* re-reads `count`; a poster increments
+//! `count`, fences, *then* reads `sleepers`. The two fences are ordered in
+//! the single SeqCst total order, so either the waiter sees the new count,
+//! or the poster sees the sleeper and wakes it. If the wake comes before the waiter is
 //! in the kernel, `FUTEX_WAIT` finds `count != 0` and returns at once (the
 //! kernel compares the word under its bucket lock, which `FUTEX_WAKE`
 //! takes too).
@@ -25,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Corrupt, WaitError};
-use crate::primitive::{AtomicU32, Ordering};
+use crate::primitive::{fence, AtomicU32, Ordering};
 use crate::sys::futex;
 
 /// "SHMs".
@@ -195,20 +195,26 @@ impl Semaphore {
             if c > MAX_VALUE - n {
                 return Err(PostError::Overflow);
             }
-            // SeqCst on success: Release for the data the waiter will read
-            // (pairs with the Acquire/SeqCst CAS in `try_take`), and the
-            // store half of the Dekker pair with the `sleepers` load below.
+            // Release: publishes what we wrote before posting to the
+            // waiter whose Acquire CAS in `try_take` takes this unit.
             match self
                 .count
-                .compare_exchange_weak(c, c + n, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange_weak(c, c + n, Ordering::Release, Ordering::Relaxed)
             {
                 Ok(_) => break,
                 Err(now) => c = now,
             }
         }
-        // SeqCst: the load half of the Dekker pair (pairs with the SeqCst
-        // increment of `sleepers` in `wait_slow`).
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
+        // The Dekker pair: [count CAS; SeqCst fence; load sleepers] here
+        // against [sleepers += 1; SeqCst fence; load count] in `wait_slow`.
+        // The fences are ordered in the SeqCst total order, so at least one
+        // side sees the other's write. (SeqCst on the accesses alone would
+        // do in the C++ model, but loom models SeqCst accesses as AcqRel
+        // and only fences exactly; on x86 the fence follows a locked RMW
+        // and costs a few cycles.)
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
+        if self.sleepers.load(Ordering::Relaxed) != 0 {
             self.wake(n);
         }
         Ok(())
@@ -226,9 +232,9 @@ impl Semaphore {
     /// One attempt to take a unit: `Ok(true)` taken, `Ok(false)` count is 0.
     #[inline]
     fn try_take(&self) -> Result<bool, Corrupt> {
-        // SeqCst: in the slow path this is the load half of the Dekker
-        // pair (after the `sleepers` increment); on x86 it costs the same.
-        let mut c = self.count.load(Ordering::SeqCst);
+        // Relaxed: only a guess for the CAS; in the slow path it is the
+        // load half of the Dekker pair, ordered by the preceding fence.
+        let mut c = self.count.load(Ordering::Relaxed);
         loop {
             if c == 0 {
                 return Ok(false);
@@ -236,12 +242,11 @@ impl Semaphore {
             if c > MAX_VALUE {
                 return Err(bad_count(c));
             }
-            // Acquire (as part of SeqCst): pairs with the SeqCst (release)
-            // CAS in `post_n`, so what the poster wrote before posting is
-            // visible to us.
+            // Acquire: pairs with the Release CAS in `post_n`, so what the
+            // poster wrote before posting is visible to us.
             match self
                 .count
-                .compare_exchange_weak(c, c - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange_weak(c, c - 1, Ordering::Acquire, Ordering::Relaxed)
             {
                 Ok(_) => return Ok(true),
                 Err(now) => c = now,
@@ -290,9 +295,11 @@ impl Semaphore {
 
     #[cold]
     fn wait_slow(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
-        // SeqCst: store half of the Dekker pair with `post_n`'s sleepers
-        // load; must precede our re-read of `count` in `try_take`.
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        // Relaxed + SeqCst fence: the store half of the Dekker pair with
+        // `post_n` (see there); the fence orders it before our re-read of
+        // `count` in `try_take`.
+        self.sleepers.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         let r = loop {
             match self.try_take() {
                 Ok(true) => break Ok(()),
