@@ -4,6 +4,7 @@
 mod cmd_bench;
 mod cmd_demo;
 mod cmd_segment;
+mod cmd_sync;
 mod signals;
 mod util;
 
@@ -55,11 +56,13 @@ enum Command {
     /// Internal: one side of `shmkit demo`.
     #[command(hide = true)]
     DemoPeer(cmd_demo::DemoPeerArgs),
+    #[command(flatten)]
+    Sync(cmd_sync::SyncCommand),
 }
 
 /// Kind-specific state for `ls`/`stat`.
-fn describe(_info: &SegmentInfo) -> Option<(String, Value)> {
-    None
+fn describe(info: &SegmentInfo) -> Option<(String, Value)> {
+    cmd_sync::describe_info(info)
 }
 
 fn run(cli: Cli) -> CliResult {
@@ -76,6 +79,7 @@ fn run(cli: Cli) -> CliResult {
         Command::BenchPeer(a) => cmd_bench::bench_peer(&a),
         Command::Demo(a) => cmd_demo::demo(&a),
         Command::DemoPeer(a) => cmd_demo::demo_peer(&a),
+        Command::Sync(c) => cmd_sync::run(c),
     }
 }
 

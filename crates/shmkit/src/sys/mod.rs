@@ -15,4 +15,5 @@ pub mod flock;
 pub mod futex;
 pub mod mmap;
 pub mod process;
+pub mod robust_mutex;
 pub mod shm;
