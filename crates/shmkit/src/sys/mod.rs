@@ -14,5 +14,6 @@
 pub mod flock;
 pub mod futex;
 pub mod mmap;
+pub mod ofd_lock;
 pub mod process;
 pub mod shm;
