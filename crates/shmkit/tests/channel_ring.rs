@@ -67,7 +67,10 @@ fn roles_are_exclusive_and_reusable() {
     let tx = Sender::open(&name).unwrap();
     assert!(matches!(
         Sender::open(&name),
-        Err(OpenError::RoleTaken { role: "producer", .. })
+        Err(OpenError::RoleTaken {
+            role: "producer",
+            ..
+        })
     ));
     let rx = Receiver::open(&name).unwrap();
     assert!(matches!(
@@ -170,11 +173,15 @@ fn typed_ring_checks_fingerprint() {
     assert_eq!(rx.recv().unwrap(), t);
     assert!(matches!(
         TypedReceiver::<u64>::open(&name),
-        Err(OpenError::Segment(shmkit::segment::Error::TypeMismatch { .. }))
+        Err(OpenError::Segment(
+            shmkit::segment::Error::TypeMismatch { .. }
+        ))
     ));
     assert!(matches!(
         Receiver::open(&name),
-        Err(OpenError::Segment(shmkit::segment::Error::TypeMismatch { .. }))
+        Err(OpenError::Segment(
+            shmkit::segment::Error::TypeMismatch { .. }
+        ))
     ));
 }
 
@@ -256,7 +263,12 @@ fn writer_kill_rounds(test: &str, rounds: u32) {
         // point while it keeps writing.
         let t0 = Instant::now();
         while rx.peer() != PeerState::Alive {
-            assert!(t0.elapsed() < Duration::from_secs(10), "child never started");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "child never started: {:?} {:?}",
+                child.try_wait(),
+                rx.peer()
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();

@@ -59,7 +59,9 @@
 //!   `i`, read `tail` as the start (`SeqCst` on both, pairing with the
 //!   publisher's `active` load and `tail` store): at most the one
 //!   publication in flight at `join_pos` lacks our bit, and it is skipped
-//!   silently. Stale bits left by a dead previous holder of `i` are
+//!   silently (under drop-oldest a missing bit there is ambiguous, so it
+//!   counts as missed: `missed` may over-count by one right after a join,
+//!   never under-count). Stale bits left by a dead previous holder of `i` are
 //!   cleared (held bits all, pending bits of publications before
 //!   `join_pos`; a slot with our bit cannot be republished, so its `seq`
 //!   is stable while we look).
@@ -341,14 +343,21 @@ impl Pool<'_> {
             }
             if tail - cur.next > q {
                 // Lapped beyond the queue (drop-oldest): those entries are
-                // gone. Positions up to `join_pos` were never ours.
+                // gone. Counting `join_pos` too may over-count by one (see
+                // `silent`), never under-count.
                 let to = tail - q;
-                cur.missed += to.saturating_sub(cur.next.max(cur.join_pos + 1));
+                cur.missed += to - cur.next;
                 cur.next = to;
             }
             let pos = cur.next;
             cur.next += 1;
-            let silent = pos == cur.join_pos;
+            // The publication at `join_pos` may have been made before our
+            // `active` bit was visible (see the join protocol): if it is
+            // not ours, it was never addressed to us, so skip it silently.
+            // Under drop-oldest it may also have been addressed to us and
+            // reclaimed: count it then (over-reporting by at most one
+            // message right after joining beats silent loss).
+            let silent = pos == cur.join_pos && self.policy == Policy::Block;
             // Relaxed: ordered by the SeqCst load of `tail` above.
             let slot = self.queue[(pos & self.qmask()) as usize].load(Ordering::Relaxed) as usize;
             let Some(m) = self.meta.get(slot) else {

@@ -45,7 +45,13 @@ pub fn child_role() -> Option<(String, String, u64)> {
 /// Re-executes this test binary to run `test` as a child playing `role`.
 pub fn spawn(test: &str, role: &str, name: &str, arg: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(ROLE, role)
         .env(NAME, name)
         .env(ARG, arg.to_string())
