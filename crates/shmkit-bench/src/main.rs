@@ -1,1 +1,3 @@
+//! Benchmark harness (being built in the bench branch).
+
 fn main() {}

@@ -1,35 +1,110 @@
 //! `shmkit`: create, inspect, read, write and remove shared memory
 //! segments, and synchronise and message through them.
 
+mod cmd_demo;
+mod cmd_segment;
+mod signals;
 mod util;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::Value;
+use shmkit::segment::SegmentInfo;
 
-use util::CliResult;
+use util::{CliError, CliResult};
 
 /// Shared memory segments, locks and channels between processes.
+///
+/// Segments live in /dev/shm as shmkit.NAME. Sizes accept bytes or K/KiB,
+/// M/MiB, G/GiB; durations accept 500ms, 5s, 2m. Errors go to stderr as one
+/// line starting "shmkit: "; exit status 1 on failure, 2 on usage errors.
 #[derive(Debug, Parser)]
-#[command(name = "shmkit", version, about, propagate_version = true)]
+#[command(name = "shmkit", version, about, long_about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Create a segment.
+    Create(cmd_segment::CreateArgs),
+    /// Write FILE (or stdin) into a segment; nothing is written if it does not fit.
+    Write(cmd_segment::WriteArgs),
+    /// Read a segment's bytes to FILE (or stdout).
+    Read(cmd_segment::ReadArgs),
+    /// List shmkit segments (collects those due for deletion).
+    Ls(cmd_segment::LsArgs),
+    /// Show a segment's header, attached pids and state.
+    Stat(cmd_segment::StatArgs),
+    /// Attach and stay attached until killed or the duration ends.
+    Attach(cmd_segment::AttachArgs),
+    /// Remove segments now, or when unused with --when-unused.
+    Rm(cmd_segment::RmArgs),
+    /// Remove due segments nobody alive is attached to.
+    Gc(cmd_segment::GcArgs),
+    /// Writer and reader processes share a payload through a segment.
+    Demo(cmd_demo::DemoArgs),
+    /// Internal: one side of `shmkit demo`.
+    #[command(hide = true)]
+    DemoPeer(cmd_demo::DemoPeerArgs),
+}
+
+/// Kind-specific state for `ls`/`stat`.
+fn describe(_info: &SegmentInfo) -> Option<(String, Value)> {
+    None
+}
 
 fn run(cli: Cli) -> CliResult {
-    match cli.command {}
+    match cli.command {
+        Command::Create(a) => cmd_segment::create_raw(&a),
+        Command::Write(a) => cmd_segment::write(&a),
+        Command::Read(a) => cmd_segment::read(&a),
+        Command::Ls(a) => cmd_segment::ls(&a, describe),
+        Command::Stat(a) => cmd_segment::stat(&a, describe),
+        Command::Attach(a) => cmd_segment::attach(&a),
+        Command::Rm(a) => cmd_segment::rm(&a),
+        Command::Gc(a) => cmd_segment::gc(&a),
+        Command::Demo(a) => cmd_demo::demo(&a),
+        Command::DemoPeer(a) => cmd_demo::demo_peer(&a),
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    signals::default_sigpipe();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line, like every other error; the full usage is in --help.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid usage");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let err = CliError::usage(format!("{first} (see 'shmkit --help')"));
+            eprintln!("shmkit: {err}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shmkit: {e}");
+            if !e.message.is_empty() {
+                eprintln!("shmkit: {e}");
+            }
             ExitCode::from(e.code.clamp(1, 255) as u8)
         }
     }

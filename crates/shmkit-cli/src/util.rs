@@ -30,7 +30,16 @@ impl CliError {
         }
     }
 
+    /// A failure already reported on stderr: exit with `code`, print nothing.
+    pub fn silent(code: i32) -> CliError {
+        CliError {
+            message: String::new(),
+            code,
+        }
+    }
+
     /// A failure with a specific exit status.
+    #[allow(dead_code)] // for commands with meaningful exit codes (sem wait)
     pub fn with_code(code: i32, message: impl Into<String>) -> CliError {
         CliError {
             message: message.into(),
@@ -114,7 +123,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("invalid duration {s:?}"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -755,6 +755,7 @@ impl Segment {
     /// The segment's file descriptor, for layers that lock byte ranges of
     /// it (per-role liveness with OFD locks). Never close or lock it whole
     /// with `flock`: the shared `flock` on it is this handle's attachment.
+    #[allow(dead_code)] // used by the channel layer
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }
