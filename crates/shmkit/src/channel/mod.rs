@@ -43,6 +43,9 @@ pub mod pubsub;
 pub mod ring;
 pub mod wait;
 
+#[cfg(all(test, loom))]
+mod loom_tests;
+
 pub use error::{OpenError, RecvError, SendError};
 pub use peer::PeerState;
 pub use wait::{Wait, WaitStrategy};

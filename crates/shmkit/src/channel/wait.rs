@@ -166,27 +166,15 @@ pub(crate) fn wait_loop<R>(
         return Some(r);
     }
     loop {
-        // Acquire: pairs with the Release bump in `wake`.
-        let seen = word.load(Ordering::Acquire);
-        // SeqCst, then the fence: pairs with the fence in `notify`.
-        sleepers.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if let Some(r) = poll() {
-            // Relaxed: the count is only a hint for notifiers; a stale
-            // non-zero value costs one spurious wake.
-            sleepers.fetch_sub(1, Ordering::Relaxed);
-            return Some(r);
-        }
         let now = Instant::now();
         if expired(now) {
-            sleepers.fetch_sub(1, Ordering::Relaxed);
-            return None;
+            return poll();
         }
         let slice_end = now + SLICE;
         let until = deadline.map_or(slice_end, |d| d.min(slice_end));
-        futex::wait(word, seen, Some(until));
-        // Relaxed: as above.
-        sleepers.fetch_sub(1, Ordering::Relaxed);
+        if let Some(r) = sleep_once(word, sleepers, &mut poll, Some(until)) {
+            return Some(r);
+        }
         if let Some(r) = poll() {
             return Some(r);
         }
@@ -201,4 +189,28 @@ pub(crate) fn wait_loop<R>(
             return poll();
         }
     }
+}
+
+/// One announced sleep: returns `Some` if `poll` succeeds after the
+/// announcement (no sleep then), else sleeps on `word` until woken or
+/// `until` and returns `None` (the caller polls again).
+pub(crate) fn sleep_once<R>(
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    poll: &mut impl FnMut() -> Option<R>,
+    until: Option<Instant>,
+) -> Option<R> {
+    // Acquire: pairs with the Release bump in `wake`.
+    let seen = word.load(Ordering::Acquire);
+    // SeqCst, then the fence: pairs with the fence in `notify`.
+    sleepers.fetch_add(1, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    let r = poll();
+    if r.is_none() {
+        futex::wait(word, seen, until);
+    }
+    // Relaxed: the count is only a hint for notifiers; a stale non-zero
+    // value costs one spurious wake, never a lost one.
+    sleepers.fetch_sub(1, Ordering::Relaxed);
+    r
 }
