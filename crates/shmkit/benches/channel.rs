@@ -312,7 +312,9 @@ impl PingPong for RingPP {
         self.v = self.v.wrapping_add(1);
         let (v, size) = (self.v, self.size);
         let t = Instant::now();
-        self.tx.send_with(size, Wait::Forever, |b| fill(b, v)).unwrap();
+        self.tx
+            .send_with(size, Wait::Forever, |b| fill(b, v))
+            .unwrap();
         self.rx.recv_with(Wait::Forever, consume).unwrap();
         t.elapsed()
     }
@@ -370,26 +372,28 @@ impl Drop for Case {
 
 fn floor_case() -> Case {
     let n = name("floor");
+    let guard = Guard(vec![n.clone()]);
     let seg = Segment::builder(&n).size(4096).create().unwrap();
     let child = spawn("floor", &n, 8, true);
     let stop_seg = Segment::open(&n).unwrap();
     Case {
         pp: Box::new(Floor { seg, n: 0 }),
         child,
-        _guard: Guard(vec![n]),
+        _guard: guard,
         stop: Box::new(move || line(&stop_seg).ping.store(u64::MAX, Ordering::Release)),
     }
 }
 
 fn futex_case() -> Case {
     let n = name("futex");
+    let guard = Guard(vec![n.clone()]);
     let seg = Segment::builder(&n).size(4096).create().unwrap();
     let child = spawn("futex", &n, 8, false);
     let stop_seg = Segment::open(&n).unwrap();
     Case {
         pp: Box::new(FutexHandoff { seg, n: 0 }),
         child,
-        _guard: Guard(vec![n]),
+        _guard: guard,
         stop: Box::new(move || {
             let f = futex_pair(&stop_seg);
             f.ping.store(u32::MAX, Ordering::Release);
@@ -401,6 +405,7 @@ fn futex_case() -> Case {
 fn ring_case(size: usize, busy: bool) -> Case {
     let n = name(&format!("ring{size}{busy}"));
     let (ping, pong) = (format!("{n}-ping"), format!("{n}-pong"));
+    let guard = Guard(vec![ping.clone(), pong.clone()]);
     let cap = if size >= 1 << 20 { 2 } else { 64 };
     let opts = RingOptions::new(cap, size as u64);
     let mut tx = Sender::create(&ping, &opts).unwrap();
@@ -411,7 +416,7 @@ fn ring_case(size: usize, busy: bool) -> Case {
     Case {
         pp: Box::new(RingPP { tx, rx, size, v: 0 }),
         child,
-        _guard: Guard(vec![ping, pong]),
+        _guard: guard,
         // Dropping `tx` (with the Case) disconnects the child.
         stop: Box::new(|| {}),
     }
@@ -420,6 +425,7 @@ fn ring_case(size: usize, busy: bool) -> Case {
 fn pubsub_case(size: usize, busy: bool, touch: bool) -> Case {
     let n = name(&format!("ps{size}{busy}{touch}"));
     let (ping, pong) = (format!("{n}-ping"), format!("{n}-pong"));
+    let guard = Guard(vec![ping.clone(), pong.clone()]);
     let opts = PubSubOptions::new(4, size as u64, 1);
     let mut publisher = Publisher::create(&ping, &opts).unwrap();
     let _pong_seg = opts.create(&pong).unwrap();
@@ -431,7 +437,10 @@ fn pubsub_case(size: usize, busy: bool, touch: bool) -> Case {
     // before that would go nowhere).
     let t = Instant::now();
     while publisher.subscribers() < 1 {
-        assert!(t.elapsed() < Duration::from_secs(10), "child never subscribed");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "child never subscribed"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(Duration::from_millis(20));
@@ -444,7 +453,7 @@ fn pubsub_case(size: usize, busy: bool, touch: bool) -> Case {
             v: 0,
         }),
         child,
-        _guard: Guard(vec![ping, pong]),
+        _guard: guard,
         stop: Box::new(|| {}),
     }
 }
@@ -465,15 +474,28 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The criterion filter (first non-flag argument), applied to the
+/// percentile pass too.
+fn selected(id: &str) -> bool {
+    match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
+        Some(f) => id.contains(&f),
+        None => true,
+    }
+}
+
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
 fn run_case(
     g: &mut Group<'_>,
     report: &mut Vec<(String, f64, f64)>,
     what: &str,
-    mut case: Case,
+    make: impl FnOnce() -> Case,
     size: usize,
 ) {
+    if !selected(&format!("oneway/{what}/{size}")) {
+        return;
+    }
+    let mut case = make();
     let id = BenchmarkId::new(what, size);
     g.bench_function(id, |b| {
         b.iter_custom(|iters| (0..iters).map(|_| case.pp.round_trip()).sum::<Duration>() / 2)
@@ -490,8 +512,8 @@ fn run_case(
 
 fn bench_latency(c: &mut Criterion, report: &mut Vec<(String, f64, f64)>) {
     let mut g = c.benchmark_group("oneway");
-    run_case(&mut g, report, "floor", floor_case(), 8);
-    run_case(&mut g, report, "futex", futex_case(), 8);
+    run_case(&mut g, report, "floor", floor_case, 8);
+    run_case(&mut g, report, "futex", futex_case, 8);
     for size in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
         if size >= 1 << 20 {
@@ -500,13 +522,14 @@ fn bench_latency(c: &mut Criterion, report: &mut Vec<(String, f64, f64)>) {
         for busy in [true, false] {
             let mode = if busy { "busy" } else { "sleep" };
             let id = |what: &str| format!("{what}_{mode}");
-            run_case(&mut g, report, &id("ring"), ring_case(size, busy), size);
-            run_case(&mut g, report, &id("pubsub"), pubsub_case(size, busy, true), size);
+            run_case(&mut g, report, &id("ring"), || ring_case(size, busy), size);
+            let touch = || pubsub_case(size, busy, true);
+            run_case(&mut g, report, &id("pubsub"), touch, size);
             run_case(
                 &mut g,
                 report,
                 &id("pubsub_handoff"),
-                pubsub_case(size, busy, false),
+                || pubsub_case(size, busy, false),
                 size,
             );
         }
@@ -518,6 +541,9 @@ fn bench_latency(c: &mut Criterion, report: &mut Vec<(String, f64, f64)>) {
 fn bench_throughput(c: &mut Criterion, report: &mut Vec<(String, f64, f64)>) {
     let mut g = c.benchmark_group("throughput");
     for size in [8usize, 64] {
+        if !selected(&format!("throughput/ring/{size}")) {
+            continue;
+        }
         g.throughput(Throughput::Elements(1));
         // shmkit ring, busy-poll.
         let n = name(&format!("tp{size}"));
@@ -596,7 +622,11 @@ fn bench_throughput(c: &mut Criterion, report: &mut Vec<(String, f64, f64)>) {
         push(0xfe);
         let _ = child.wait();
         report.push((format!("throughput/ring/{size} (msg/s)"), ring_rate, 0.0));
-        report.push((format!("throughput/bare_ring/{size} (msg/s)"), bare_rate, 0.0));
+        report.push((
+            format!("throughput/bare_ring/{size} (msg/s)"),
+            bare_rate,
+            0.0,
+        ));
     }
     g.finish();
 }

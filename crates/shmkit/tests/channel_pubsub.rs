@@ -52,8 +52,10 @@ fn loan_publish_receive_release() {
     // `b` released; `a` still holds everything.
     assert!(matches!(p.try_loan(1), Err(SendError::Full)));
     drop(held);
-    let loan = p.try_loan(1).unwrap();
-    drop(loan); // unpublished: the slot stays free
+    {
+        // Unpublished: the slot stays free.
+        let _loan = p.try_loan(1).unwrap();
+    }
     p.try_send(b"last").unwrap();
     assert_eq!(&*a.recv().unwrap(), b"last");
     assert_eq!(&*b.recv().unwrap(), b"last");

@@ -752,7 +752,7 @@ fn check_segment(seg: &Segment, op: &'static str) -> Result<PubSubLayout, segmen
 
 fn pool_of<'a>(seg: &'a Segment, l: &PubSubLayout) -> Pool<'a> {
     let base = seg.as_ptr();
-    // SAFETY (all four):
+    // SAFETY: (all four regions)
     // - the data area is page aligned and `l.total <= seg.len()` (checked
     //   by `from_params`); each region below lies inside it at an offset
     //   aligned for its type (SUBS_OFF and the 128-byte sub lines,
