@@ -1273,6 +1273,15 @@ impl<T: PodRef> TypedPublisher<T> {
     /// Creates a channel of `T` (from [`PubSubOptions::typed`]) and
     /// becomes its publisher.
     pub fn create(name: &str, options: &PubSubOptions) -> Result<Self, OpenError> {
+        if options.fingerprint != Fingerprint::of::<T>() {
+            return Err(OpenError::InvalidConfig {
+                name: name.to_owned(),
+                reason: format!(
+                    "options are not for {} (use PubSubOptions::typed)",
+                    std::any::type_name::<T>()
+                ),
+            });
+        }
         let sh = Shared::from_segment(options.create(name)?, Fingerprint::of::<T>())?;
         Ok(TypedPublisher {
             inner: Publisher::attach(sh)?,

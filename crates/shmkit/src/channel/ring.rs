@@ -344,6 +344,19 @@ impl RingOptions {
         self
     }
 
+    fn create_typed<T>(&self, name: &str) -> Result<Segment, OpenError> {
+        if self.fingerprint != Fingerprint::of::<T>() {
+            return Err(OpenError::InvalidConfig {
+                name: name.to_owned(),
+                reason: format!(
+                    "options are not for {} (use RingOptions::typed)",
+                    std::any::type_name::<T>()
+                ),
+            });
+        }
+        self.create(name)
+    }
+
     /// Creates the ring's segment and returns a handle to it (no role is
     /// taken). Dropping the handle of a persistent ring leaves it in place.
     pub fn create(&self, name: &str) -> Result<Segment, OpenError> {
@@ -894,7 +907,7 @@ pub struct TypedSender<T: Pod> {
 impl<T: Pod> TypedSender<T> {
     /// Creates a ring of `capacity` values of `T` and becomes its producer.
     pub fn create(name: &str, options: &RingOptions) -> Result<Self, OpenError> {
-        let seg = options.create(name)?;
+        let seg = options.create_typed::<T>(name)?;
         Self::attach(Shared::from_segment(seg, Fingerprint::of::<T>())?)
     }
 
@@ -943,7 +956,7 @@ pub struct TypedReceiver<T: Pod> {
 impl<T: Pod> TypedReceiver<T> {
     /// Creates a ring of `T` and becomes its consumer.
     pub fn create(name: &str, options: &RingOptions) -> Result<Self, OpenError> {
-        let seg = options.create(name)?;
+        let seg = options.create_typed::<T>(name)?;
         Self::attach(Shared::from_segment(seg, Fingerprint::of::<T>())?)
     }
 
