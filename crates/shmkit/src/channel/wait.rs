@@ -115,9 +115,9 @@ pub(crate) fn wake(word: &AtomicU32) {
 ///
 /// - `poll` checks the condition (cheap, no system call); `Some(r)` ends
 ///   the wait with `r`.
-/// - `check` is the slow check (peer liveness, a system call): run before
-///   the first sleep and then about once per [`SLICE`]; `Some(r)` ends the
-///   wait with `r`.
+/// - `check` is the slow check (peer liveness, a system call): run about
+///   once per [`SLICE`], after a wake-up that brought nothing, and once for
+///   [`Wait::No`]; `Some(r)` ends the wait with `r`.
 ///
 /// Returns `None` when `wait`'s deadline passes first.
 pub(crate) fn wait_loop<R>(
@@ -162,9 +162,9 @@ pub(crate) fn wait_loop<R>(
             }
         }
     }
-    if let Some(r) = check() {
-        return Some(r);
-    }
+    // No liveness check before the first sleep: it would put a system call
+    // on every blocking hand-off. A peer that is already gone is noticed
+    // after one slice, or at once if it woke us when it closed.
     loop {
         let now = Instant::now();
         if expired(now) {
@@ -172,14 +172,16 @@ pub(crate) fn wait_loop<R>(
         }
         let slice_end = now + SLICE;
         let until = deadline.map_or(slice_end, |d| d.min(slice_end));
-        if let Some(r) = sleep_once(word, sleepers, &mut poll, Some(until)) {
-            return Some(r);
-        }
+        let outcome = match sleep_once(word, sleepers, &mut poll, Some(until)) {
+            Ok(r) => return Some(r),
+            Err(outcome) => outcome,
+        };
         if let Some(r) = poll() {
             return Some(r);
         }
         let now = Instant::now();
-        if now >= next_check {
+        // Woken without a message: a close, a death notice or a signal.
+        if now >= next_check || outcome == futex::WaitOutcome::Woken {
             if let Some(r) = check() {
                 return Some(r);
             }
@@ -191,24 +193,24 @@ pub(crate) fn wait_loop<R>(
     }
 }
 
-/// One announced sleep: returns `Some` if `poll` succeeds after the
+/// One announced sleep: returns `Ok` if `poll` succeeds after the
 /// announcement (no sleep then), else sleeps on `word` until woken or
-/// `until` and returns `None` (the caller polls again).
+/// `until` and returns how the sleep ended (the caller polls again).
 pub(crate) fn sleep_once<R>(
     word: &AtomicU32,
     sleepers: &AtomicU32,
     poll: &mut impl FnMut() -> Option<R>,
     until: Option<Instant>,
-) -> Option<R> {
+) -> Result<R, futex::WaitOutcome> {
     // Acquire: pairs with the Release bump in `wake`.
     let seen = word.load(Ordering::Acquire);
     // SeqCst, then the fence: pairs with the fence in `notify`.
     sleepers.fetch_add(1, Ordering::SeqCst);
     fence(Ordering::SeqCst);
-    let r = poll();
-    if r.is_none() {
-        futex::wait(word, seen, until);
-    }
+    let r = match poll() {
+        Some(r) => Ok(r),
+        None => Err(futex::wait(word, seen, until)),
+    };
     // Relaxed: the count is only a hint for notifiers; a stale non-zero
     // value costs one spurious wake, never a lost one.
     sleepers.fetch_sub(1, Ordering::Relaxed);
