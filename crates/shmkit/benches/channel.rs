@@ -443,7 +443,6 @@ fn pubsub_case(size: usize, busy: bool, touch: bool) -> Case {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_millis(20));
     Case {
         pp: Box::new(PubSubPP {
             publisher,

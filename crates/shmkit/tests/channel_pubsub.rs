@@ -203,9 +203,6 @@ fn three_subscriber_processes_large_payloads() {
         assert!(t0.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(2));
     }
-    // Joined: a subscriber that has its role lock has also joined (the
-    // lock comes first, so wait a little for `join` to finish).
-    std::thread::sleep(Duration::from_millis(50));
     let mut seq = 0;
     for size in SIZES {
         for _ in 0..PER_SIZE {
@@ -247,7 +244,6 @@ fn subscriber_killed_holding_samples() {
             assert!(t0.elapsed() < Duration::from_secs(10));
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(5));
         // Fill a random number of slots; the hoarder takes and keeps them.
         let n = 1 + rng.below(slots);
         for _ in 0..n {

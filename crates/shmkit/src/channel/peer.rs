@@ -53,9 +53,21 @@ pub enum PeerState {
 
 /// Tries to take role `role`: `Ok(false)` if a live process holds it.
 pub(crate) fn claim(fd: BorrowedFd<'_>, state: &AtomicU32, role: u64) -> std::io::Result<bool> {
+    claim_then(fd, state, role, || ())
+}
+
+/// As [`claim`], running `setup` after the lock is held and before the
+/// role is published as `ATTACHED` (so `ATTACHED` means "set up").
+pub(crate) fn claim_then(
+    fd: BorrowedFd<'_>,
+    state: &AtomicU32,
+    role: u64,
+    setup: impl FnOnce(),
+) -> std::io::Result<bool> {
     if !ofd_lock::try_lock(fd, ROLE_BASE + role)? {
         return Ok(false);
     }
+    setup();
     // SeqCst: published after the lock is held (see module docs); pairs
     // with the loads in `status`.
     state.store(ATTACHED, Ordering::SeqCst);

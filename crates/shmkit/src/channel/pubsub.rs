@@ -959,7 +959,9 @@ impl Publisher {
         )
     }
 
-    /// Subscribers joined now (one system call each).
+    /// Subscribers joined and alive now (a system call per subscriber
+    /// slot ever used). A subscriber counted here receives every message
+    /// published afterwards.
     pub fn subscribers(&self) -> usize {
         live_subscribers(&self.sh.seg, &self.sh.l).len()
     }
@@ -984,14 +986,11 @@ fn reap_dead(pool: &Pool<'_>, fd: std::os::fd::BorrowedFd<'_>, max: usize) -> us
     reaped
 }
 
+/// Subscribers that finished joining and are alive.
 fn live_subscribers(seg: &Segment, l: &PubSubLayout) -> Vec<usize> {
+    let pool = pool_of(seg, l);
     (0..l.max_subs as usize)
-        .filter(|&i| {
-            matches!(
-                ofd_lock::is_locked(seg.fd(), peer::ROLE_BASE + sub_role(i)),
-                Ok(true)
-            )
-        })
+        .filter(|&i| peer::status(seg.fd(), &pool.subs[i].state, sub_role(i)) == PeerState::Alive)
         .collect()
 }
 
@@ -1071,9 +1070,14 @@ impl Subscriber {
         let max = sh.l.max_subs as usize;
         for i in 0..max {
             let pool = sh.pool();
-            match peer::claim(sh.seg.fd(), &pool.subs[i].state, sub_role(i)) {
+            let mut cur = None;
+            // Joined before it is published as ATTACHED, so a publisher
+            // that counts this subscriber also addresses it.
+            match peer::claim_then(sh.seg.fd(), &pool.subs[i].state, sub_role(i), || {
+                cur = Some(pool.join(i))
+            }) {
                 Ok(true) => {
-                    let cur = pool.join(i);
+                    let cur = cur.expect("joined under the lock");
                     return Ok(Subscriber {
                         cur: Cell::new(cur),
                         idx: i,
