@@ -2,6 +2,7 @@
 //! segments, and synchronise and message through them.
 
 mod cmd_bench;
+mod cmd_channel;
 mod cmd_demo;
 mod cmd_segment;
 mod cmd_sync;
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a segment.
-    Create(cmd_segment::CreateArgs),
+    Create(cmd_channel::CreateAnyArgs),
     /// Write FILE (or stdin) into a segment; nothing is written if it does not fit.
     Write(cmd_segment::WriteArgs),
     /// Read a segment's bytes to FILE (or stdout).
@@ -53,6 +54,12 @@ enum Command {
     /// Internal: the echoing side of `shmkit bench`.
     #[command(hide = true)]
     BenchPeer(cmd_bench::BenchPeerArgs),
+    /// Send stdin (or FILE) into a ring or pub/sub channel, one message per
+    /// line or per --chunk bytes; closes the channel at end of input.
+    Send(cmd_channel::SendArgs),
+    /// Receive messages from a ring or pub/sub channel to stdout, each
+    /// exactly as sent; ends when the sender closes the channel.
+    Recv(cmd_channel::RecvArgs),
     /// Internal: one side of `shmkit demo`.
     #[command(hide = true)]
     DemoPeer(cmd_demo::DemoPeerArgs),
@@ -62,12 +69,12 @@ enum Command {
 
 /// Kind-specific state for `ls`/`stat`.
 fn describe(info: &SegmentInfo) -> Option<(String, Value)> {
-    cmd_sync::describe_info(info)
+    cmd_sync::describe_info(info).or_else(|| cmd_channel::describe(info))
 }
 
 fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Create(a) => cmd_segment::create_raw(&a),
+        Command::Create(a) => cmd_channel::create_cmd(&a),
         Command::Write(a) => cmd_segment::write(&a),
         Command::Read(a) => cmd_segment::read(&a),
         Command::Ls(a) => cmd_segment::ls(&a, describe),
@@ -77,6 +84,8 @@ fn run(cli: Cli) -> CliResult {
         Command::Gc(a) => cmd_segment::gc(&a),
         Command::Bench(a) => cmd_bench::bench(&a),
         Command::BenchPeer(a) => cmd_bench::bench_peer(&a),
+        Command::Send(a) => cmd_channel::send(&a),
+        Command::Recv(a) => cmd_channel::recv(&a),
         Command::Demo(a) => cmd_demo::demo(&a),
         Command::DemoPeer(a) => cmd_demo::demo_peer(&a),
         Command::Sync(c) => cmd_sync::run(c),

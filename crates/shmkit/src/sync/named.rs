@@ -2,7 +2,8 @@
 //!
 //! The object sits at offset 0 of the data area (page aligned, so any
 //! alignment up to 4096 holds). `params[0]` records the layout version and
-//! `params[1]` the object size; both are checked at open together with the
+//! `params[1]` the object size (the others must be 0); all are checked at
+//! open together with the
 //! segment kind, the type fingerprint, the data size and the object's own
 //! magic word, so a segment made by something else is an error, not a
 //! reinterpretation.
@@ -90,6 +91,13 @@ fn locate<O>(op: &'static str, seg: &Segment, exact: bool) -> segment::Result<No
                 "sync layout version {} (expected {LAYOUT_VERSION})",
                 h.params[0]
             ),
+        ));
+    }
+    if h.params[2..].iter().any(|&p| p != 0) {
+        return Err(segment::Error::corrupt(
+            op,
+            seg.name(),
+            format!("unexpected sync params {:?}", &h.params[2..]),
         ));
     }
     let size_ok = if exact {

@@ -123,10 +123,8 @@ mod imp {
                 if rc == 0 {
                     rc = libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST);
                 }
-                // Type NORMAL, not ERRORCHECK: glibc's trylock leaves a
-                // robust ERRORCHECK mutex *locked* when it reports
-                // ENOTRECOVERABLE, so every later locker would block or get
-                // EDEADLK instead. Self-deadlock is detected in `lock`.
+                // Type NORMAL: relock by the owner is detected by us
+                // (`lock_slow`), before glibc would sleep forever.
                 if rc == 0 {
                     rc = libc::pthread_mutexattr_settype(a, libc::PTHREAD_MUTEX_NORMAL);
                 }
