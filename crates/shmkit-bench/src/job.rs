@@ -72,6 +72,9 @@ pub struct PeerSpec {
     pub iox_root: String,
     /// Time the whole job may take, in milliseconds.
     pub timeout_ms: u64,
+    /// Pin the peer to CPU 1 (the parent pins itself to CPU 0); set for
+    /// busy-poll contenders only.
+    pub pin: bool,
 }
 
 impl PeerSpec {

@@ -103,41 +103,60 @@ pub fn recv_seq<L: Link>(link: &mut L, len: usize, seq: u64, deadline: Instant) 
     }
 }
 
-/// How long a waiter spins before it starts yielding the CPU between polls.
-pub const PURE_SPIN: std::time::Duration = std::time::Duration::from_micros(10);
-
-/// Busy-polls until `ready()` returns true. For the first [`PURE_SPIN`]
-/// it spins; after that every poll also calls `sched_yield`: on a machine
-/// with fewer free cores than spinning processes, a pure spin would burn the
-/// time slice the peer needs to make progress. The deadline is checked
-/// every few hundred polls. Every busy-poll contender waits through this
-/// function, so they all get the same policy.
+/// Busy-polls until `ready()` returns true: a pure spin, as a user's
+/// `loop { if let Some(m) = try_receive() { .. } }` would be, and as
+/// shmkit's `WaitStrategy::BusyPoll` is; the deadline is checked every
+/// 4096 polls. The floor and iceoryx2 wait through this function.
 #[inline]
 pub fn spin_until(deadline: Instant, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
-    for _ in 0..64 {
-        if ready() {
-            return Ok(());
-        }
-        std::hint::spin_loop();
-    }
-    let start = Instant::now();
-    let mut polls = 0u32;
     loop {
-        for _ in 0..64 {
+        for _ in 0..4096 {
             if ready() {
                 return Ok(());
             }
             std::hint::spin_loop();
         }
-        polls = polls.wrapping_add(1);
-        let now = Instant::now();
-        if now.duration_since(start) > PURE_SPIN {
-            std::thread::yield_now();
-            if polls.is_multiple_of(256) && now > deadline {
-                return Err(format!("timed out waiting for {what}"));
-            }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}"));
         }
     }
+}
+
+/// Pins the calling process to CPU `cpu`, or with `None` lets it run on
+/// every online CPU again. Busy-poll jobs pin the parent to CPU 0 and the
+/// peer to CPU 1, so two spinners never share a core; blocking jobs are
+/// left to the scheduler (which may run a synchronous hand-off on one core).
+pub fn set_affinity(cpu: Option<usize>) -> Result<()> {
+    // Online CPUs, not `available_parallelism` (which shrinks to the
+    // affinity mask once we are pinned, and children inherit the mask).
+    // SAFETY: plain libc query.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    // SAFETY: `cpu_set_t` is a plain bitmask struct; all-zero is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let cpus: Vec<usize> = match cpu {
+        Some(c) => vec![c % n],
+        None => (0..n).collect(),
+    };
+    for c in cpus {
+        // SAFETY: `c < n <= CPU_SETSIZE` on any machine we run on; `set`
+        // is a valid cpu_set_t.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: plain syscall with a valid pointer and its size.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(format!(
+            "sched_setaffinity({cpu:?}): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Number of online CPUs.
+pub fn online_cpus() -> usize {
+    // SAFETY: plain libc query.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
 }
 
 #[cfg(test)]

@@ -57,6 +57,9 @@ struct Args {
     /// Print the contenders and exit.
     #[arg(long)]
     list: bool,
+    /// Do not pin busy-poll jobs' two processes to CPUs 0 and 1.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 /// What accumulates over the rounds for one (case, contender).
@@ -119,6 +122,7 @@ fn run(args: Args, command: String) -> Result<bool, String> {
     let timeout_ms = if args.quick { 30_000 } else { 180_000 };
 
     let mut machine = Machine::probe();
+    let pin = !args.no_pin && link::online_cpus() >= 2;
     let started = Instant::now();
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -151,6 +155,7 @@ fn run(args: Args, command: String) -> Result<bool, String> {
                     iox_prefix: cleanup::iox_prefix(),
                     iox_root: cleanup::iox_root(),
                     timeout_ms,
+                    pin: pin && c.busy_poll(),
                 };
                 let a = acc.entry((ci, c)).or_default();
                 match peer::run_job(&spec) {
@@ -178,6 +183,7 @@ fn run(args: Args, command: String) -> Result<bool, String> {
         command,
         quick: args.quick,
         rounds,
+        pinned: pin,
         started_unix,
         duration_s: started.elapsed().as_secs_f64(),
         machine,

@@ -11,6 +11,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::contender::channel::{PubSubLink, RingLink};
 use crate::contender::floor::FloorLink;
 #[cfg(feature = "iceoryx2")]
 use crate::contender::iox2::Iox2Link;
@@ -24,8 +25,13 @@ pub const PEER_ARG: &str = "__peer";
 
 /// Runs one job in the parent role and returns what it measured.
 pub fn run_job(spec: &PeerSpec) -> Result<Outcome> {
+    crate::link::set_affinity(if spec.pin { Some(0) } else { None })?;
     let out = match spec.contender {
         ContenderId::Floor => drive(FloorLink::parent(spec)?, Vec::new(), spec),
+        ContenderId::RingSpin => drive(RingLink::parent(spec, true)?, Vec::new(), spec),
+        ContenderId::RingBlock => drive(RingLink::parent(spec, false)?, Vec::new(), spec),
+        ContenderId::PubSubSpin => drive(PubSubLink::parent(spec, true)?, Vec::new(), spec),
+        ContenderId::PubSubBlock => drive(PubSubLink::parent(spec, false)?, Vec::new(), spec),
         ContenderId::Pipe => {
             let (l, fds) = StreamLink::pipe_parent(spec)?;
             drive(l, fds, spec)
@@ -49,8 +55,14 @@ pub fn peer_main(spec_json: &str) -> Result<()> {
     let spec: PeerSpec =
         serde_json::from_str(spec_json).map_err(|e| format!("bad peer spec: {e}"))?;
     let deadline = spec.deadline();
+    // The peer inherits the parent's mask: pin or release explicitly.
+    crate::link::set_affinity(if spec.pin { Some(1) } else { None })?;
     match spec.contender {
         ContenderId::Floor => serve(FloorLink::child(&spec)?, &spec, deadline),
+        ContenderId::RingSpin => serve(RingLink::child(&spec, true)?, &spec, deadline),
+        ContenderId::RingBlock => serve(RingLink::child(&spec, false)?, &spec, deadline),
+        ContenderId::PubSubSpin => serve(PubSubLink::child(&spec, true)?, &spec, deadline),
+        ContenderId::PubSubBlock => serve(PubSubLink::child(&spec, false)?, &spec, deadline),
         ContenderId::Pipe | ContenderId::Uds => serve(StreamLink::child(&spec)?, &spec, deadline),
         #[cfg(feature = "iceoryx2")]
         ContenderId::Iceoryx2 => serve(Iox2Link::child(&spec)?, &spec, deadline),

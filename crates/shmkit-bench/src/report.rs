@@ -117,6 +117,8 @@ pub struct Report {
     pub quick: bool,
     /// Rounds (each contender ran each case once per round).
     pub rounds: u32,
+    /// Busy-poll jobs: parent pinned to CPU 0, peer to CPU 1.
+    pub pinned: bool,
     /// Unix time of the start.
     pub started_unix: u64,
     /// Seconds the run took.
@@ -200,7 +202,7 @@ impl Report {
         let _ = writeln!(
             s,
             "Machine: {} ({} logical CPUs), Linux {}; load average {} at start, {} at end. \
-             Mode: {}, {} round(s), {:.0} s.\n",
+             Mode: {}, {} round(s), {:.0} s, {}.\n",
             m.cpu,
             m.cores,
             m.kernel,
@@ -208,7 +210,12 @@ impl Report {
             m.loadavg_end,
             if self.quick { "quick" } else { "full" },
             self.rounds,
-            self.duration_s
+            self.duration_s,
+            if self.pinned {
+                "busy-poll jobs pinned to CPUs 0 and 1, blocking jobs not pinned"
+            } else {
+                "not pinned"
+            }
         );
         let _ = writeln!(
             s,

@@ -9,7 +9,8 @@
 //! - `pipe`: a pipe per direction; `unix-socket`: a socket pair.
 //!
 //! Each side writes every payload byte and checks every byte it receives.
-//! Mechanisms alternate within each round. The full harness with more
+//! Mechanisms alternate within each round. The spinning ones (floor,
+//! shmkit) run pinned to CPUs 0 and 1; pipe and socket are not pinned. The full harness with more
 //! scenarios and iceoryx2 is `cargo run --release -p shmkit-bench`.
 
 use std::fs::File;
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
+use shmkit::channel::ring::{Receiver, RingOptions, Sender};
+use shmkit::channel::{Wait, WaitStrategy};
 use shmkit::segment::{self, Lifetime, Segment};
 
 use crate::util::{parse_size, table, CliError, CliResult};
@@ -57,7 +60,7 @@ pub struct BenchPeerArgs {
     pub count: u64,
 }
 
-const MECHS: [&str; 3] = ["floor", "pipe", "unix-socket"];
+const MECHS: [&str; 4] = ["floor", "shmkit", "pipe", "unix-socket"];
 const TIMEOUT: Duration = Duration::from_secs(30);
 const REPLY: u64 = 1 << 40;
 
@@ -100,22 +103,18 @@ fn check(buf: &[u8], seq: u64) -> Result<(), String> {
     }
 }
 
+/// Pure spin with a deadline check every 4096 polls (as shmkit's
+/// `WaitStrategy::BusyPoll` does).
 fn spin_until(deadline: Instant, mut ready: impl FnMut() -> bool) -> Result<(), String> {
-    let start = Instant::now();
     loop {
-        for _ in 0..64 {
+        for _ in 0..4096 {
             if ready() {
                 return Ok(());
             }
             std::hint::spin_loop();
         }
-        let now = Instant::now();
-        if now > deadline {
+        if Instant::now() > deadline {
             return Err("timed out waiting for the peer".into());
-        }
-        // Same policy as the full harness: spin 50 µs, then also yield.
-        if now.duration_since(start) > Duration::from_micros(50) {
-            std::thread::yield_now();
         }
     }
 }
@@ -218,6 +217,69 @@ impl Link for Floor {
     }
 }
 
+/// shmkit's SPSC ring, one per direction, `WaitStrategy::BusyPoll`,
+/// zero-copy `send_with` / `recv_with` with a deadline.
+struct ShmRing {
+    tx: Sender,
+    rx: Receiver,
+}
+
+impl ShmRing {
+    fn names(name: &str) -> (String, String) {
+        (format!("{name}-down"), format!("{name}-up"))
+    }
+
+    fn create(name: &str, size: usize) -> Result<ShmRing, String> {
+        let (down, up) = ShmRing::names(name);
+        let opts = RingOptions::new(4, size as u64).lifetime(Lifetime::UntilLastDetach);
+        let tx = Sender::create(&down, &opts).map_err(|e| e.to_string())?;
+        let rx = Receiver::create(&up, &opts).map_err(|e| e.to_string())?;
+        Ok(ShmRing::spinning(tx, rx))
+    }
+
+    fn open(name: &str) -> Result<ShmRing, String> {
+        let (down, up) = ShmRing::names(name);
+        let rx = Receiver::open(&down).map_err(|e| e.to_string())?;
+        let tx = Sender::open(&up).map_err(|e| e.to_string())?;
+        Ok(ShmRing::spinning(tx, rx))
+    }
+
+    fn spinning(mut tx: Sender, mut rx: Receiver) -> ShmRing {
+        tx.set_wait_strategy(WaitStrategy::BusyPoll);
+        rx.set_wait_strategy(WaitStrategy::BusyPoll);
+        ShmRing { tx, rx }
+    }
+
+    fn remove(name: &str) {
+        let (down, up) = ShmRing::names(name);
+        let _ = segment::remove(&down);
+        let _ = segment::remove(&up);
+    }
+}
+
+impl Link for ShmRing {
+    fn send(&mut self, len: usize, seq: u64, deadline: Instant) -> Result<(), String> {
+        self.tx
+            .send_with(len, Wait::Until(deadline), |buf| {
+                // SAFETY: `buf` is the reserved slot, valid for its length.
+                unsafe { fill(buf.as_mut_ptr(), buf.len(), seq) }
+            })
+            .map_err(|e| format!("ring send: {e}"))
+    }
+
+    fn recv(&mut self, len: usize, seq: u64, deadline: Instant) -> Result<(), String> {
+        self.rx
+            .recv_with(Wait::Until(deadline), |b| {
+                if b.len() == len {
+                    check(b, seq)
+                } else {
+                    Err(format!("ring message of {} B, expected {len}", b.len()))
+                }
+            })
+            .map_err(|e| format!("ring recv: {e}"))?
+    }
+}
+
 /// Pipe or socket: one `write` per message, `read_exact` on the other end.
 struct Stream {
     rd: File,
@@ -249,6 +311,39 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     }
     // SAFETY: pipe2 succeeded: both descriptors are fresh and ours alone.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Spinning mechanisms need a core per process: they run with the parent on
+/// CPU 0 and the peer on CPU 1; blocking ones are left to the scheduler.
+fn spins(mech: &str) -> bool {
+    matches!(mech, "floor" | "shmkit")
+}
+
+/// Pins this process to `cpu`, or with `None` to every online CPU. Does
+/// nothing on a one-CPU machine.
+fn set_affinity(cpu: Option<usize>) -> Result<(), String> {
+    // SAFETY: plain libc query.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    if n < 2 {
+        return Ok(());
+    }
+    // SAFETY: `cpu_set_t` is a plain bitmask; all-zero is a valid value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for c in 0..n {
+        if cpu.is_none_or(|p| p % n == c) {
+            // SAFETY: `c < n <= CPU_SETSIZE`; `set` is a valid cpu_set_t.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+    }
+    // SAFETY: plain syscall with a valid pointer and its size.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(format!(
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 fn unique_name() -> String {
@@ -303,10 +398,16 @@ fn spawn_peer(
 fn batch(mech: &str, size: usize, iters: u64) -> Result<Vec<u64>, String> {
     let warmup = (iters / 10).max(4);
     let name = unique_name();
+    set_affinity(spins(mech).then_some(0))?;
     let total = iters + warmup;
     let (mut link, child): (Box<dyn Link>, Child) = match mech {
         "floor" => {
             let l = Floor::create(&name, size)?;
+            let c = spawn_peer(mech, &name, size, total, None)?;
+            (Box::new(l), c)
+        }
+        "shmkit" => {
+            let l = ShmRing::create(&name, size)?;
             let c = spawn_peer(mech, &name, size, total, None)?;
             (Box::new(l), c)
         }
@@ -365,6 +466,7 @@ fn batch(mech: &str, size: usize, iters: u64) -> Result<Vec<u64>, String> {
     drop(cancel);
     let _ = dog.join();
     let _ = segment::remove(&name);
+    ShmRing::remove(&name);
     let out = result?;
     match status {
         Ok(s) if s.success() => Ok(out),
@@ -461,8 +563,10 @@ pub fn bench(args: &BenchArgs) -> CliResult {
 /// The hidden peer: echoes `count` messages, checking each.
 pub fn bench_peer(args: &BenchPeerArgs) -> CliResult {
     let deadline = Instant::now() + TIMEOUT;
+    set_affinity(spins(&args.mech).then_some(1)).map_err(CliError::fail)?;
     let mut link: Box<dyn Link> = match args.mech.as_str() {
         "floor" => Box::new(Floor::open(&args.name, args.size).map_err(CliError::fail)?),
+        "shmkit" => Box::new(ShmRing::open(&args.name).map_err(CliError::fail)?),
         "pipe" | "unix-socket" => Box::new(Stream {
             rd: File::from(
                 std::io::stdin()

@@ -20,7 +20,7 @@ fn bench_measures_every_mechanism_and_prints_json() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let rows = v.as_array().expect("an array");
-    assert_eq!(rows.len(), 2 * 3, "{v}");
+    assert_eq!(rows.len(), 2 * 4, "{v}");
     for r in rows {
         assert!(r["samples"].as_u64().unwrap_or(0) >= 20, "{r}");
         assert!(r["p50_ns"].as_u64().unwrap_or(0) > 0, "{r}");
@@ -37,7 +37,9 @@ fn bench_table_and_usage_errors() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("SIZE"), "{text}");
-    assert!(text.contains("floor") && text.contains("pipe") && text.contains("unix-socket"));
+    for m in ["floor", "shmkit", "pipe", "unix-socket"] {
+        assert!(text.contains(m), "{m}: {text}");
+    }
 
     let bad = shmkit()
         .args(["bench", "--size", "7"])

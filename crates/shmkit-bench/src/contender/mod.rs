@@ -4,6 +4,7 @@
 //!
 //! [`Link`]: crate::link::Link
 
+pub mod channel;
 pub mod floor;
 #[cfg(feature = "iceoryx2")]
 pub mod iox2;
@@ -23,6 +24,14 @@ pub enum ContenderId {
     Uds,
     /// iceoryx2 publish/subscribe over `ipc`, busy-poll, loan API.
     Iceoryx2,
+    /// shmkit SPSC ring, busy-poll.
+    RingSpin,
+    /// shmkit SPSC ring, blocking (futex).
+    RingBlock,
+    /// shmkit publish/subscribe, busy-poll.
+    PubSubSpin,
+    /// shmkit publish/subscribe, blocking (futex).
+    PubSubBlock,
 }
 
 impl ContenderId {
@@ -33,12 +42,33 @@ impl ContenderId {
             ContenderId::Pipe => "pipe",
             ContenderId::Uds => "unix-socket",
             ContenderId::Iceoryx2 => "iceoryx2",
+            ContenderId::RingSpin => "shmkit-ring-spin",
+            ContenderId::RingBlock => "shmkit-ring-block",
+            ContenderId::PubSubSpin => "shmkit-pubsub-spin",
+            ContenderId::PubSubBlock => "shmkit-pubsub-block",
         }
+    }
+
+    /// Whether its waits spin (it needs a core per process).
+    pub fn busy_poll(self) -> bool {
+        matches!(
+            self,
+            ContenderId::Floor
+                | ContenderId::Iceoryx2
+                | ContenderId::RingSpin
+                | ContenderId::PubSubSpin
+        )
     }
 
     /// Every contender compiled into this build, in table order.
     pub fn all() -> Vec<ContenderId> {
-        let mut v = vec![ContenderId::Floor];
+        let mut v = vec![
+            ContenderId::Floor,
+            ContenderId::RingSpin,
+            ContenderId::PubSubSpin,
+            ContenderId::RingBlock,
+            ContenderId::PubSubBlock,
+        ];
         if cfg!(feature = "iceoryx2") {
             v.push(ContenderId::Iceoryx2);
         }
