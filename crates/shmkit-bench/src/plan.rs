@@ -6,6 +6,7 @@ use crate::job::Job;
 
 /// What a case measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scenario {
     /// Ping-pong one-way latency.
     Latency,
