@@ -1,6 +1,7 @@
 //! `shmkit`: create, inspect, read, write and remove shared memory
 //! segments, and synchronise and message through them.
 
+mod cmd_channel;
 mod cmd_demo;
 mod cmd_segment;
 mod cmd_sync;
@@ -30,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a segment.
-    Create(cmd_segment::CreateArgs),
+    Create(cmd_channel::CreateAnyArgs),
     /// Write FILE (or stdin) into a segment; nothing is written if it does not fit.
     Write(cmd_segment::WriteArgs),
     /// Read a segment's bytes to FILE (or stdout).
@@ -47,6 +48,12 @@ enum Command {
     Gc(cmd_segment::GcArgs),
     /// Writer and reader processes share a payload through a segment.
     Demo(cmd_demo::DemoArgs),
+    /// Send stdin (or FILE) into a ring or pub/sub channel, one message per
+    /// line or per --chunk bytes; closes the channel at end of input.
+    Send(cmd_channel::SendArgs),
+    /// Receive messages from a ring or pub/sub channel to stdout, each
+    /// exactly as sent; ends when the sender closes the channel.
+    Recv(cmd_channel::RecvArgs),
     /// Internal: one side of `shmkit demo`.
     #[command(hide = true)]
     DemoPeer(cmd_demo::DemoPeerArgs),
@@ -56,12 +63,12 @@ enum Command {
 
 /// Kind-specific state for `ls`/`stat`.
 fn describe(info: &SegmentInfo) -> Option<(String, Value)> {
-    cmd_sync::describe_info(info)
+    cmd_sync::describe_info(info).or_else(|| cmd_channel::describe(info))
 }
 
 fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Create(a) => cmd_segment::create_raw(&a),
+        Command::Create(a) => cmd_channel::create_cmd(&a),
         Command::Write(a) => cmd_segment::write(&a),
         Command::Read(a) => cmd_segment::read(&a),
         Command::Ls(a) => cmd_segment::ls(&a, describe),
@@ -69,6 +76,8 @@ fn run(cli: Cli) -> CliResult {
         Command::Attach(a) => cmd_segment::attach(&a),
         Command::Rm(a) => cmd_segment::rm(&a),
         Command::Gc(a) => cmd_segment::gc(&a),
+        Command::Send(a) => cmd_channel::send(&a),
+        Command::Recv(a) => cmd_channel::recv(&a),
         Command::Demo(a) => cmd_demo::demo(&a),
         Command::DemoPeer(a) => cmd_demo::demo_peer(&a),
         Command::Sync(c) => cmd_sync::run(c),

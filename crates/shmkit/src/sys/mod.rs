@@ -14,6 +14,7 @@
 pub mod flock;
 pub mod futex;
 pub mod mmap;
+pub mod ofd_lock;
 pub mod process;
 pub mod robust_mutex;
 pub mod shm;

@@ -1,0 +1,258 @@
+//! Loom models of the channel algorithms, run with
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p shmkit
+//! --lib --release channel::loom_tests`.
+//!
+//! The algorithms run unchanged on heap copies of the shared structures;
+//! payloads are `loom::cell::UnsafeCell`s, so a slot written while someone
+//! reads it (or read before it was published) is reported as a data race.
+
+use loom::cell::UnsafeCell;
+use loom::sync::Arc;
+use loom::thread;
+
+use super::pubsub::{Policy, Pool, PubCore, SlotMeta, SubShared};
+use super::ring::{ConsCursor, ProdCursor, RingCore, Stuck};
+use super::wait::{notify, sleep_once};
+use crate::primitive::{spin_hint, AtomicU32};
+
+struct Ring {
+    core: RingCore,
+    slots: [UnsafeCell<u64>; 2],
+}
+
+/// Push/pop: three messages through two slots, in order, no data race
+/// between the producer's writes and the consumer's reads.
+#[test]
+fn ring_push_pop() {
+    loom::model(|| {
+        let r = Arc::new(Ring {
+            core: RingCore::new(),
+            slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
+        });
+        let p = r.clone();
+        let producer = thread::spawn(move || {
+            let mut cur = ProdCursor {
+                tail: 0,
+                head_cache: 0,
+            };
+            for v in 1..=3u64 {
+                let pos = loop {
+                    match cur.try_reserve(&p.core, 2) {
+                        Ok(pos) => break pos,
+                        Err(Stuck::Blocked) => spin_hint(),
+                        Err(e) => panic!("{e:?}"),
+                    }
+                };
+                p.slots[(pos & 1) as usize].with_mut(|s| unsafe { *s = v });
+                cur.commit(&p.core);
+                notify(&p.core.data_seq.0, &p.core.cons_sleepers.0);
+            }
+        });
+        let mut cur = ConsCursor {
+            head: 0,
+            tail_cache: 0,
+        };
+        for v in 1..=3u64 {
+            let pos = loop {
+                match cur.try_peek(&r.core, 2) {
+                    Ok(pos) => break pos,
+                    Err(Stuck::Blocked) => spin_hint(),
+                    Err(e) => panic!("{e:?}"),
+                }
+            };
+            let got = r.slots[(pos & 1) as usize].with(|s| unsafe { *s });
+            assert_eq!(got, v);
+            cur.release(&r.core);
+        }
+        producer.join().unwrap();
+    });
+}
+
+/// The sleeper protocol: a consumer that sleeps on the futex (no
+/// deadline) is always woken by the producer's `notify`: no lost wake-up.
+#[test]
+fn ring_sleeper_is_never_lost() {
+    loom::model(|| {
+        let r = Arc::new(Ring {
+            core: RingCore::new(),
+            slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
+        });
+        let p = r.clone();
+        let producer = thread::spawn(move || {
+            let mut cur = ProdCursor {
+                tail: 0,
+                head_cache: 0,
+            };
+            let pos = cur.try_reserve(&p.core, 2).unwrap();
+            p.slots[pos as usize].with_mut(|s| unsafe { *s = 42 });
+            cur.commit(&p.core);
+            notify(&p.core.data_seq.0, &p.core.cons_sleepers.0);
+        });
+        let mut cur = ConsCursor {
+            head: 0,
+            tail_cache: 0,
+        };
+        let mut poll = || cur.try_peek(&r.core, 2).ok();
+        let pos = loop {
+            if let Some(pos) =
+                sleep_once(&r.core.data_seq.0, &r.core.cons_sleepers.0, &mut poll, None)
+            {
+                break pos;
+            }
+        };
+        assert_eq!(r.slots[pos as usize].with(|s| unsafe { *s }), 42);
+        producer.join().unwrap();
+    });
+}
+
+struct Heap {
+    core: PubCore,
+    subs: Vec<SubShared>,
+    queue: Vec<AtomicU32>,
+    meta: Vec<SlotMeta>,
+    payload: Vec<UnsafeCell<u64>>,
+    policy: Policy,
+}
+
+impl Heap {
+    fn new(slots: usize, subs: usize, policy: Policy) -> Heap {
+        Heap {
+            core: PubCore::new(),
+            subs: (0..subs).map(|_| SubShared::new()).collect(),
+            queue: (0..slots.next_power_of_two())
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            meta: (0..slots).map(|_| SlotMeta::new()).collect(),
+            payload: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
+            policy,
+        }
+    }
+
+    fn pool(&self) -> Pool<'_> {
+        Pool {
+            core: &self.core,
+            subs: &self.subs,
+            queue: &self.queue,
+            meta: &self.meta,
+            slot_size: 8,
+            policy: self.policy,
+        }
+    }
+
+    /// Loan (spinning while no slot is free), fill, publish.
+    fn publish(&self, tail: &mut u64, rr: &mut usize, v: u64) {
+        let pool = self.pool();
+        let slot = loop {
+            match pool.take_free(rr) {
+                Some(s) => break s,
+                None => spin_hint(),
+            }
+        };
+        self.payload[slot].with_mut(|p| unsafe { *p = v });
+        pool.publish(tail, slot, 8);
+    }
+}
+
+/// Loan, publish, receive, release with back-pressure: three messages
+/// through two slots to one subscriber, in order, no payload race (the
+/// publisher never rewrites a slot the subscriber still reads).
+#[test]
+fn pubsub_block_ownership() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 1, Policy::Block));
+        let mut cur = h.pool().join(0);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            let (mut tail, mut rr) = (0, 0);
+            for v in 1..=3 {
+                p.publish(&mut tail, &mut rr, v);
+            }
+        });
+        for v in 1..=3u64 {
+            let t = loop {
+                match h.pool().try_take(&mut cur).unwrap() {
+                    Some(t) => break t,
+                    None => spin_hint(),
+                }
+            };
+            assert_eq!(t.missed, 0);
+            assert_eq!(h.payload[t.slot].with(|x| unsafe { *x }), v);
+            h.pool().release(0, t.slot);
+        }
+        publisher.join().unwrap();
+    });
+}
+
+/// A subscriber "dies" holding a sample (its thread ends without
+/// releasing); the reaper (who would hold its role lock) gives its slots
+/// back while the publisher and another subscriber keep going.
+#[test]
+fn pubsub_dead_subscriber_is_reaped() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 2, Policy::Block));
+        let mut dead = h.pool().join(0);
+        let mut live = h.pool().join(1);
+        let (mut tail, mut rr) = (0, 0);
+        h.publish(&mut tail, &mut rr, 1);
+        let d = h.clone();
+        let dying = thread::spawn(move || {
+            // Takes the message and never releases it.
+            let _ = d.pool().try_take(&mut dead).unwrap();
+        });
+        let l = h.clone();
+        let reader = thread::spawn(move || {
+            let t = loop {
+                match l.pool().try_take(&mut live).unwrap() {
+                    Some(t) => break t,
+                    None => spin_hint(),
+                }
+            };
+            assert_eq!(l.payload[t.slot].with(|x| unsafe { *x }), 1);
+            l.pool().release(1, t.slot);
+        });
+        dying.join().unwrap();
+        h.pool().reap(0);
+        reader.join().unwrap();
+        // Every slot is free again.
+        let mut rr2 = 0;
+        let a = h.pool().take_free(&mut rr2).unwrap();
+        let b = h.pool().take_free(&mut rr2).unwrap();
+        assert_ne!(a, b);
+    });
+}
+
+/// Drop-oldest: the publisher never blocks; the subscriber accounts for
+/// every message as received or missed, and never reads a slot while it
+/// is rewritten.
+#[test]
+fn pubsub_drop_oldest_accounts_for_everything() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 1, Policy::DropOldest));
+        let mut cur = h.pool().join(0);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            let (mut tail, mut rr) = (0, 0);
+            for v in 1..=3 {
+                p.publish(&mut tail, &mut rr, v);
+            }
+        });
+        let mut accounted = 0;
+        let mut last = 0;
+        while accounted < 3 {
+            match h.pool().try_take(&mut cur).unwrap() {
+                Some(t) => {
+                    let v = h.payload[t.slot].with(|x| unsafe { *x });
+                    assert!(v > last, "in order");
+                    last = v;
+                    accounted += 1 + t.missed;
+                    h.pool().release(0, t.slot);
+                }
+                None => {
+                    spin_hint();
+                }
+            }
+        }
+        assert_eq!(accounted, 3);
+        publisher.join().unwrap();
+    });
+}

@@ -1,0 +1,1100 @@
+//! Single-producer single-consumer ring between two processes.
+//!
+//! A ring is a segment of kind [`Kind::Ring`] holding `capacity` fixed
+//! slots of up to `max_message` bytes each. One process sends, one
+//! receives; either may start first, and each may be replaced after it
+//! closes or dies.
+//!
+//! ```no_run
+//! use shmkit::channel::ring::{Receiver, RingOptions, Sender};
+//!
+//! // Process A: create the ring and send.
+//! let mut tx = Sender::create("frames", &RingOptions::new(64, 4096))?;
+//! tx.send(b"hello")?;
+//!
+//! // Process B: receive (waits for a sender that has not started yet).
+//! let mut rx = Receiver::open("frames")?;
+//! let msg = rx.recv()?;
+//! assert_eq!(msg, b"hello");
+//! // Zero-copy: look at the message in place.
+//! # let _ =
+//! rx.try_recv_with(|bytes: &[u8]| bytes.len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Algorithm
+//!
+//! `tail` (messages ever committed) is written only by the producer and
+//! `head` (messages ever consumed) only by the consumer; both are `u64`
+//! and never wrap in practice. Slot of message `i` is `i & (capacity-1)`.
+//!
+//! - The producer writes the payload and its length into the slot, then
+//!   stores `tail + 1` with `Release`. The consumer loads `tail` with
+//!   `Acquire` and so sees the whole message: a message is visible
+//!   entirely or not at all, and a producer killed mid-write leaves an
+//!   invisible slot.
+//! - The consumer reads the slot, then stores `head + 1` with `Release`;
+//!   the producer loads `head` with `Acquire` before it overwrites that
+//!   slot, so it never writes a slot still being read.
+//! - Each side keeps its own index locally (never re-read from shared
+//!   memory) and a cached copy of the other's index, refreshed only when
+//!   the cache says full (producer) or empty (consumer): the hot path
+//!   touches the other side's cache line once per ring turn, not once per
+//!   message.
+//! - Every index read from shared memory is checked against the local one
+//!   (`head <= tail <= head + capacity`) and every length against
+//!   `max_message`: corruption gives [`SendError::Corrupt`] /
+//!   [`RecvError::Corrupt`], never an access outside the ring.
+//!
+//! Waiting and waking follow [`super::wait`]; liveness follows
+//! [`super::peer`].
+
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use super::error::{OpenError, RecvError, SendError};
+use super::peer::{self, PeerState};
+use super::wait::{notify, wait_loop, wake, Wait, WaitStrategy};
+use super::CachePadded;
+use crate::primitive::{AtomicU32, AtomicU64, Ordering};
+use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
+
+/// Role number of the producer (its lock byte is `ROLE_BASE + 0`).
+const PRODUCER: u64 = 0;
+/// Role number of the consumer.
+const CONSUMER: u64 = 1;
+
+/// Largest capacity (slots) a ring may have.
+pub const MAX_CAPACITY: u64 = 1 << 24;
+/// Largest `max_message` (the length is stored as a `u32`).
+pub const MAX_MESSAGE: u64 = 1 << 31;
+
+/// Offset of the first slot in the data area: the control block fits in
+/// the first page, and the slots start page aligned.
+const DATA_OFF: u64 = 4096;
+/// Layout version stored in params[3]; bump when the layout changes.
+const LAYOUT_TAG: u64 = 0x5249_4e47_0001; // "RING" v1
+
+/// The shared control block at the start of a ring's data area.
+///
+/// All zero is the initial state (a fresh segment is zero-filled). Each
+/// field sits on its own 128-byte line (adjacent-line prefetch pairs 64-byte
+/// lines) so that the producer's and consumer's stores never share one.
+#[repr(C)]
+pub(crate) struct RingCore {
+    /// Messages ever committed. Written only by the producer (`Release`
+    /// after the slot is filled); read by the consumer (`Acquire`).
+    pub(crate) tail: CachePadded<AtomicU64>,
+    /// Messages ever consumed. Written only by the consumer (`Release`
+    /// after the slot is read); read by the producer (`Acquire`).
+    pub(crate) head: CachePadded<AtomicU64>,
+    /// Futex word the consumer sleeps on; bumped by the producer only
+    /// when `cons_sleepers != 0`.
+    pub(crate) data_seq: CachePadded<AtomicU32>,
+    /// Futex word the producer sleeps on (ring full).
+    pub(crate) space_seq: CachePadded<AtomicU32>,
+    /// Consumers sleeping or about to (0 or 1). Written rarely, read by
+    /// every `send`: its own line stays shared in both caches.
+    pub(crate) cons_sleepers: CachePadded<AtomicU32>,
+    /// Producers sleeping or about to (0 or 1).
+    pub(crate) prod_sleepers: CachePadded<AtomicU32>,
+    /// Producer role state ([`peer::NEVER`], `ATTACHED`, `CLOSED`).
+    pub(crate) prod_state: CachePadded<AtomicU32>,
+    /// Consumer role state.
+    pub(crate) cons_state: CachePadded<AtomicU32>,
+}
+
+impl RingCore {
+    /// A fresh control block (heap copy, for model tests).
+    #[allow(dead_code)]
+    pub(crate) fn new() -> RingCore {
+        RingCore {
+            tail: CachePadded(AtomicU64::new(0)),
+            head: CachePadded(AtomicU64::new(0)),
+            data_seq: CachePadded(AtomicU32::new(0)),
+            space_seq: CachePadded(AtomicU32::new(0)),
+            cons_sleepers: CachePadded(AtomicU32::new(0)),
+            prod_sleepers: CachePadded(AtomicU32::new(0)),
+            prod_state: CachePadded(AtomicU32::new(0)),
+            cons_state: CachePadded(AtomicU32::new(0)),
+        }
+    }
+}
+
+/// Why a cursor could not move.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stuck {
+    /// Full (producer) or empty (consumer).
+    Blocked,
+    /// The other side's index is impossible.
+    Corrupt(String),
+}
+
+/// The producer's private view: its own `tail` and a cached `head`.
+#[derive(Debug)]
+pub(crate) struct ProdCursor {
+    pub(crate) tail: u64,
+    pub(crate) head_cache: u64,
+}
+
+impl ProdCursor {
+    /// The position to write next, if there is room.
+    #[inline]
+    pub(crate) fn try_reserve(&mut self, core: &RingCore, cap: u64) -> Result<u64, Stuck> {
+        if self.tail - self.head_cache < cap {
+            return Ok(self.tail);
+        }
+        self.refresh(core, cap)
+    }
+
+    #[cold]
+    fn refresh(&mut self, core: &RingCore, cap: u64) -> Result<u64, Stuck> {
+        // Acquire: pairs with the Release store of `head` in
+        // `ConsCursor::release`: the consumer's reads of the slot we are
+        // about to overwrite happen before our writes.
+        let head = core.head.0.load(Ordering::Acquire);
+        if head > self.tail || self.tail - head > cap {
+            return Err(Stuck::Corrupt(format!(
+                "ring head {head} outside [{}, {}]",
+                self.tail.saturating_sub(cap),
+                self.tail
+            )));
+        }
+        self.head_cache = head;
+        if self.tail - head < cap {
+            Ok(self.tail)
+        } else {
+            Err(Stuck::Blocked)
+        }
+    }
+
+    /// Publishes the reserved slot (after its bytes are written).
+    #[inline]
+    pub(crate) fn commit(&mut self, core: &RingCore) {
+        self.tail += 1;
+        // Release: the slot's payload and length, written before, are
+        // visible to a consumer that loads this value with Acquire.
+        core.tail.0.store(self.tail, Ordering::Release);
+    }
+}
+
+/// The consumer's private view: its own `head` and a cached `tail`.
+#[derive(Debug)]
+pub(crate) struct ConsCursor {
+    pub(crate) head: u64,
+    pub(crate) tail_cache: u64,
+}
+
+impl ConsCursor {
+    /// The position to read next, if a message is there.
+    #[inline]
+    pub(crate) fn try_peek(&mut self, core: &RingCore, cap: u64) -> Result<u64, Stuck> {
+        if self.head < self.tail_cache {
+            return Ok(self.head);
+        }
+        self.refresh(core, cap)
+    }
+
+    #[inline]
+    fn refresh(&mut self, core: &RingCore, cap: u64) -> Result<u64, Stuck> {
+        // Acquire: pairs with the Release store of `tail` in
+        // `ProdCursor::commit`: the message's bytes are visible.
+        let tail = core.tail.0.load(Ordering::Acquire);
+        if tail < self.head || tail - self.head > cap {
+            return Err(Stuck::Corrupt(format!(
+                "ring tail {tail} outside [{}, {}]",
+                self.head,
+                self.head.saturating_add(cap)
+            )));
+        }
+        self.tail_cache = tail;
+        if self.head < tail {
+            Ok(self.head)
+        } else {
+            Err(Stuck::Blocked)
+        }
+    }
+
+    /// Frees the slot just read.
+    #[inline]
+    pub(crate) fn release(&mut self, core: &RingCore) {
+        self.head += 1;
+        // Release: our reads of the slot happen before the producer's
+        // next writes to it (pairs with the Acquire in `ProdCursor`).
+        core.head.0.store(self.head, Ordering::Release);
+    }
+}
+
+/// Validated geometry of a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RingLayout {
+    pub(crate) cap: u64,
+    pub(crate) max: u64,
+    /// Bytes before the payload in a slot (the `u32` length, padded to
+    /// the payload's alignment).
+    pub(crate) prefix: u64,
+    pub(crate) stride: u64,
+    pub(crate) total: u64,
+}
+
+impl RingLayout {
+    fn new(capacity: u64, max: u64, align: u64) -> Result<RingLayout, String> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(format!("capacity {capacity} not in 1..={MAX_CAPACITY}"));
+        }
+        if max == 0 || max > MAX_MESSAGE {
+            return Err(format!("max message {max} not in 1..={MAX_MESSAGE}"));
+        }
+        if !align.is_power_of_two() || align > 4096 {
+            return Err(format!("alignment {align} is not a power of two <= 4096"));
+        }
+        let cap = capacity.next_power_of_two();
+        let prefix = align.max(8);
+        let stride = (prefix + max)
+            .checked_next_multiple_of(prefix)
+            .ok_or("slot size overflows")?;
+        let total = cap
+            .checked_mul(stride)
+            .and_then(|b| b.checked_add(DATA_OFF))
+            .filter(|t| *t <= isize::MAX as u64 / 2)
+            .ok_or_else(|| format!("{cap} slots of {stride} bytes are too large"))?;
+        Ok(RingLayout {
+            cap,
+            max,
+            prefix,
+            stride,
+            total,
+        })
+    }
+
+    fn params(&self) -> [u64; 8] {
+        [self.cap, self.max, self.prefix, LAYOUT_TAG, 0, 0, 0, 0]
+    }
+
+    /// Re-derives the layout from untrusted header params and checks it
+    /// fits in the data area.
+    fn from_params(p: &[u64; 8], data_len: usize) -> Result<RingLayout, String> {
+        if p[3] != LAYOUT_TAG {
+            return Err(format!("unknown ring layout tag {:#x}", p[3]));
+        }
+        if !p[0].is_power_of_two() {
+            return Err(format!("capacity {} is not a power of two", p[0]));
+        }
+        let l = RingLayout::new(p[0], p[1], p[2])?;
+        if l.prefix != p[2] {
+            return Err(format!("slot prefix {} is invalid", p[2]));
+        }
+        if l.total > data_len as u64 {
+            return Err(format!(
+                "ring needs {} bytes, segment has {data_len}",
+                l.total
+            ));
+        }
+        Ok(l)
+    }
+}
+
+/// Creation parameters of a ring.
+#[derive(Debug, Clone)]
+pub struct RingOptions {
+    capacity: u64,
+    max_message: u64,
+    align: u64,
+    fingerprint: Fingerprint,
+    mode: u32,
+    lifetime: Lifetime,
+}
+
+impl RingOptions {
+    /// A byte ring of `capacity` messages (rounded up to a power of two)
+    /// of at most `max_message` bytes each. Memory: about
+    /// `capacity * (max_message + 8)` bytes.
+    pub fn new(capacity: u64, max_message: u64) -> RingOptions {
+        RingOptions {
+            capacity,
+            max_message,
+            align: 1,
+            fingerprint: Fingerprint::BYTES,
+            mode: 0o600,
+            lifetime: Lifetime::Persistent,
+        }
+    }
+
+    /// A ring of `capacity` values of `T` (see [`TypedSender`]).
+    pub fn typed<T>(capacity: u64) -> RingOptions {
+        RingOptions {
+            max_message: std::mem::size_of::<T>().max(1) as u64,
+            align: std::mem::align_of::<T>() as u64,
+            fingerprint: Fingerprint::of::<T>(),
+            ..RingOptions::new(capacity, 1)
+        }
+    }
+
+    /// Permission bits of the segment (default `0o600`).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// When the segment is deleted (default [`Lifetime::Persistent`]).
+    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    fn create_typed<T>(&self, name: &str) -> Result<Segment, OpenError> {
+        if self.fingerprint != Fingerprint::of::<T>() {
+            return Err(OpenError::InvalidConfig {
+                name: name.to_owned(),
+                reason: format!(
+                    "options are not for {} (use RingOptions::typed)",
+                    std::any::type_name::<T>()
+                ),
+            });
+        }
+        self.create(name)
+    }
+
+    /// Creates the ring's segment and returns a handle to it (no role is
+    /// taken). Dropping the handle of a persistent ring leaves it in place.
+    pub fn create(&self, name: &str) -> Result<Segment, OpenError> {
+        let layout =
+            RingLayout::new(self.capacity, self.max_message, self.align).map_err(|reason| {
+                OpenError::InvalidConfig {
+                    name: name.to_owned(),
+                    reason,
+                }
+            })?;
+        Ok(Segment::builder(name)
+            .size(layout.total)
+            .kind(Kind::Ring)
+            .fingerprint(self.fingerprint)
+            .params(layout.params())
+            .mode(self.mode)
+            .lifetime(self.lifetime)
+            // The zero-filled control block is the initial state.
+            .init(|_| Ok(()))
+            .create()?)
+    }
+}
+
+/// A mapped ring: the segment and its validated layout.
+#[derive(Debug)]
+struct Shared {
+    seg: Segment,
+    layout: RingLayout,
+}
+
+impl Shared {
+    fn open(name: &str, fingerprint: Fingerprint) -> Result<Shared, OpenError> {
+        let seg = Segment::builder(name)
+            .kind(Kind::Ring)
+            .fingerprint(fingerprint)
+            .open()?;
+        Shared::from_segment(seg, fingerprint)
+    }
+
+    fn from_segment(seg: Segment, fingerprint: Fingerprint) -> Result<Shared, OpenError> {
+        let op = "open ring";
+        if seg.kind() != Kind::Ring {
+            return Err(segment::Error::WrongKind {
+                op,
+                name: seg.name().to_owned(),
+                expected: Kind::Ring,
+                found: seg.kind(),
+            }
+            .into());
+        }
+        let h = seg.header();
+        let found = h.fingerprint;
+        if found != fingerprint {
+            return Err(segment::Error::TypeMismatch {
+                op,
+                name: seg.name().to_owned(),
+                expected: fingerprint.to_string(),
+                found: found.to_string(),
+            }
+            .into());
+        }
+        if !seg.is_writable() {
+            return Err(segment::Error::PermissionDenied {
+                op,
+                name: seg.name().to_owned(),
+            }
+            .into());
+        }
+        let layout = RingLayout::from_params(&h.params, seg.len())
+            .map_err(|r| segment::Error::corrupt(op, seg.name(), r))?;
+        Ok(Shared { seg, layout })
+    }
+
+    #[inline]
+    fn core(&self) -> &RingCore {
+        const { assert!(std::mem::size_of::<RingCore>() <= DATA_OFF as usize || cfg!(loom)) };
+        // SAFETY:
+        // - the data area is page aligned and at least `layout.total >=
+        //   DATA_OFF >= size_of::<RingCore>()` bytes (checked in
+        //   `from_params`), so the cast is aligned and in bounds;
+        // - `RingCore` is atomics only: every bit pattern is a valid value,
+        //   and other processes only ever access it atomically;
+        // - the reference lives no longer than `self.seg`'s mapping.
+        unsafe { &*(self.seg.as_ptr() as *const RingCore) }
+    }
+
+    /// Start of the slot for message `pos`.
+    #[inline]
+    fn slot(&self, pos: u64) -> *mut u8 {
+        let i = pos & (self.layout.cap - 1);
+        // SAFETY: `i < cap`, so `DATA_OFF + i * stride + stride <= total <=
+        // seg.len()` (checked in `from_params`): in bounds of the mapping.
+        unsafe {
+            self.seg
+                .as_ptr()
+                .add((DATA_OFF + i * self.layout.stride) as usize)
+        }
+    }
+
+    /// The length word at the start of a slot.
+    #[inline]
+    fn len_word(&self, slot: *mut u8) -> &AtomicU32 {
+        // SAFETY: `slot` comes from `Self::slot`: in bounds, and 8-aligned
+        // (page-aligned data + DATA_OFF + i * stride, stride a multiple of
+        // prefix >= 8); only ever accessed atomically; any value is valid.
+        unsafe { &*(slot as *const AtomicU32) }
+    }
+
+    fn depth(&self) -> u64 {
+        let core = self.core();
+        // Relaxed: an informational snapshot.
+        let tail = core.tail.0.load(Ordering::Relaxed);
+        let head = core.head.0.load(Ordering::Relaxed);
+        tail.saturating_sub(head).min(self.layout.cap)
+    }
+}
+
+/// The sending end of a byte ring. One per ring at a time.
+#[derive(Debug)]
+pub struct Sender {
+    sh: Shared,
+    cur: ProdCursor,
+    strategy: WaitStrategy,
+}
+
+impl Sender {
+    /// Creates a new byte ring named `name` and becomes its producer.
+    pub fn create(name: &str, options: &RingOptions) -> Result<Sender, OpenError> {
+        Sender::from_segment(options.create(name)?)
+    }
+
+    /// Opens the byte ring `name` as its producer. Fails with
+    /// [`OpenError::RoleTaken`] if a live process is producing.
+    pub fn open(name: &str) -> Result<Sender, OpenError> {
+        Sender::attach(Shared::open(name, Fingerprint::BYTES)?)
+    }
+
+    /// Becomes the producer of the byte ring in `seg` (a handle opened by
+    /// the caller, used by no other endpoint).
+    pub fn from_segment(seg: Segment) -> Result<Sender, OpenError> {
+        Sender::attach(Shared::from_segment(seg, Fingerprint::BYTES)?)
+    }
+
+    fn attach(sh: Shared) -> Result<Sender, OpenError> {
+        let core = sh.core();
+        let name = sh.seg.name().to_owned();
+        match peer::claim(sh.seg.fd(), &core.prod_state.0, PRODUCER) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(OpenError::RoleTaken {
+                    name,
+                    role: "producer",
+                })
+            }
+            Err(source) => return Err(OpenError::Io { name, source }),
+        }
+        // Acquire: resume after the last committed message of a previous
+        // producer; we hold the role, so `tail` is ours from now on.
+        let tail = core.tail.0.load(Ordering::Acquire);
+        let head = core.head.0.load(Ordering::Acquire);
+        let cap = sh.layout.cap;
+        if head > tail || tail - head > cap {
+            peer::close(sh.seg.fd(), &core.prod_state.0, PRODUCER);
+            return Err(segment::Error::corrupt(
+                "open ring",
+                &name,
+                format!("head {head} and tail {tail} are inconsistent"),
+            )
+            .into());
+        }
+        Ok(Sender {
+            cur: ProdCursor {
+                tail,
+                head_cache: head,
+            },
+            sh,
+            strategy: WaitStrategy::default(),
+        })
+    }
+
+    /// Sets how this end waits when the ring is full.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        self.sh.seg.name()
+    }
+
+    /// Messages the ring holds (a snapshot).
+    pub fn len(&self) -> usize {
+        self.sh.depth() as usize
+    }
+
+    /// Whether the ring holds no message (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slots in the ring.
+    pub fn capacity(&self) -> usize {
+        self.sh.layout.cap as usize
+    }
+
+    /// Largest message, in bytes.
+    pub fn max_message(&self) -> usize {
+        self.sh.layout.max as usize
+    }
+
+    /// What the consumer is doing (one system call).
+    pub fn peer(&self) -> PeerState {
+        peer::status(self.sh.seg.fd(), &self.sh.core().cons_state.0, CONSUMER)
+    }
+
+    /// Sends `msg`, waiting while the ring is full.
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        self.send_wait(msg, Wait::Forever)
+    }
+
+    /// Sends `msg` if there is room now ([`SendError::Full`] otherwise).
+    pub fn try_send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        self.send_wait(msg, Wait::No)
+    }
+
+    /// Sends `msg`, waiting at most `timeout` for room.
+    pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendError> {
+        self.send_wait(msg, Wait::timeout(timeout))
+    }
+
+    /// Sends `msg`, waiting until `deadline` for room.
+    pub fn send_deadline(&mut self, msg: &[u8], deadline: Instant) -> Result<(), SendError> {
+        self.send_wait(msg, Wait::Until(deadline))
+    }
+
+    /// Sends `msg` under the given wait policy.
+    #[inline]
+    pub fn send_wait(&mut self, msg: &[u8], wait: Wait) -> Result<(), SendError> {
+        self.send_with(msg.len(), wait, |buf| buf.copy_from_slice(msg))
+    }
+
+    /// Zero-copy send: reserves a slot, lets `fill` write the `len` bytes
+    /// of the message in place, then publishes it. A process killed inside
+    /// `fill` publishes nothing.
+    #[inline]
+    pub fn send_with(
+        &mut self,
+        len: usize,
+        wait: Wait,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), SendError> {
+        let max = self.sh.layout.max;
+        if len as u64 > max {
+            return Err(SendError::TooLarge {
+                len,
+                max: max as usize,
+            });
+        }
+        // Relaxed: an early, advisory check; a consumer closing after it
+        // just never reads this message (as if it closed right after).
+        if self.sh.core().cons_state.0.load(Ordering::Relaxed) == peer::CLOSED {
+            return Err(SendError::Disconnected);
+        }
+        let pos = match self.cur.try_reserve(self.sh.core(), self.sh.layout.cap) {
+            Ok(pos) => pos,
+            Err(Stuck::Corrupt(m)) => return Err(SendError::Corrupt(m)),
+            Err(Stuck::Blocked) => self.wait_room(wait)?,
+        };
+        let core = self.sh.core();
+        let slot = self.sh.slot(pos);
+        let prefix = self.sh.layout.prefix as usize;
+        // SAFETY:
+        // - `slot + prefix + len <= slot + stride`: `len <= max` (checked)
+        //   and `stride >= prefix + max`; in bounds of the mapping;
+        // - the slot is ours: `pos < head + cap`, so the consumer finished
+        //   with it (Acquire on `head`) and will not read it before our
+        //   Release of `tail`; no other producer exists (role lock).
+        let buf = unsafe { std::slice::from_raw_parts_mut(slot.add(prefix), len) };
+        fill(buf);
+        // Relaxed: published by the Release store of `tail` in `commit`.
+        self.sh.len_word(slot).store(len as u32, Ordering::Relaxed);
+        self.cur.commit(core);
+        notify(&core.data_seq.0, &core.cons_sleepers.0);
+        Ok(())
+    }
+
+    #[cold]
+    fn wait_room(&mut self, wait: Wait) -> Result<u64, SendError> {
+        let Sender { sh, cur, strategy } = self;
+        let core = sh.core();
+        let cap = sh.layout.cap;
+        let fd = sh.seg.fd();
+        let r = wait_loop(
+            *strategy,
+            wait,
+            &core.space_seq.0,
+            &core.prod_sleepers.0,
+            || match cur.try_reserve(core, cap) {
+                Ok(pos) => Some(Ok(pos)),
+                Err(Stuck::Blocked) => None,
+                Err(Stuck::Corrupt(m)) => Some(Err(SendError::Corrupt(m))),
+            },
+            || match peer::status(fd, &core.cons_state.0, CONSUMER) {
+                PeerState::Closed | PeerState::Dead => Some(Err(SendError::Disconnected)),
+                PeerState::NotYet | PeerState::Alive => None,
+            },
+        );
+        match r {
+            Some(r) => r,
+            None if wait == Wait::No => Err(SendError::Full),
+            None => Err(SendError::Timeout),
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let core = self.sh.core();
+        peer::close(self.sh.seg.fd(), &core.prod_state.0, PRODUCER);
+        // Always wake: a sleeping consumer learns of the close now rather
+        // than at the end of its slice.
+        wake(&core.data_seq.0);
+    }
+}
+
+/// The receiving end of a byte ring. One per ring at a time.
+#[derive(Debug)]
+pub struct Receiver {
+    sh: Shared,
+    cur: ConsCursor,
+    strategy: WaitStrategy,
+}
+
+impl Receiver {
+    /// Creates a new byte ring named `name` and becomes its consumer.
+    pub fn create(name: &str, options: &RingOptions) -> Result<Receiver, OpenError> {
+        Receiver::from_segment(options.create(name)?)
+    }
+
+    /// Opens the byte ring `name` as its consumer.
+    pub fn open(name: &str) -> Result<Receiver, OpenError> {
+        Receiver::attach(Shared::open(name, Fingerprint::BYTES)?)
+    }
+
+    /// Becomes the consumer of the byte ring in `seg` (a handle opened by
+    /// the caller, used by no other endpoint).
+    pub fn from_segment(seg: Segment) -> Result<Receiver, OpenError> {
+        Receiver::attach(Shared::from_segment(seg, Fingerprint::BYTES)?)
+    }
+
+    fn attach(sh: Shared) -> Result<Receiver, OpenError> {
+        let core = sh.core();
+        let name = sh.seg.name().to_owned();
+        match peer::claim(sh.seg.fd(), &core.cons_state.0, CONSUMER) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(OpenError::RoleTaken {
+                    name,
+                    role: "consumer",
+                })
+            }
+            Err(source) => return Err(OpenError::Io { name, source }),
+        }
+        // Acquire: resume after the last message a previous consumer
+        // released; we hold the role, so `head` is ours from now on.
+        let head = core.head.0.load(Ordering::Acquire);
+        let tail = core.tail.0.load(Ordering::Acquire);
+        if head > tail || tail - head > sh.layout.cap {
+            peer::close(sh.seg.fd(), &core.cons_state.0, CONSUMER);
+            return Err(segment::Error::corrupt(
+                "open ring",
+                &name,
+                format!("head {head} and tail {tail} are inconsistent"),
+            )
+            .into());
+        }
+        Ok(Receiver {
+            cur: ConsCursor {
+                head,
+                tail_cache: head,
+            },
+            sh,
+            strategy: WaitStrategy::default(),
+        })
+    }
+
+    /// Sets how this end waits when the ring is empty.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        self.sh.seg.name()
+    }
+
+    /// Messages waiting (a snapshot).
+    pub fn len(&self) -> usize {
+        self.sh.depth() as usize
+    }
+
+    /// Whether no message is waiting (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slots in the ring.
+    pub fn capacity(&self) -> usize {
+        self.sh.layout.cap as usize
+    }
+
+    /// Largest message, in bytes.
+    pub fn max_message(&self) -> usize {
+        self.sh.layout.max as usize
+    }
+
+    /// What the producer is doing (one system call).
+    pub fn peer(&self) -> PeerState {
+        peer::status(self.sh.seg.fd(), &self.sh.core().prod_state.0, PRODUCER)
+    }
+
+    /// Receives a message, waiting for one. After the producer closes
+    /// (or dies), the messages it sent are still delivered; then
+    /// [`RecvError::Disconnected`] (or [`RecvError::SenderDied`]).
+    pub fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
+        self.recv_with(Wait::Forever, <[u8]>::to_vec)
+    }
+
+    /// Receives a message if one is waiting ([`RecvError::Empty`] if not).
+    pub fn try_recv(&mut self) -> Result<Vec<u8>, RecvError> {
+        self.recv_with(Wait::No, <[u8]>::to_vec)
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+        self.recv_with(Wait::timeout(timeout), <[u8]>::to_vec)
+    }
+
+    /// Receives a message, waiting until `deadline`.
+    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Vec<u8>, RecvError> {
+        self.recv_with(Wait::Until(deadline), <[u8]>::to_vec)
+    }
+
+    /// Zero-copy receive with [`Wait::No`].
+    pub fn try_recv_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        self.recv_with(Wait::No, f)
+    }
+
+    /// Zero-copy receive: calls `f` on the message in place in the ring,
+    /// then frees its slot.
+    ///
+    /// The slice points into shared memory that an honest producer does
+    /// not touch until `f` returns; a hostile process with write access to
+    /// the segment could change the bytes under it (never the bounds).
+    #[inline]
+    pub fn recv_with<R>(&mut self, wait: Wait, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        let pos = match self.cur.try_peek(self.sh.core(), self.sh.layout.cap) {
+            Ok(pos) => pos,
+            Err(Stuck::Corrupt(m)) => return Err(RecvError::Corrupt(m)),
+            Err(Stuck::Blocked) => self.wait_message(wait)?,
+        };
+        let core = self.sh.core();
+        let slot = self.sh.slot(pos);
+        // Relaxed: ordered after the Acquire load of `tail` that showed
+        // this message (in `try_peek`).
+        let len = u64::from(self.sh.len_word(slot).load(Ordering::Relaxed));
+        if len > self.sh.layout.max {
+            return Err(RecvError::Corrupt(format!(
+                "message length {len} exceeds the maximum {}",
+                self.sh.layout.max
+            )));
+        }
+        // SAFETY:
+        // - `slot + prefix + len <= slot + stride` (len checked against
+        //   max, stride >= prefix + max): in bounds of the mapping;
+        // - the producer wrote these bytes before its Release of `tail`,
+        //   which we loaded with Acquire, and will not touch the slot until
+        //   our Release of `head` below (after `f` returns).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(slot.add(self.sh.layout.prefix as usize), len as usize)
+        };
+        let r = f(bytes);
+        self.cur.release(core);
+        notify(&core.space_seq.0, &core.prod_sleepers.0);
+        Ok(r)
+    }
+
+    #[cold]
+    fn wait_message(&mut self, wait: Wait) -> Result<u64, RecvError> {
+        let Receiver { sh, cur, strategy } = self;
+        let core = sh.core();
+        let cap = sh.layout.cap;
+        let fd = sh.seg.fd();
+        let r = wait_loop(
+            *strategy,
+            wait,
+            &core.data_seq.0,
+            &core.cons_sleepers.0,
+            || match cur.try_peek(core, cap) {
+                Ok(pos) => Some(Ok(pos)),
+                Err(Stuck::Blocked) => None,
+                Err(Stuck::Corrupt(m)) => Some(Err(RecvError::Corrupt(m))),
+            },
+            || match peer::status(fd, &core.prod_state.0, PRODUCER) {
+                PeerState::Closed => Some(Err(RecvError::Disconnected)),
+                PeerState::Dead => Some(Err(RecvError::SenderDied)),
+                PeerState::NotYet | PeerState::Alive => None,
+            },
+        );
+        match r {
+            Some(Ok(pos)) => Ok(pos),
+            // The producer closed or died: deliver what it committed
+            // before (its last `tail` store happened before the close or
+            // death we just observed).
+            Some(Err(e @ (RecvError::Disconnected | RecvError::SenderDied))) => {
+                match cur.try_peek(core, cap) {
+                    Ok(pos) => Ok(pos),
+                    Err(Stuck::Corrupt(m)) => Err(RecvError::Corrupt(m)),
+                    Err(Stuck::Blocked) => Err(e),
+                }
+            }
+            Some(Err(e)) => Err(e),
+            None if wait == Wait::No => Err(RecvError::Empty),
+            None => Err(RecvError::Timeout),
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let core = self.sh.core();
+        peer::close(self.sh.seg.fd(), &core.cons_state.0, CONSUMER);
+        wake(&core.space_seq.0);
+    }
+}
+
+/// Bounds for typed ring messages: plain old data, valid for any bytes.
+pub trait Pod: FromBytes + IntoBytes + Immutable {}
+impl<T: FromBytes + IntoBytes + Immutable> Pod for T {}
+
+/// The sending end of a ring of `T` values (fingerprint-checked).
+#[derive(Debug)]
+pub struct TypedSender<T: Pod> {
+    inner: Sender,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: Pod> TypedSender<T> {
+    /// Creates a ring of `capacity` values of `T` and becomes its producer.
+    pub fn create(name: &str, options: &RingOptions) -> Result<Self, OpenError> {
+        let seg = options.create_typed::<T>(name)?;
+        Self::attach(Shared::from_segment(seg, Fingerprint::of::<T>())?)
+    }
+
+    /// Opens the ring of `T` named `name` as its producer; a ring of
+    /// another type fails with `TypeMismatch`.
+    pub fn open(name: &str) -> Result<Self, OpenError> {
+        Self::attach(Shared::open(name, Fingerprint::of::<T>())?)
+    }
+
+    fn attach(sh: Shared) -> Result<Self, OpenError> {
+        Ok(TypedSender {
+            inner: Sender::attach(sh)?,
+            _t: PhantomData,
+        })
+    }
+
+    /// The byte-level sender (strategy, len, capacity, peer...).
+    pub fn as_raw(&mut self) -> &mut Sender {
+        &mut self.inner
+    }
+
+    /// Sends `value`, waiting while full.
+    pub fn send(&mut self, value: &T) -> Result<(), SendError> {
+        self.inner.send_wait(value.as_bytes(), Wait::Forever)
+    }
+
+    /// Sends `value` if there is room now.
+    pub fn try_send(&mut self, value: &T) -> Result<(), SendError> {
+        self.inner.send_wait(value.as_bytes(), Wait::No)
+    }
+
+    /// Sends `value`, waiting at most `timeout`.
+    pub fn send_timeout(&mut self, value: &T, timeout: Duration) -> Result<(), SendError> {
+        self.inner
+            .send_wait(value.as_bytes(), Wait::timeout(timeout))
+    }
+}
+
+/// The receiving end of a ring of `T` values (fingerprint-checked).
+#[derive(Debug)]
+pub struct TypedReceiver<T: Pod> {
+    inner: Receiver,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> TypedReceiver<T> {
+    /// Creates a ring of `T` and becomes its consumer.
+    pub fn create(name: &str, options: &RingOptions) -> Result<Self, OpenError> {
+        let seg = options.create_typed::<T>(name)?;
+        Self::attach(Shared::from_segment(seg, Fingerprint::of::<T>())?)
+    }
+
+    /// Opens the ring of `T` named `name` as its consumer.
+    pub fn open(name: &str) -> Result<Self, OpenError> {
+        Self::attach(Shared::open(name, Fingerprint::of::<T>())?)
+    }
+
+    fn attach(sh: Shared) -> Result<Self, OpenError> {
+        Ok(TypedReceiver {
+            inner: Receiver::attach(sh)?,
+            _t: PhantomData,
+        })
+    }
+
+    /// The byte-level receiver.
+    pub fn as_raw(&mut self) -> &mut Receiver {
+        &mut self.inner
+    }
+
+    fn decode(bytes: &[u8]) -> Result<T, RecvError> {
+        T::read_from_bytes(bytes).map_err(|_| {
+            RecvError::Corrupt(format!(
+                "message of {} bytes is not a {}",
+                bytes.len(),
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
+    /// Receives a value, waiting for one.
+    pub fn recv(&mut self) -> Result<T, RecvError> {
+        self.inner.recv_with(Wait::Forever, Self::decode)?
+    }
+
+    /// Receives a value if one is waiting.
+    pub fn try_recv(&mut self) -> Result<T, RecvError> {
+        self.inner.recv_with(Wait::No, Self::decode)?
+    }
+
+    /// Receives a value, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvError> {
+        self.inner.recv_with(Wait::timeout(timeout), Self::decode)?
+    }
+}
+
+/// Facts about a ring for `shmkit stat`, read without taking a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingStats {
+    /// Messages waiting.
+    pub depth: u64,
+    /// Slots.
+    pub capacity: u64,
+    /// Largest message in bytes.
+    pub max_message: u64,
+    /// The producer's state.
+    pub producer: PeerState,
+    /// The consumer's state.
+    pub consumer: PeerState,
+}
+
+/// Reads a ring's statistics through a handle that plays no role in it.
+pub fn stats(seg: &Segment) -> Result<RingStats, segment::Error> {
+    if seg.kind() != Kind::Ring {
+        return Err(segment::Error::WrongKind {
+            op: "stat",
+            name: seg.name().to_owned(),
+            expected: Kind::Ring,
+            found: seg.kind(),
+        });
+    }
+    let layout = RingLayout::from_params(&seg.header().params, seg.len())
+        .map_err(|r| segment::Error::corrupt("stat", seg.name(), r))?;
+    // A borrowed view: `Shared` owns its segment, so build the pieces here.
+    // SAFETY: as in `Shared::core`: `layout.total <= seg.len()` was just
+    // checked and the data area is page aligned.
+    let core = unsafe { &*(seg.as_ptr() as *const RingCore) };
+    // Relaxed: an informational snapshot.
+    let tail = core.tail.0.load(Ordering::Relaxed);
+    let head = core.head.0.load(Ordering::Relaxed);
+    Ok(RingStats {
+        depth: tail.saturating_sub(head).min(layout.cap),
+        capacity: layout.cap,
+        max_message: layout.max,
+        producer: peer::status(seg.fd(), &core.prod_state.0, PRODUCER),
+        consumer: peer::status(seg.fd(), &core.cons_state.0, CONSUMER),
+    })
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_rejects_bad_params() {
+        let ok = RingLayout::new(5, 100, 1).unwrap();
+        assert_eq!(ok.cap, 8);
+        assert_eq!(ok.stride, 112);
+        let p = ok.params();
+        assert_eq!(RingLayout::from_params(&p, ok.total as usize), Ok(ok));
+        assert!(RingLayout::from_params(&p, ok.total as usize - 1).is_err());
+        let mut bad = p;
+        bad[0] = 6;
+        assert!(RingLayout::from_params(&bad, usize::MAX).is_err());
+        let mut bad = p;
+        bad[1] = u64::MAX;
+        assert!(RingLayout::from_params(&bad, usize::MAX).is_err());
+        let mut bad = p;
+        bad[0] = 1 << 40;
+        assert!(RingLayout::from_params(&bad, usize::MAX).is_err());
+        assert!(RingLayout::new(0, 1, 1).is_err());
+    }
+
+    #[test]
+    fn cursors_detect_impossible_indices() {
+        let core = RingCore::new();
+        let mut p = ProdCursor {
+            tail: 0,
+            head_cache: 0,
+        };
+        let mut c = ConsCursor {
+            head: 0,
+            tail_cache: 0,
+        };
+        assert_eq!(c.try_peek(&core, 4), Err(Stuck::Blocked));
+        for _ in 0..4 {
+            p.try_reserve(&core, 4).unwrap();
+            p.commit(&core);
+        }
+        assert_eq!(p.try_reserve(&core, 4), Err(Stuck::Blocked));
+        assert_eq!(c.try_peek(&core, 4), Ok(0));
+        c.release(&core);
+        assert_eq!(p.try_reserve(&core, 4), Ok(4));
+        core.tail.0.store(1000, Ordering::Relaxed);
+        c.tail_cache = 1;
+        assert!(matches!(c.try_peek(&core, 4), Err(Stuck::Corrupt(_))));
+        core.head.0.store(u64::MAX, Ordering::Relaxed);
+        p.head_cache = 0;
+        assert!(matches!(p.try_reserve(&core, 4), Err(Stuck::Corrupt(_))));
+    }
+}

@@ -1,0 +1,218 @@
+//! How a blocked endpoint waits, and how the other side wakes it.
+//!
+//! # The sleeper protocol
+//!
+//! Every direction of a channel has a futex word (`word`, an event
+//! counter) and a sleeper count (`sleepers`). A waiter that decides to
+//! sleep:
+//!
+//! 1. reads `word` (the value it will sleep on),
+//! 2. increments `sleepers`, then a `SeqCst` fence,
+//! 3. re-checks its condition (the ring's index, the pool's refs),
+//! 4. sleeps with `futex::wait(word, seen, slice)` and decrements
+//!    `sleepers` when it wakes.
+//!
+//! The side that makes progress stores its index (`Release`), then a
+//! `SeqCst` fence, then reads `sleepers`; only when it is non-zero does it
+//! bump `word` and call `futex::wake_all`. The two fences make this the
+//! store-buffering (Dekker) pattern: either the waiter's re-check (3) sees
+//! the new index, or the notifier's load sees the waiter's increment (2).
+//! If the notifier's bump of `word` lands between (1) and (4), the futex
+//! sees a changed word and returns at once. So a sleeper is never lost,
+//! and a side nobody sleeps on never makes a system call.
+//!
+//! Sleeps are cut in slices of [`SLICE`]: after each slice the waiter
+//! re-checks the peer's liveness, so the death of a process that would
+//! have woken us is noticed within a slice, not never.
+
+use std::time::{Duration, Instant};
+
+use crate::primitive::{fence, spin_hint, AtomicU32, Ordering};
+use crate::sys::futex;
+
+/// Longest a waiter sleeps before it re-checks the peer's liveness.
+pub const SLICE: Duration = Duration::from_millis(20);
+
+/// How an endpoint waits when it cannot make progress (empty on receive,
+/// full on send). Chosen per endpoint; the other side need not agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Spin on the shared index without ever sleeping: lowest latency,
+    /// one core at 100 % while waiting. Liveness and the deadline are
+    /// still checked every few thousand spins.
+    BusyPoll,
+    /// Spin `spins` times, then sleep on the futex.
+    SpinThenSleep {
+        /// Spin iterations (each a `spin_loop` hint and one shared load).
+        spins: u32,
+    },
+    /// Sleep on the futex at once: zero CPU while idle.
+    Sleep,
+}
+
+impl Default for WaitStrategy {
+    /// `SpinThenSleep { spins: 200 }`: a short spin (about a microsecond)
+    /// catches back-to-back messages, then zero CPU.
+    fn default() -> Self {
+        WaitStrategy::SpinThenSleep { spins: 200 }
+    }
+}
+
+/// How long a blocking operation may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Do not wait (the `try_` forms).
+    No,
+    /// Wait until this instant (the `_timeout` and `_deadline` forms).
+    Until(Instant),
+    /// Wait as long as it takes (the plain forms).
+    Forever,
+}
+
+impl Wait {
+    /// A wait of at most `timeout` from now (saturating far in the future).
+    pub fn timeout(timeout: Duration) -> Wait {
+        match Instant::now().checked_add(timeout) {
+            Some(d) => Wait::Until(d),
+            None => Wait::Forever,
+        }
+    }
+
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::No => Some(Instant::now()),
+            Wait::Until(d) => Some(d),
+            Wait::Forever => None,
+        }
+    }
+}
+
+/// Wakes the sleepers of one direction, if there are any.
+///
+/// Call after the `Release` store that made progress visible.
+#[inline]
+pub(crate) fn notify(word: &AtomicU32, sleepers: &AtomicU32) {
+    // SeqCst fence: pairs with the fence in `wait_loop` after a sleeper
+    // increments `sleepers` (Dekker): either it re-checks and sees our
+    // store, or we see its count here.
+    fence(Ordering::SeqCst);
+    // Relaxed: ordered by the fence above.
+    if sleepers.load(Ordering::Relaxed) != 0 {
+        wake(word);
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn wake(word: &AtomicU32) {
+    // Release: a sleeper that reads the new value (Acquire in wait_loop)
+    // also sees the progress stored before `notify`.
+    word.fetch_add(1, Ordering::Release);
+    futex::wake_all(word);
+}
+
+/// Waits until `poll` returns `Some`, following `strategy`.
+///
+/// - `poll` checks the condition (cheap, no system call); `Some(r)` ends
+///   the wait with `r`.
+/// - `check` is the slow check (peer liveness, a system call): run about
+///   once per [`SLICE`], after a wake-up that brought nothing, and once for
+///   [`Wait::No`]; `Some(r)` ends the wait with `r`.
+///
+/// Returns `None` when `wait`'s deadline passes first.
+pub(crate) fn wait_loop<R>(
+    strategy: WaitStrategy,
+    wait: Wait,
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    mut poll: impl FnMut() -> Option<R>,
+    mut check: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    if let Some(r) = poll() {
+        return Some(r);
+    }
+    let deadline = wait.deadline();
+    let expired = |now: Instant| deadline.is_some_and(|d| now >= d);
+    if wait == Wait::No {
+        return check();
+    }
+    let spins = match strategy {
+        WaitStrategy::BusyPoll => u64::MAX,
+        WaitStrategy::SpinThenSleep { spins } => u64::from(spins),
+        WaitStrategy::Sleep => 0,
+    };
+    let mut next_check = Instant::now() + SLICE;
+    let mut i: u64 = 0;
+    while i < spins {
+        spin_hint();
+        if let Some(r) = poll() {
+            return Some(r);
+        }
+        i += 1;
+        if i % 1024 == 0 {
+            let now = Instant::now();
+            if now >= next_check {
+                if let Some(r) = check() {
+                    return Some(r);
+                }
+                next_check = now + SLICE;
+            }
+            if expired(now) {
+                return poll();
+            }
+        }
+    }
+    // No liveness check before the first sleep: it would put a system call
+    // on every blocking hand-off. A peer that is already gone is noticed
+    // after one slice, or at once if it woke us when it closed.
+    loop {
+        let now = Instant::now();
+        if expired(now) {
+            return poll();
+        }
+        let slice_end = now + SLICE;
+        let until = deadline.map_or(slice_end, |d| d.min(slice_end));
+        let outcome = match sleep_once(word, sleepers, &mut poll, Some(until)) {
+            Ok(r) => return Some(r),
+            Err(outcome) => outcome,
+        };
+        if let Some(r) = poll() {
+            return Some(r);
+        }
+        let now = Instant::now();
+        // Woken without a message: a close, a death notice or a signal.
+        if now >= next_check || outcome == futex::WaitOutcome::Woken {
+            if let Some(r) = check() {
+                return Some(r);
+            }
+            next_check = now + SLICE;
+        }
+        if expired(now) {
+            return poll();
+        }
+    }
+}
+
+/// One announced sleep: returns `Ok` if `poll` succeeds after the
+/// announcement (no sleep then), else sleeps on `word` until woken or
+/// `until` and returns how the sleep ended (the caller polls again).
+pub(crate) fn sleep_once<R>(
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    poll: &mut impl FnMut() -> Option<R>,
+    until: Option<Instant>,
+) -> Result<R, futex::WaitOutcome> {
+    // Acquire: pairs with the Release bump in `wake`.
+    let seen = word.load(Ordering::Acquire);
+    // SeqCst, then the fence: pairs with the fence in `notify`.
+    sleepers.fetch_add(1, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    let r = match poll() {
+        Some(r) => Ok(r),
+        None => Err(futex::wait(word, seen, until)),
+    };
+    // Relaxed: the count is only a hint for notifiers; a stale non-zero
+    // value costs one spurious wake, never a lost one.
+    sleepers.fetch_sub(1, Ordering::Relaxed);
+    r
+}

@@ -1,0 +1,385 @@
+//! Publish/subscribe: API behaviour, multi-process stress with large
+//! payloads, subscriber and publisher crashes, hostile memory.
+//!
+//! Address-sanitizer run of the hostile test: see `channel_ring.rs`.
+
+mod channel_common;
+
+use std::time::{Duration, Instant};
+
+use channel_common::*;
+use shmkit::channel::pubsub::{
+    Policy, PubSubOptions, Publisher, Subscriber, TypedPublisher, TypedSubscriber,
+};
+use shmkit::channel::{OpenError, PeerState, RecvError, SendError, Wait};
+use shmkit::segment::Segment;
+
+#[test]
+fn loan_publish_receive_release() {
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let mut p = Publisher::create(&name, &PubSubOptions::new(4, 1024, 2)).unwrap();
+    let a = Subscriber::open(&name).unwrap();
+    let b = Subscriber::open(&name).unwrap();
+    assert!(matches!(
+        Subscriber::open(&name),
+        Err(OpenError::NoSubscriberSlot { max: 2, .. })
+    ));
+    assert_eq!(a.try_recv().unwrap_err(), RecvError::Empty);
+    for i in 0..4u8 {
+        let mut loan = p.loan(10 + i as usize).unwrap();
+        loan.fill(i);
+        loan.publish();
+    }
+    // Four slots, all pending for both subscribers: back-pressure.
+    assert!(matches!(p.try_loan(1), Err(SendError::Full)));
+    assert!(matches!(
+        p.loan_timeout(1, Duration::from_millis(30)),
+        Err(SendError::Timeout)
+    ));
+    assert!(matches!(p.try_loan(2000), Err(SendError::TooLarge { .. })));
+    // `a` holds every sample at once (zero copy: they are the slots).
+    let held: Vec<_> = (0..4).map(|_| a.try_recv().unwrap()).collect();
+    for (i, s) in held.iter().enumerate() {
+        assert_eq!(s.len(), 10 + i);
+        assert!(s.iter().all(|&x| x == i as u8));
+        assert_eq!(s.missed(), 0);
+    }
+    for i in 0..4u8 {
+        let s = b.recv_timeout(Duration::from_secs(1)).unwrap();
+        assert!(s.iter().all(|&x| x == i));
+    }
+    // `b` released; `a` still holds everything.
+    assert!(matches!(p.try_loan(1), Err(SendError::Full)));
+    drop(held);
+    {
+        // Unpublished: the slot stays free.
+        let _loan = p.try_loan(1).unwrap();
+    }
+    p.try_send(b"last").unwrap();
+    assert_eq!(&*a.recv().unwrap(), b"last");
+    assert_eq!(&*b.recv().unwrap(), b"last");
+    assert_eq!(a.peer(), PeerState::Alive);
+}
+
+#[test]
+fn drop_oldest_reports_missed() {
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let opts = PubSubOptions::new(4, 64, 2).policy(Policy::DropOldest);
+    let mut p = Publisher::create(&name, &opts).unwrap();
+    let slow = Subscriber::open(&name).unwrap();
+    for i in 0..10u8 {
+        p.try_send(&[i]).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut missed = 0;
+    while let Ok(s) = slow.try_recv() {
+        missed += s.missed();
+        seen.push(s[0]);
+    }
+    assert_eq!(seen.len() as u64 + missed, 10, "never silent loss");
+    assert_eq!(*seen.last().unwrap(), 9);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    // A held sample is never reclaimed under it.
+    let held = {
+        p.try_send(&[100]).unwrap();
+        slow.try_recv().unwrap()
+    };
+    for i in 0..10u8 {
+        p.try_send(&[i]).unwrap();
+    }
+    assert_eq!(held[0], 100);
+}
+
+#[test]
+fn late_joiner_and_leaver() {
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let mut p = Publisher::create(&name, &PubSubOptions::new(2, 64, 2)).unwrap();
+    // Nobody subscribed: publishing never blocks, messages go nowhere.
+    for _ in 0..10 {
+        p.try_send(b"void").unwrap();
+    }
+    let s = Subscriber::open(&name).unwrap();
+    assert_eq!(s.try_recv().unwrap_err(), RecvError::Empty);
+    p.try_send(b"one").unwrap();
+    p.try_send(b"two").unwrap();
+    drop(s); // leaves with two pending messages
+             // Its slots come back (reaped by the publisher).
+    p.send_wait(b"three", Wait::timeout(Duration::from_secs(2)))
+        .unwrap();
+    let s = Subscriber::open(&name).unwrap();
+    p.try_send(b"four").unwrap();
+    assert_eq!(&*s.recv().unwrap(), b"four");
+    drop(p);
+    assert_eq!(
+        s.recv_timeout(Duration::from_secs(2)).unwrap_err(),
+        RecvError::Disconnected
+    );
+}
+
+#[repr(C)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+struct Frame {
+    seq: u64,
+    pixels: [u32; 64],
+}
+
+#[test]
+fn typed_samples_deref_in_place() {
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let mut p =
+        TypedPublisher::<Frame>::create(&name, &PubSubOptions::typed::<Frame>(4, 2)).unwrap();
+    let s = TypedSubscriber::<Frame>::open(&name).unwrap();
+    let mut loan = p.loan().unwrap();
+    loan.seq = 7;
+    loan.pixels = [3; 64];
+    loan.publish();
+    let f = s.recv().unwrap();
+    assert_eq!(f.seq, 7);
+    assert_eq!(f.pixels[63], 3);
+    assert!(matches!(
+        Subscriber::open(&name),
+        Err(OpenError::Segment(
+            shmkit::segment::Error::TypeMismatch { .. }
+        ))
+    ));
+}
+
+const SIZES: [usize; 4] = [64 << 10, 1 << 20, 4 << 20, 16 << 20];
+const PER_SIZE: u64 = 24;
+
+/// Three subscriber processes, 64 KiB to 16 MiB payloads, block policy:
+/// every subscriber sees every message, intact.
+#[test]
+fn three_subscriber_processes_large_payloads() {
+    if let Some((role, name, _)) = child_role() {
+        assert_eq!(role, "subscriber");
+        let s = Subscriber::open(&name).unwrap();
+        println!("ready");
+        let mut expected = 0u64;
+        loop {
+            match s.recv_timeout(Duration::from_secs(20)) {
+                Ok(m) => {
+                    assert_eq!(m.missed(), 0);
+                    let size = SIZES[(expected / PER_SIZE) as usize];
+                    assert_eq!(m.len(), size);
+                    assert_eq!(check_large(&m), expected);
+                    expected += 1;
+                }
+                Err(RecvError::Disconnected) => break,
+                Err(e) => panic!("subscriber: {e}"),
+            }
+        }
+        assert_eq!(expected, PER_SIZE * SIZES.len() as u64);
+        return;
+    }
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let mut p = Publisher::create(&name, &PubSubOptions::new(4, 16 << 20, 3)).unwrap();
+    let mut kids: Vec<_> = (0..3)
+        .map(|_| {
+            spawn(
+                "three_subscriber_processes_large_payloads",
+                "subscriber",
+                &name,
+                0,
+            )
+        })
+        .collect();
+    let t0 = Instant::now();
+    while p.subscribers() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut seq = 0;
+    for size in SIZES {
+        for _ in 0..PER_SIZE {
+            let mut loan = p.loan_timeout(size, Duration::from_secs(20)).unwrap();
+            make_large(seq, &mut loan);
+            loan.publish();
+            seq += 1;
+        }
+    }
+    drop(p);
+    for k in &mut kids {
+        assert!(wait_child(k, 30).success());
+    }
+}
+
+/// A subscriber SIGKILLed while holding samples: the publisher gets every
+/// slot back and carries on.
+#[test]
+fn subscriber_killed_holding_samples() {
+    if let Some((role, name, _)) = child_role() {
+        assert_eq!(role, "hoarder");
+        let s = Subscriber::open(&name).unwrap();
+        let mut held = Vec::new();
+        loop {
+            if let Ok(x) = s.recv_timeout(Duration::from_millis(100)) {
+                held.push(x);
+            }
+        }
+    }
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let slots = 8;
+    let mut p = Publisher::create(&name, &PubSubOptions::new(slots, 4096, 2)).unwrap();
+    let mut rng = Rng::from_time();
+    for round in 0..10 {
+        let mut child = spawn("subscriber_killed_holding_samples", "hoarder", &name, 0);
+        let t0 = Instant::now();
+        while p.subscribers() < 1 {
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Fill a random number of slots; the hoarder takes and keeps them.
+        let n = 1 + rng.below(slots);
+        for _ in 0..n {
+            p.send_wait(&[round as u8; 100], Wait::timeout(Duration::from_secs(5)))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // All slots must come back: loan every one of them at once is not
+        // possible (one loan at a time), so publish `slots` messages with
+        // nobody subscribed, each needing a free slot.
+        for _ in 0..slots * 2 {
+            p.send_wait(&[1; 100], Wait::timeout(Duration::from_secs(2)))
+                .expect("slot reclaimed from the dead subscriber");
+        }
+        let info = shmkit::channel::pubsub::stats(&Segment::open(&name).unwrap()).unwrap();
+        assert_eq!(info.slots_in_use, 0, "round {round}: {info:?}");
+        assert_eq!(info.subscribers, 0);
+    }
+}
+
+/// A publisher killed mid-loan never exposes the half-written slot; the
+/// subscriber gets `SenderDied` after every published message.
+#[test]
+fn publisher_killed_mid_loan() {
+    if let Some((role, name, _)) = child_role() {
+        assert_eq!(role, "publisher");
+        let mut p = Publisher::open(&name).unwrap();
+        let mut seq = 0;
+        loop {
+            let mut loan = p.loan(256 << 10).unwrap();
+            make_large(seq, &mut loan);
+            loan.publish();
+            seq += 1;
+        }
+    }
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let _seg = PubSubOptions::new(4, 256 << 10, 1).create(&name).unwrap();
+    let s = Subscriber::open(&name).unwrap();
+    let mut rng = Rng::from_time();
+    for _ in 0..10 {
+        let mut child = spawn("publisher_killed_mid_loan", "publisher", &name, 0);
+        let t0 = Instant::now();
+        while s.peer() != PeerState::Alive {
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let kill_at = Instant::now() + Duration::from_micros(rng.below(20_000));
+        let mut expected = None;
+        let mut check = |m: &[u8]| {
+            let seq = check_large(m);
+            if let Some(e) = expected {
+                assert_eq!(seq, e);
+            }
+            expected = Some(seq + 1);
+        };
+        while Instant::now() < kill_at {
+            if let Ok(m) = s.try_recv() {
+                check(&m);
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        loop {
+            match s.recv_timeout(Duration::from_secs(5)) {
+                Ok(m) => check(&m),
+                Err(RecvError::SenderDied) => break,
+                Err(e) => panic!("expected SenderDied, got {e}"),
+            }
+        }
+    }
+}
+
+/// A child scribbles random values over the pool's indices, queue, refs,
+/// sequence numbers and lengths; the endpoints must return errors or valid
+/// samples, never touch memory outside the segment.
+#[test]
+fn hostile_pool_indices() {
+    const SLOTS: u64 = 8;
+    const SUBS: u64 = 2;
+    if let Some((role, name, _)) = child_role() {
+        assert_eq!(role, "scribbler");
+        let seg = Segment::open(&name).unwrap();
+        let mut rng = Rng::from_time();
+        // Layout (see PubSubLayout): core at 0, subscriber lines at 1024,
+        // queue after them, slot metadata (64 bytes each) after that.
+        let queue_off = 1024 + SUBS * 128;
+        let meta_off = (queue_off + SLOTS * 4).next_multiple_of(64);
+        let end = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < end {
+            let v = rng.next() >> rng.below(64);
+            let off = match rng.below(4) {
+                0 => 0, // tail
+                1 => queue_off + rng.below(SLOTS) * 4,
+                _ => meta_off + rng.below(SLOTS) * 64 + 8 * rng.below(3),
+            };
+            if off >= queue_off && off < meta_off {
+                seg.write_at(off, &(v as u32).to_le_bytes()).unwrap();
+            } else {
+                seg.write_at(off, &v.to_le_bytes()).unwrap();
+            }
+            std::thread::yield_now();
+        }
+        return;
+    }
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let opts = PubSubOptions::new(SLOTS, 512, SUBS as u32).policy(Policy::DropOldest);
+    let mut p = Publisher::create(&name, &opts).unwrap();
+    let s = Subscriber::open(&name).unwrap();
+    let mut child = spawn("hostile_pool_indices", "scribbler", &name, 0);
+    let mut corrupt = 0u64;
+    let mut ok = 0u64;
+    let end = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < end {
+        match p.try_loan(512) {
+            Ok(mut l) => {
+                l.fill(0x5a);
+                l.publish();
+            }
+            Err(SendError::Full) => {}
+            Err(e) => panic!("{e}"),
+        }
+        match s.try_recv() {
+            Ok(m) => {
+                assert!(m.len() <= 512);
+                ok += 1;
+            }
+            Err(RecvError::Corrupt(_)) => corrupt += 1,
+            Err(RecvError::Empty) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(wait_child(&mut child, 10).success());
+    assert!(corrupt > 0, "scribbling was never detected");
+    eprintln!("hostile pool: {corrupt} corruptions detected, {ok} samples");
+}
