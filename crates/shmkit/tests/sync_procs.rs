@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use shmkit::segment::{self, Kind, Segment};
-use shmkit::sync::{LockError, MutexState, NamedMutex, Semaphore};
+use shmkit::sync::{
+    describe, EventMode, LockError, MutexState, NamedEvent, NamedMutex, Semaphore, State,
+};
 
 const ROLE: &str = "SYNC_ROLE";
 const SEG: &str = "SYNC_SEG";
@@ -112,7 +114,11 @@ const INCREMENTS: u64 = 100_000;
 fn mutex_four_processes_exact_total() {
     const T: &str = "mutex_four_processes_exact_total";
     if role().as_deref() == Some("incr") {
-        let m = NamedMutex::<[u64; 2]>::open(&std::env::var(SEG).unwrap()).unwrap();
+        let name = std::env::var(SEG).unwrap();
+        let m = NamedMutex::<[u64; 2]>::open(&name).unwrap();
+        // Start together, so the increments really contend.
+        let go = NamedEvent::open(&format!("{name}-go")).unwrap();
+        go.wait_timeout(Duration::from_secs(20)).unwrap();
         for _ in 0..env_u64("N") {
             let mut g = m.lock().unwrap();
             // Non-atomic read-modify-write of two words: only mutual
@@ -123,11 +129,20 @@ fn mutex_four_processes_exact_total() {
         return;
     }
     let name = unique("count");
-    let _c = Cleanup(name.clone());
+    let go_name = format!("{name}-go");
+    let _c = (Cleanup(name.clone()), Cleanup(go_name.clone()));
     let m = NamedMutex::<[u64; 2]>::create(&name, [0, 0]).unwrap();
+    let go = NamedEvent::create(&go_name, EventMode::ManualReset).unwrap();
     let mut kids: Vec<Kid> = (0..PROCS)
         .map(|_| spawn(T, "incr", &name, &[("N", INCREMENTS.to_string())]))
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(describe(go.segment()).unwrap(), State::Event { sleepers, .. } if sleepers == PROCS as u32)
+    {
+        assert!(Instant::now() < deadline, "children never got ready");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    go.set().unwrap();
     for k in &mut kids {
         wait_ok(k, Duration::from_secs(60));
     }
