@@ -383,3 +383,114 @@ fn semaphore_many_posters_many_waiters() {
     }
     assert_eq!(s.value(), Ok(0), "duplicated posts");
 }
+
+// ---------------------------------------------------------------------------
+
+/// Token-passing processes (wait, then give back) are SIGKILLed at random
+/// points and replaced. A killed process can take at most one token with
+/// it; nothing may be corrupted, duplicated, or hang the survivors.
+fn cycle_crash(test: &str, role: &str, tokens: u32, rounds: u32) -> u32 {
+    let name = unique(role);
+    let _c = Cleanup(name.clone());
+    let (sem, ev);
+    if role == "cycle-sem" {
+        sem = Some(shmkit::sync::NamedSemaphore::create(&name, tokens).unwrap());
+        ev = None;
+    } else {
+        sem = None;
+        let e = NamedEvent::create(&name, EventMode::AutoReset).unwrap();
+        e.set().unwrap();
+        ev = Some(e);
+    }
+    let mut kids: Vec<Kid> = (0..4).map(|_| spawn(test, role, &name, &[])).collect();
+    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ std::process::id() as u64;
+    let mut killed = 0;
+    for _ in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_micros(500 + seed % 3000));
+        let i = (seed >> 20) as usize % kids.len();
+        kids[i].0.kill().unwrap();
+        kids[i].0.wait().unwrap();
+        killed += 1;
+        kids[i] = spawn(test, role, &name, &[]);
+    }
+    // Survivors kept cycling: none of them may have failed (a failure
+    // exits non-zero: corruption, or a 20 s wait with no token left).
+    for k in &mut kids {
+        assert!(k.0.try_wait().unwrap().is_none(), "a cycler failed");
+        k.0.kill().unwrap();
+        k.0.wait().unwrap();
+        killed += 1;
+    }
+    let left = match (&sem, &ev) {
+        (Some(s), _) => {
+            let v = s.value().expect("not corrupt");
+            assert!(v <= tokens, "duplicated tokens: {v} > {tokens}");
+            // Works normally afterwards.
+            s.post_n(tokens - v).unwrap();
+            for _ in 0..tokens {
+                s.try_wait().unwrap();
+            }
+            assert_eq!(s.try_wait(), Err(shmkit::sync::WaitError::WouldBlock));
+            v
+        }
+        (_, Some(e)) => {
+            let set = e.is_set().expect("not corrupt");
+            e.set().unwrap();
+            e.wait_timeout(Duration::from_secs(5)).unwrap();
+            u32::from(set)
+        }
+        _ => unreachable!(),
+    };
+    println!("{role}: {killed} kills, {left} of {tokens} tokens left");
+    assert!(tokens - left <= killed);
+    left
+}
+
+fn cycler(role: &str) {
+    let name = std::env::var(SEG).unwrap();
+    let tmo = Duration::from_secs(20);
+    if role == "cycle-sem" {
+        let s = shmkit::sync::NamedSemaphore::open(&name).unwrap();
+        loop {
+            s.wait_timeout(tmo).unwrap();
+            std::hint::black_box(0u64);
+            s.post().unwrap();
+        }
+    } else {
+        let e = NamedEvent::open(&name).unwrap();
+        loop {
+            e.wait_timeout(tmo).unwrap();
+            std::hint::black_box(0u64);
+            e.set().unwrap();
+        }
+    }
+}
+
+#[test]
+fn semaphore_users_sigkilled_at_random_points() {
+    if let Some(r) = role() {
+        cycler(&r);
+    }
+    cycle_crash(
+        "semaphore_users_sigkilled_at_random_points",
+        "cycle-sem",
+        3,
+        12,
+    );
+}
+
+#[test]
+fn event_users_sigkilled_at_random_points() {
+    if let Some(r) = role() {
+        cycler(&r);
+    }
+    cycle_crash(
+        "event_users_sigkilled_at_random_points",
+        "cycle-event",
+        1,
+        12,
+    );
+}
