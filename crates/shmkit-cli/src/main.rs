@@ -4,6 +4,7 @@
 mod cmd_channel;
 mod cmd_demo;
 mod cmd_segment;
+mod cmd_sync;
 mod signals;
 mod util;
 
@@ -56,11 +57,13 @@ enum Command {
     /// Internal: one side of `shmkit demo`.
     #[command(hide = true)]
     DemoPeer(cmd_demo::DemoPeerArgs),
+    #[command(flatten)]
+    Sync(cmd_sync::SyncCommand),
 }
 
 /// Kind-specific state for `ls`/`stat`.
 fn describe(info: &SegmentInfo) -> Option<(String, Value)> {
-    cmd_channel::describe(info)
+    cmd_sync::describe_info(info).or_else(|| cmd_channel::describe(info))
 }
 
 fn run(cli: Cli) -> CliResult {
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Recv(a) => cmd_channel::recv(&a),
         Command::Demo(a) => cmd_demo::demo(&a),
         Command::DemoPeer(a) => cmd_demo::demo_peer(&a),
+        Command::Sync(c) => cmd_sync::run(c),
     }
 }
 

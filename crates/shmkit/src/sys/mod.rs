@@ -16,4 +16,5 @@ pub mod futex;
 pub mod mmap;
 pub mod ofd_lock;
 pub mod process;
+pub mod robust_mutex;
 pub mod shm;

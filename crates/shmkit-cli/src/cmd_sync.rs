@@ -1,0 +1,297 @@
+//! `shmkit sem ...`, `shmkit mutex ...` and `shmkit lock`: named
+//! semaphores and robust mutexes from the shell.
+
+use std::process::Command as Process;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use shmkit::segment::{Kind, Segment, SegmentInfo};
+use shmkit::sync::{
+    describe, EventMode, LockError, MutexState, NamedEvent, NamedMutex, NamedSemaphore, State,
+    WaitError, SEM_VALUE_MAX,
+};
+
+use crate::util::{parse_duration, CliError, CliResult};
+
+/// The synchronisation commands, flattened into the top-level command.
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Named counting semaphores.
+    #[command(subcommand)]
+    Sem(SemCommand),
+    /// Named robust mutexes.
+    #[command(subcommand)]
+    Mutex(MutexCommand),
+    /// Named auto- or manual-reset events.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Run a command while holding a named mutex (like flock(1)).
+    ///
+    /// If the previous holder died holding the mutex, a note goes to
+    /// stderr and the command runs anyway. Exits with the command's status
+    /// (128+N if it was killed by signal N).
+    Lock(LockArgs),
+}
+
+/// `shmkit sem ...`
+#[derive(Debug, Subcommand)]
+pub enum SemCommand {
+    /// Create a semaphore.
+    Create {
+        /// Semaphore name.
+        name: String,
+        /// Initial value.
+        #[arg(long, default_value_t = 0)]
+        value: u32,
+    },
+    /// Add to the value, waking waiters.
+    Post {
+        /// Semaphore name.
+        name: String,
+        /// How much to add.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Take one unit, waiting for it if the value is 0 (exit 1 on timeout).
+    Wait {
+        /// Semaphore name.
+        name: String,
+        /// Give up after this long (e.g. 500ms, 5s); default: wait forever.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Print the current value.
+    Value {
+        /// Semaphore name.
+        name: String,
+    },
+}
+
+/// `shmkit mutex ...`
+#[derive(Debug, Subcommand)]
+pub enum MutexCommand {
+    /// Create a mutex (to be used with `shmkit lock`).
+    Create {
+        /// Mutex name.
+        name: String,
+    },
+}
+
+/// `shmkit event ...`
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Create an event, initially unset.
+    Create {
+        /// Event name.
+        name: String,
+        /// Manual-reset (stays set until `reset`) instead of auto-reset.
+        #[arg(long)]
+        manual: bool,
+    },
+    /// Signal the event.
+    Set {
+        /// Event name.
+        name: String,
+    },
+    /// Unset the event.
+    Reset {
+        /// Event name.
+        name: String,
+    },
+    /// Wait until the event is set (exit 1 on timeout).
+    Wait {
+        /// Event name.
+        name: String,
+        /// Give up after this long; default: wait forever.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+/// `shmkit lock NAME [--timeout D] -- COMMAND [ARGS...]`
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Mutex name (created with `shmkit mutex create`, or any mutex).
+    pub name: String,
+    /// Give up (exit 1) if the mutex is not free within this time.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// The command to run and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Runs one synchronisation command.
+pub fn run(cmd: SyncCommand) -> CliResult {
+    match cmd {
+        SyncCommand::Sem(c) => run_sem(c),
+        SyncCommand::Mutex(MutexCommand::Create { name }) => {
+            NamedMutex::<()>::create(&name, ())?;
+            Ok(())
+        }
+        SyncCommand::Event(c) => run_event(c),
+        SyncCommand::Lock(a) => run_lock(a),
+    }
+}
+
+fn wait_err(what: &str, name: &str, e: WaitError) -> CliError {
+    match e {
+        WaitError::Timeout => CliError::fail(format!("{what} {name:?}: timed out")),
+        e => CliError::fail(format!("{what} {name:?}: {e}")),
+    }
+}
+
+fn run_sem(c: SemCommand) -> CliResult {
+    match c {
+        SemCommand::Create { name, value } => {
+            if value > SEM_VALUE_MAX {
+                return Err(CliError::usage(format!(
+                    "--value {value} exceeds {SEM_VALUE_MAX}"
+                )));
+            }
+            NamedSemaphore::create(&name, value)?;
+        }
+        SemCommand::Post { name, count } => {
+            let s = NamedSemaphore::open(&name)?;
+            s.post_n(count)
+                .map_err(|e| CliError::fail(format!("post {name:?}: {e}")))?;
+        }
+        SemCommand::Wait { name, timeout } => {
+            let s = NamedSemaphore::open(&name)?;
+            match timeout {
+                Some(t) => s.wait_timeout(t),
+                None => s.wait(),
+            }
+            .map_err(|e| wait_err("wait", &name, e))?;
+        }
+        SemCommand::Value { name } => {
+            let s = NamedSemaphore::open(&name)?;
+            let v = s
+                .value()
+                .map_err(|e| CliError::fail(format!("value {name:?}: {e}")))?;
+            println!("{v}");
+        }
+    }
+    Ok(())
+}
+
+fn run_event(c: EventCommand) -> CliResult {
+    match c {
+        EventCommand::Create { name, manual } => {
+            let mode = if manual {
+                EventMode::ManualReset
+            } else {
+                EventMode::AutoReset
+            };
+            NamedEvent::create(&name, mode)?;
+        }
+        EventCommand::Set { name } => {
+            NamedEvent::open(&name)?
+                .set()
+                .map_err(|e| CliError::fail(format!("set {name:?}: {e}")))?;
+        }
+        EventCommand::Reset { name } => {
+            NamedEvent::open(&name)?
+                .reset()
+                .map_err(|e| CliError::fail(format!("reset {name:?}: {e}")))?;
+        }
+        EventCommand::Wait { name, timeout } => {
+            let e = NamedEvent::open(&name)?;
+            match timeout {
+                Some(t) => e.wait_timeout(t),
+                None => e.wait(),
+            }
+            .map_err(|e| wait_err("wait", &name, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn run_lock(a: LockArgs) -> CliResult {
+    let name = &a.name;
+    let m = NamedMutex::<()>::open_untyped(name)?;
+    let r = match a.timeout {
+        Some(t) => m.lock_timeout(t),
+        None => m.lock(),
+    };
+    let guard = match r {
+        Ok(g) => g,
+        Err(LockError::OwnerDied(mut g)) => {
+            eprintln!(
+                "shmkit: lock {name:?}: the previous holder died while holding it; continuing"
+            );
+            // The CLI protects no data of its own: nothing to repair.
+            g.mark_consistent();
+            g
+        }
+        Err(LockError::Timeout) => {
+            return Err(CliError::fail(format!("lock {name:?}: timed out")));
+        }
+        Err(e) => return Err(CliError::fail(format!("lock {name:?}: {e}"))),
+    };
+    let (prog, args) = a
+        .command
+        .split_first()
+        .ok_or_else(|| CliError::usage("lock: missing COMMAND"))?;
+    let status = Process::new(prog).args(args).status();
+    // Unlock before anything else (also before reporting a spawn error).
+    drop(guard);
+    let status = status.map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        CliError::with_code(code, format!("lock {name:?}: cannot run {prog:?}: {e}"))
+    })?;
+    let code = match status.code() {
+        Some(c) => c,
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }
+    };
+    if code != 0 {
+        // The command's own status, with no message of ours.
+        return Err(CliError::with_code(code, ""));
+    }
+    Ok(())
+}
+
+/// State of a mutex, semaphore or event segment for `shmkit ls`/`stat`:
+/// a one-line summary and a JSON object; `None` for other kinds (or if
+/// the segment vanished). Never locks or changes anything.
+pub fn describe_info(info: &SegmentInfo) -> Option<(String, Value)> {
+    let kind = info.header.as_ref().ok()?.kind;
+    if !matches!(kind, Kind::Mutex | Kind::Semaphore | Kind::Event) {
+        return None;
+    }
+    let seg = Segment::builder(&info.name).read_only().open().ok()?;
+    let state = match describe(&seg) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("error: {e}");
+            return Some((msg.clone(), json!({ "error": msg })));
+        }
+    };
+    let v = match &state {
+        State::Mutex(m) => match m {
+            MutexState::Free => json!({ "state": "free" }),
+            MutexState::Held {
+                pid,
+                tid,
+                repairing,
+            } => json!({ "state": "held", "pid": pid, "tid": tid, "repairing": repairing }),
+            MutexState::OwnerDied => json!({ "state": "owner-died" }),
+            MutexState::Unrecoverable => json!({ "state": "unrecoverable" }),
+        },
+        State::Semaphore { value, sleepers } => json!({ "value": value, "sleepers": sleepers }),
+        State::Event {
+            mode,
+            set,
+            sleepers,
+        } => json!({ "mode": mode.as_str(), "set": set, "sleepers": sleepers }),
+    };
+    Some((state.to_string(), v))
+}
