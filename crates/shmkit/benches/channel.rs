@@ -624,7 +624,6 @@ fn bench_throughput(c: &mut Criterion, report: &mut Vec<(String, f64, f64)>) {
         rr.sort_by(f64::total_cmp);
         br.sort_by(f64::total_cmp);
         push(0xfe);
-        drop(run_ring);
         drop(tx);
         let _ = ring_child.wait();
         let _ = bare_child.wait();
