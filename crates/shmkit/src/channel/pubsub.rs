@@ -1473,3 +1473,49 @@ pub fn stats(seg: &Segment) -> Result<PubSubStats, segment::Error> {
         publisher: peer::status(seg.fd(), &pool.core.pub_state.0, PUBLISHER),
     })
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Untrusted header params never panic, and an accepted layout
+        /// always fits in the data area it was checked against.
+        #[test]
+        fn any_params_are_checked(p in proptest::array::uniform8(proptest::num::u64::ANY),
+                                  len in 0usize..1 << 30, tag in proptest::bool::ANY) {
+            let mut p = p;
+            if tag {
+                p[5] = LAYOUT_TAG;
+                p[0] &= 0x3ff;
+                p[1] &= 0xfffff;
+                p[2] &= 0x3f;
+                p[3] &= 1;
+                p[4] &= 0x1fff;
+            }
+            if let Ok(l) = PubSubLayout::from_params(&p, len) {
+                proptest::prop_assert!(l.total <= len as u64);
+                proptest::prop_assert!(l.q >= l.slots && l.q.is_power_of_two());
+                proptest::prop_assert!(l.max_subs <= u64::from(MAX_SUBSCRIBERS));
+                proptest::prop_assert!(l.queue_off >= SUBS_OFF + l.max_subs * 128);
+                proptest::prop_assert!(l.meta_off >= l.queue_off + l.q * 4);
+                proptest::prop_assert!(l.data_off >= l.meta_off + l.slots * 64);
+                proptest::prop_assert!(l.stride >= l.slot_size);
+            }
+        }
+    }
+
+    #[test]
+    fn layout_examples() {
+        let l = PubSubLayout::new(3, 100, 2, Policy::Block, 1).unwrap();
+        assert_eq!(l.q, 4);
+        assert_eq!(l.stride, 128);
+        assert_eq!(
+            PubSubLayout::from_params(&l.params(), l.total as usize),
+            Ok(l)
+        );
+        assert!(PubSubLayout::from_params(&l.params(), l.total as usize - 1).is_err());
+        assert!(PubSubLayout::new(1, 1, 33, Policy::Block, 1).is_err());
+        assert!(PubSubLayout::new(0, 1, 1, Policy::Block, 1).is_err());
+    }
+}

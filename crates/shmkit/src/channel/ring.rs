@@ -1094,6 +1094,28 @@ mod tests {
         assert!(RingLayout::new(0, 1, 1).is_err());
     }
 
+    proptest::proptest! {
+        /// Untrusted header params never panic, and an accepted layout
+        /// always fits in the data area it was checked against.
+        #[test]
+        fn any_params_are_checked(p in proptest::array::uniform8(proptest::num::u64::ANY),
+                                  len in 0usize..1 << 30, tag in proptest::bool::ANY) {
+            let mut p = p;
+            if tag {
+                p[3] = LAYOUT_TAG;
+                p[0] &= 0xffff;
+                p[1] &= 0xfff_ffff;
+                p[2] &= 0x1fff;
+            }
+            if let Ok(l) = RingLayout::from_params(&p, len) {
+                proptest::prop_assert!(l.total <= len as u64);
+                proptest::prop_assert!(l.cap.is_power_of_two());
+                proptest::prop_assert!(l.stride >= l.prefix + l.max);
+                proptest::prop_assert!(l.prefix >= 16 && l.prefix % 16 == 0);
+            }
+        }
+    }
+
     #[test]
     fn cursors_detect_impossible_indices() {
         let core = RingCore::new();
