@@ -230,12 +230,21 @@ fn open_segment(name: &str) -> CliResult<Segment> {
 }
 
 /// Runs `shmkit send`: input into the channel, then closes it (the
-/// receiver then ends with status 0).
+/// receiver then ends with status 0). On a pub/sub channel it first waits
+/// for a subscriber.
 pub fn send(a: &SendArgs) -> CliResult {
     let seg = open_segment(&a.name)?;
     let mut out = match seg.kind() {
         Kind::Ring => Out::Ring(Sender::from_segment(seg).map_err(open_err)?),
-        _ => Out::PubSub(Publisher::from_segment(seg).map_err(open_err)?),
+        _ => {
+            let p = Publisher::from_segment(seg).map_err(open_err)?;
+            // Messages published with nobody subscribed go nowhere: wait
+            // for the first subscriber so that `send | recv` round trips.
+            while p.subscribers() == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Out::PubSub(p)
+        }
     };
     let max = out.max();
     let input: Box<dyn Read> = match &a.file {

@@ -60,7 +60,7 @@ pub struct WriteArgs {
 /// Copies FILE or stdin into the segment; nothing is written if it would
 /// not fit.
 pub fn write(a: &WriteArgs) -> CliResult {
-    let seg = Segment::open(&a.name)?;
+    let seg = Segment::builder(&a.name).allow_any_owner().open()?;
     let room = (seg.len() as u64).checked_sub(a.offset).ok_or_else(|| {
         CliError::fail(format!(
             "write {:?}: offset {} is past the end ({} bytes)",
@@ -117,7 +117,10 @@ pub struct ReadArgs {
 
 /// Copies bytes from the segment to FILE or stdout.
 pub fn read(a: &ReadArgs) -> CliResult {
-    let seg = Segment::builder(&a.name).read_only().open()?;
+    let seg = Segment::builder(&a.name)
+        .read_only()
+        .allow_any_owner()
+        .open()?;
     let size = seg.len() as u64;
     let len = match a.len {
         Some(l) => l,
@@ -377,7 +380,7 @@ pub struct AttachArgs {
 
 /// Attaches and stays attached until the duration ends or a signal.
 pub fn attach(a: &AttachArgs) -> CliResult {
-    let seg = Segment::open(&a.name)?;
+    let seg = Segment::builder(&a.name).allow_any_owner().open()?;
     crate::signals::install_stop_handler();
     eprintln!(
         "shmkit: attached to {:?} ({} bytes) as pid {}",

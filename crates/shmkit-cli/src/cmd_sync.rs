@@ -30,7 +30,8 @@ pub enum SyncCommand {
     ///
     /// If the previous holder died holding the mutex, a note goes to
     /// stderr and the command runs anyway. Exits with the command's status
-    /// (128+N if it was killed by signal N).
+    /// (128+N if it was killed by signal N). SIGINT/SIGTERM to shmkit are
+    /// passed to the command as SIGTERM; the lock is released when it ends.
     Lock(LockArgs),
 }
 
@@ -234,29 +235,65 @@ fn run_lock(a: LockArgs) -> CliResult {
         .command
         .split_first()
         .ok_or_else(|| CliError::usage("lock: missing COMMAND"))?;
-    let status = Process::new(prog).args(args).status();
-    // Unlock before anything else (also before reporting a spawn error).
-    drop(guard);
-    let status = status.map_err(|e| {
-        let code = if e.kind() == std::io::ErrorKind::NotFound {
-            127
-        } else {
-            126
-        };
-        CliError::with_code(code, format!("lock {name:?}: cannot run {prog:?}: {e}"))
-    })?;
-    let code = match status.code() {
-        Some(c) => c,
-        None => {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
+    // SIGINT/SIGTERM must not kill us while we hold the lock (the next
+    // locker would be told we died): catch them, pass SIGTERM on to the
+    // command, and unlock when it ends. A caught signal's handler is reset
+    // to the default in the command by exec, so it reacts normally.
+    crate::signals::install_stop_handler();
+    let child = Process::new(prog).args(args).spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            drop(guard);
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            return Err(CliError::with_code(
+                code,
+                format!("lock {name:?}: cannot run {prog:?}: {e}"),
+            ));
         }
     };
+    let code = wait_forwarding_stop(child.id() as libc::pid_t);
+    drop(guard);
+    let code = code.map_err(|e| CliError::fail(format!("lock {name:?}: wait: {e}")))?;
     if code != 0 {
         // The command's own status, with no message of ours.
         return Err(CliError::with_code(code, ""));
     }
     Ok(())
+}
+
+/// Reaps `pid`, forwarding a stop request (SIGINT/SIGTERM caught by us)
+/// to it as SIGTERM once. Returns its exit code, or 128+N if signal N
+/// killed it.
+fn wait_forwarding_stop(pid: libc::pid_t) -> std::io::Result<i32> {
+    let mut forwarded = false;
+    loop {
+        let mut st: libc::c_int = 0;
+        // SAFETY: `pid` is our unreaped child (std's `Child` never waits
+        // on it: we only dropped the handle); `st` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if r == pid {
+            return Ok(if libc::WIFSIGNALED(st) {
+                128 + libc::WTERMSIG(st)
+            } else {
+                libc::WEXITSTATUS(st)
+            });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+        // Our handler has no SA_RESTART: a caught signal ends up here.
+        if crate::signals::stop_requested() && !forwarded {
+            // SAFETY: kill(2) of our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            forwarded = true;
+        }
+    }
 }
 
 /// State of a mutex, semaphore or event segment for `shmkit ls`/`stat`:

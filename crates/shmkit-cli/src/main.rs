@@ -55,7 +55,8 @@ enum Command {
     #[command(hide = true)]
     BenchPeer(cmd_bench::BenchPeerArgs),
     /// Send stdin (or FILE) into a ring or pub/sub channel, one message per
-    /// line or per --chunk bytes; closes the channel at end of input.
+    /// line or per --chunk bytes; closes the channel at end of input. On a
+    /// pub/sub channel, waits for the first subscriber.
     Send(cmd_channel::SendArgs),
     /// Receive messages from a ring or pub/sub channel to stdout, each
     /// exactly as sent; ends when the sender closes the channel.

@@ -213,3 +213,31 @@ fn event_set_wait() {
         Some(1)
     );
 }
+
+#[test]
+fn sigterm_to_lock_ends_the_command_and_unlocks_cleanly() {
+    let n = unique("term");
+    let _c = Cleanup(vec![n.clone()]);
+    ok(&["mutex", "create", &n]);
+    let mut holder = Command::new(BIN)
+        .args(["lock", &n, "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok(&["stat", &n]).contains("held by pid") {
+        assert!(Instant::now() < deadline, "holder never locked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) of our own unreaped child.
+    unsafe { libc::kill(holder.id() as libc::pid_t, libc::SIGTERM) };
+    let st = wait(&mut holder, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{st}");
+    // Released normally: no owner-died note for the next locker.
+    let o = shmkit(&["lock", &n, "--timeout", "5s", "--", "true"]);
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -8,6 +8,10 @@
 //! - `sync_handoff_roundtrip`: process A signals, process B waits and
 //!   signals back; one iteration = one round trip. shmkit `Semaphore` and
 //!   `Event` vs a raw futex ping-pong vs a pipe ping-pong.
+//! - `sync_owner_death_recovery`: a waiter is blocked on a lock whose
+//!   holder process gets SIGKILLed; time from `kill()` to the waiter owning
+//!   the lock. shmkit `Mutex` (kernel robust list) vs the futex pid word
+//!   (waiters poll the owner's liveness every 10 ms).
 //!
 //! `cargo bench -p shmkit --bench sync`
 //!
@@ -94,6 +98,21 @@ struct PidLock {
 }
 
 impl PidLock {
+    fn as_ref(&self) -> PidLockRef<'_> {
+        PidLockRef {
+            word: &self.word,
+            pid: self.pid,
+        }
+    }
+}
+
+/// [`PidLock`] over a word that may live in shared memory.
+struct PidLockRef<'a> {
+    word: &'a AtomicU32,
+    pid: u32,
+}
+
+impl PidLockRef<'_> {
     #[inline]
     fn lock(&self) {
         // Acquire: pairs with the Release in `unlock`.
@@ -112,7 +131,7 @@ impl PidLock {
                 continue;
             }
             futex::wait(
-                &self.word,
+                self.word,
                 cur,
                 Some(Instant::now() + Duration::from_millis(10)),
             );
@@ -140,6 +159,7 @@ fn lock_uncontended(c: &mut Criterion) {
     let mut raw_val = 0u64;
     let mut pid_val = 0u64;
 
+    let pid_lock = pid_lock.as_ref();
     let mut g = c.benchmark_group("sync_lock_uncontended");
     g.bench_function("shmkit_mutex", |b| {
         b.iter(|| {
@@ -223,6 +243,34 @@ fn echo_main(role: &str) {
                     break;
                 }
             }
+        }
+        "hold-mutex" => {
+            let m = NamedMutex::<u64>::open(&format!("{n}-m")).unwrap();
+            let ready = NamedSemaphore::open(&format!("{n}-ready")).unwrap();
+            let g = match m.lock() {
+                Ok(g) => g,
+                Err(shmkit::sync::LockError::OwnerDied(mut g)) => {
+                    g.mark_consistent();
+                    g
+                }
+                Err(e) => panic!("{e}"),
+            };
+            ready.post().unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            drop(g);
+        }
+        "hold-pidword" => {
+            let seg = Segment::open(&format!("{n}-w")).unwrap();
+            let ready = NamedSemaphore::open(&format!("{n}-ready")).unwrap();
+            // SAFETY: as in the "futex" role.
+            let w = unsafe { &*(seg.as_ptr() as *const AtomicU32) };
+            let l = PidLockRef {
+                word: w,
+                pid: std::process::id(),
+            };
+            l.lock();
+            ready.post().unwrap();
+            std::thread::sleep(Duration::from_secs(60));
         }
         r => panic!("unknown role {r}"),
     }
@@ -311,12 +359,76 @@ fn handoff(c: &mut Criterion) {
     g.finish();
 }
 
+/// Runs `iters` rounds: spawn a holder, block on the lock in this thread,
+/// SIGKILL the holder from another thread 5 ms later, time kill → owned.
+fn recovery_rounds(role: &str, n: &str, iters: u64, lock: &dyn Fn()) -> Duration {
+    let ready = NamedSemaphore::open(&format!("{n}-ready")).unwrap();
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let mut holder = spawn_echo(role, n, false);
+        ready
+            .wait_timeout(Duration::from_secs(20))
+            .expect("holder ready");
+        // The killer also reaps: a zombie still "exists" for kill(pid, 0),
+        // so a pid-liveness lock waits until its owner is reaped (a real
+        // weakness of that design, seen as a hang in a first version of
+        // this benchmark that reaped after locking).
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            let t0 = Instant::now();
+            let _ = holder.0.kill();
+            let _ = holder.0.wait();
+            t0
+        });
+        lock();
+        let t1 = Instant::now();
+        let t0 = killer.join().unwrap();
+        total += t1.saturating_duration_since(t0);
+    }
+    total
+}
+
+fn owner_death_recovery(c: &mut Criterion) {
+    let n = name("recovery");
+    let (m, w, r) = (format!("{n}-m"), format!("{n}-w"), format!("{n}-ready"));
+    let _c = Cleanup(vec![m.clone(), w.clone(), r.clone()]);
+    let mutex = NamedMutex::<u64>::create(&m, 0).unwrap();
+    let seg = Segment::create(&w, 64).unwrap();
+    let _ready = NamedSemaphore::create(&r, 0).unwrap();
+    // SAFETY: as in `echo_main`.
+    let word = unsafe { &*(seg.as_ptr() as *const AtomicU32) };
+    let pid_lock = PidLockRef {
+        word,
+        pid: std::process::id(),
+    };
+
+    let mut g = c.benchmark_group("sync_owner_death_recovery");
+    g.sample_size(10);
+    g.bench_function("shmkit_mutex", |b| {
+        b.iter_custom(|iters| {
+            recovery_rounds("hold-mutex", &n, iters, &|| match mutex.lock() {
+                Err(shmkit::sync::LockError::OwnerDied(mut g)) => g.mark_consistent(),
+                r => panic!("expected OwnerDied, got {:?}", r.map(|_| ())),
+            })
+        })
+    });
+    g.bench_function("futex_pid_word", |b| {
+        b.iter_custom(|iters| {
+            recovery_rounds("hold-pidword", &n, iters, &|| {
+                pid_lock.lock();
+                pid_lock.unlock();
+            })
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = lock_uncontended, handoff
+    targets = lock_uncontended, handoff, owner_death_recovery
 }
 
 fn main() {

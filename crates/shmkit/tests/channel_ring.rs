@@ -330,14 +330,15 @@ fn hostile_ring_indices() {
         assert_eq!(role, "scribbler");
         let seg = Segment::open(&name).unwrap();
         let mut rng = Rng::from_time();
-        let stride = 8 + 64; // prefix + max_message, see RingLayout
+        let stride = 16 + 64; // prefix + max_message, see RingLayout
         let end = Instant::now() + Duration::from_millis(600);
         while Instant::now() < end {
             let v = rng.next() >> rng.below(64);
-            let off = match rng.below(3) {
-                0 => 0,   // tail
-                1 => 128, // head
-                _ => 4096 + rng.below(16) * stride,
+            let off = match rng.below(4) {
+                0 => 0,                                 // tail
+                1 => 128,                               // head
+                2 => 4096 + rng.below(16) * stride,     // a slot's stamp
+                _ => 4096 + rng.below(16) * stride + 8, // a slot's length
             };
             seg.write_at(off, &v.to_le_bytes()).unwrap();
             std::thread::yield_now();

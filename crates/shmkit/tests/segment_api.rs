@@ -291,3 +291,27 @@ fn symlinks_under_our_prefix_are_not_followed() {
     std::os::unix::fs::symlink(target.path(), link.path()).unwrap();
     assert!(matches!(Segment::open(&link), Err(Error::Corrupt { .. })));
 }
+
+/// `/dev/shm` is world-writable: a segment another user created under the
+/// name we expect must not be trusted by default. (Needs root to make a
+/// file owned by someone else; CI runs as root.)
+#[test]
+fn segments_of_another_owner_are_refused_unless_allowed() {
+    let name = Name::new("owner");
+    let seg = Segment::create(&name, 64).unwrap();
+    if !rustix::process::geteuid().is_root() {
+        // Our own segment is trusted; the foreign case cannot be built.
+        assert!(Segment::open(&name).is_ok());
+        return;
+    }
+    std::os::unix::fs::chown(name.path(), Some(65534), None).unwrap();
+    let e = Segment::open(&name).unwrap_err();
+    assert!(matches!(e, Error::ForeignOwner { owner: 65534, .. }), "{e}");
+    assert!(matches!(
+        Segment::open_or_create(&name, 64),
+        Err(Error::ForeignOwner { .. })
+    ));
+    let ok = Segment::builder(&name).allow_any_owner().open().unwrap();
+    assert_eq!(ok.len(), 64);
+    drop(seg);
+}

@@ -48,6 +48,11 @@ fn named_mutex_checks_type_and_kind() {
         NamedMutex::<u64>::create(&name, 0),
         Err(Error::AlreadyExists { .. })
     ));
+    // A read-only attachment cannot lock (it would fault): refused.
+    assert!(matches!(
+        NamedMutex::<u64>::open_with(Segment::builder(&name).read_only()),
+        Err(Error::PermissionDenied { .. })
+    ));
     let again = NamedMutex::<u64>::open_or_create(&name, 0).unwrap();
     assert!(!again.segment().created());
     assert_eq!(*again.lock().unwrap(), 42);

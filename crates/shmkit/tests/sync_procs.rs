@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use shmkit::segment::{self, Kind, Segment};
-use shmkit::sync::{LockError, MutexState, NamedMutex, Semaphore};
+use shmkit::sync::{
+    describe, EventMode, LockError, MutexState, NamedEvent, NamedMutex, Semaphore, State,
+};
 
 const ROLE: &str = "SYNC_ROLE";
 const SEG: &str = "SYNC_SEG";
@@ -112,7 +114,11 @@ const INCREMENTS: u64 = 100_000;
 fn mutex_four_processes_exact_total() {
     const T: &str = "mutex_four_processes_exact_total";
     if role().as_deref() == Some("incr") {
-        let m = NamedMutex::<[u64; 2]>::open(&std::env::var(SEG).unwrap()).unwrap();
+        let name = std::env::var(SEG).unwrap();
+        let m = NamedMutex::<[u64; 2]>::open(&name).unwrap();
+        // Start together, so the increments really contend.
+        let go = NamedEvent::open(&format!("{name}-go")).unwrap();
+        go.wait_timeout(Duration::from_secs(20)).unwrap();
         for _ in 0..env_u64("N") {
             let mut g = m.lock().unwrap();
             // Non-atomic read-modify-write of two words: only mutual
@@ -123,11 +129,20 @@ fn mutex_four_processes_exact_total() {
         return;
     }
     let name = unique("count");
-    let _c = Cleanup(name.clone());
+    let go_name = format!("{name}-go");
+    let _c = (Cleanup(name.clone()), Cleanup(go_name.clone()));
     let m = NamedMutex::<[u64; 2]>::create(&name, [0, 0]).unwrap();
+    let go = NamedEvent::create(&go_name, EventMode::ManualReset).unwrap();
     let mut kids: Vec<Kid> = (0..PROCS)
         .map(|_| spawn(T, "incr", &name, &[("N", INCREMENTS.to_string())]))
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(describe(go.segment()).unwrap(), State::Event { sleepers, .. } if sleepers == PROCS as u32)
+    {
+        assert!(Instant::now() < deadline, "children never got ready");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    go.set().unwrap();
     for k in &mut kids {
         wait_ok(k, Duration::from_secs(60));
     }
@@ -367,4 +382,115 @@ fn semaphore_many_posters_many_waiters() {
         wait_ok(k, Duration::from_secs(60));
     }
     assert_eq!(s.value(), Ok(0), "duplicated posts");
+}
+
+// ---------------------------------------------------------------------------
+
+/// Token-passing processes (wait, then give back) are SIGKILLed at random
+/// points and replaced. A killed process can take at most one token with
+/// it; nothing may be corrupted, duplicated, or hang the survivors.
+fn cycle_crash(test: &str, role: &str, tokens: u32, rounds: u32) -> u32 {
+    let name = unique(role);
+    let _c = Cleanup(name.clone());
+    let (sem, ev);
+    if role == "cycle-sem" {
+        sem = Some(shmkit::sync::NamedSemaphore::create(&name, tokens).unwrap());
+        ev = None;
+    } else {
+        sem = None;
+        let e = NamedEvent::create(&name, EventMode::AutoReset).unwrap();
+        e.set().unwrap();
+        ev = Some(e);
+    }
+    let mut kids: Vec<Kid> = (0..4).map(|_| spawn(test, role, &name, &[])).collect();
+    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ std::process::id() as u64;
+    let mut killed = 0;
+    for _ in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_micros(500 + seed % 3000));
+        let i = (seed >> 20) as usize % kids.len();
+        kids[i].0.kill().unwrap();
+        kids[i].0.wait().unwrap();
+        killed += 1;
+        kids[i] = spawn(test, role, &name, &[]);
+    }
+    // Survivors kept cycling: none of them may have failed (a failure
+    // exits non-zero: corruption, or a 20 s wait with no token left).
+    for k in &mut kids {
+        assert!(k.0.try_wait().unwrap().is_none(), "a cycler failed");
+        k.0.kill().unwrap();
+        k.0.wait().unwrap();
+        killed += 1;
+    }
+    let left = match (&sem, &ev) {
+        (Some(s), _) => {
+            let v = s.value().expect("not corrupt");
+            assert!(v <= tokens, "duplicated tokens: {v} > {tokens}");
+            // Works normally afterwards.
+            s.post_n(tokens - v).unwrap();
+            for _ in 0..tokens {
+                s.try_wait().unwrap();
+            }
+            assert_eq!(s.try_wait(), Err(shmkit::sync::WaitError::WouldBlock));
+            v
+        }
+        (_, Some(e)) => {
+            let set = e.is_set().expect("not corrupt");
+            e.set().unwrap();
+            e.wait_timeout(Duration::from_secs(5)).unwrap();
+            u32::from(set)
+        }
+        _ => unreachable!(),
+    };
+    println!("{role}: {killed} kills, {left} of {tokens} tokens left");
+    assert!(tokens - left <= killed);
+    left
+}
+
+fn cycler(role: &str) {
+    let name = std::env::var(SEG).unwrap();
+    let tmo = Duration::from_secs(20);
+    if role == "cycle-sem" {
+        let s = shmkit::sync::NamedSemaphore::open(&name).unwrap();
+        loop {
+            s.wait_timeout(tmo).unwrap();
+            std::hint::black_box(0u64);
+            s.post().unwrap();
+        }
+    } else {
+        let e = NamedEvent::open(&name).unwrap();
+        loop {
+            e.wait_timeout(tmo).unwrap();
+            std::hint::black_box(0u64);
+            e.set().unwrap();
+        }
+    }
+}
+
+#[test]
+fn semaphore_users_sigkilled_at_random_points() {
+    if let Some(r) = role() {
+        cycler(&r);
+    }
+    cycle_crash(
+        "semaphore_users_sigkilled_at_random_points",
+        "cycle-sem",
+        3,
+        12,
+    );
+}
+
+#[test]
+fn event_users_sigkilled_at_random_points() {
+    if let Some(r) = role() {
+        cycler(&r);
+    }
+    cycle_crash(
+        "event_users_sigkilled_at_random_points",
+        "cycle-event",
+        1,
+        12,
+    );
 }

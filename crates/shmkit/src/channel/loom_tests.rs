@@ -13,11 +13,22 @@ use loom::thread;
 use super::pubsub::{Policy, Pool, PubCore, SlotMeta, SubShared};
 use super::ring::{ConsCursor, ProdCursor, RingCore, Stuck};
 use super::wait::{notify, sleep_once};
-use crate::primitive::{spin_hint, AtomicU32};
+use crate::primitive::{spin_hint, AtomicU32, AtomicU64};
 
 struct Ring {
     core: RingCore,
+    stamps: [AtomicU64; 2],
     slots: [UnsafeCell<u64>; 2],
+}
+
+impl Ring {
+    fn new() -> Ring {
+        Ring {
+            core: RingCore::new(),
+            stamps: [AtomicU64::new(0), AtomicU64::new(0)],
+            slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
+        }
+    }
 }
 
 /// Push/pop: three messages through two slots, in order, no data race
@@ -25,10 +36,7 @@ struct Ring {
 #[test]
 fn ring_push_pop() {
     loom::model(|| {
-        let r = Arc::new(Ring {
-            core: RingCore::new(),
-            slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
-        });
+        let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
             let mut cur = ProdCursor {
@@ -44,17 +52,14 @@ fn ring_push_pop() {
                     }
                 };
                 p.slots[(pos & 1) as usize].with_mut(|s| unsafe { *s = v });
-                cur.commit(&p.core);
+                cur.commit(&p.core, &p.stamps[(pos & 1) as usize]);
                 notify(&p.core.data_seq.0, &p.core.cons_sleepers.0);
             }
         });
-        let mut cur = ConsCursor {
-            head: 0,
-            tail_cache: 0,
-        };
+        let mut cur = ConsCursor { head: 0 };
         for v in 1..=3u64 {
             let pos = loop {
-                match cur.try_peek(&r.core, 2) {
+                match cur.try_peek(2, &r.stamps[(cur.head & 1) as usize]) {
                     Ok(pos) => break pos,
                     Err(Stuck::Blocked) => spin_hint(),
                     Err(e) => panic!("{e:?}"),
@@ -73,10 +78,7 @@ fn ring_push_pop() {
 #[test]
 fn ring_sleeper_is_never_lost() {
     loom::model(|| {
-        let r = Arc::new(Ring {
-            core: RingCore::new(),
-            slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
-        });
+        let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
             let mut cur = ProdCursor {
@@ -85,16 +87,13 @@ fn ring_sleeper_is_never_lost() {
             };
             let pos = cur.try_reserve(&p.core, 2).unwrap();
             p.slots[pos as usize].with_mut(|s| unsafe { *s = 42 });
-            cur.commit(&p.core);
+            cur.commit(&p.core, &p.stamps[pos as usize]);
             notify(&p.core.data_seq.0, &p.core.cons_sleepers.0);
         });
-        let mut cur = ConsCursor {
-            head: 0,
-            tail_cache: 0,
-        };
-        let mut poll = || cur.try_peek(&r.core, 2).ok();
+        let mut cur = ConsCursor { head: 0 };
+        let mut poll = || cur.try_peek(2, &r.stamps[0]).ok();
         let pos = loop {
-            if let Some(pos) =
+            if let Ok(pos) =
                 sleep_once(&r.core.data_seq.0, &r.core.cons_sleepers.0, &mut poll, None)
             {
                 break pos;

@@ -327,6 +327,28 @@ impl Pool<'_> {
         notify(&self.core.data_seq.0, &self.core.sub_sleepers.0);
     }
 
+    /// Publisher taking over at `tail`: a previous publisher killed
+    /// between setting a slot's `refs` and storing `tail` left a slot
+    /// addressed to subscribers but never visible (its `seq` is `tail`):
+    /// free it, or it would never come back. No subscriber can hold it:
+    /// they only read positions below `tail`.
+    pub(crate) fn recover(&self, tail: u64) -> usize {
+        let mut freed = 0;
+        for m in self.meta {
+            // Relaxed: we hold the publisher role; `seq` is only written by
+            // publishers, and the previous one is gone.
+            if m.seq.load(Ordering::Relaxed) >= tail
+                // Relaxed: as above.
+                && m.refs.load(Ordering::Relaxed) != 0
+            {
+                // Release: as in `release`.
+                m.refs.store(0, Ordering::Release);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
     /// Subscriber: the next message addressed to `cur`, held, if any.
     pub(crate) fn try_take(&self, cur: &mut SubCursor) -> Result<Option<Taken>, String> {
         let bits = Bits::of(cur.idx);
@@ -823,7 +845,9 @@ impl Publisher {
             }
             // Acquire: continue after a previous publisher's last
             // publication; the role is ours, so `tail` is too.
-            pool.core.tail.0.load(Ordering::Acquire)
+            let tail = pool.core.tail.0.load(Ordering::Acquire);
+            pool.recover(tail);
+            tail
         };
         Ok(Publisher {
             sh,
@@ -1472,4 +1496,79 @@ pub fn stats(seg: &Segment) -> Result<PubSubStats, segment::Error> {
         published: tail,
         publisher: peer::status(seg.fd(), &pool.core.pub_state.0, PUBLISHER),
     })
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Untrusted header params never panic, and an accepted layout
+        /// always fits in the data area it was checked against.
+        #[test]
+        fn any_params_are_checked(p in proptest::array::uniform8(proptest::num::u64::ANY),
+                                  len in 0usize..1 << 30, tag in proptest::bool::ANY) {
+            let mut p = p;
+            if tag {
+                p[5] = LAYOUT_TAG;
+                p[0] &= 0x3ff;
+                p[1] &= 0xfffff;
+                p[2] &= 0x3f;
+                p[3] &= 1;
+                p[4] &= 0x1fff;
+            }
+            if let Ok(l) = PubSubLayout::from_params(&p, len) {
+                proptest::prop_assert!(l.total <= len as u64);
+                proptest::prop_assert!(l.q >= l.slots && l.q.is_power_of_two());
+                proptest::prop_assert!(l.max_subs <= u64::from(MAX_SUBSCRIBERS));
+                proptest::prop_assert!(l.queue_off >= SUBS_OFF + l.max_subs * 128);
+                proptest::prop_assert!(l.meta_off >= l.queue_off + l.q * 4);
+                proptest::prop_assert!(l.data_off >= l.meta_off + l.slots * 64);
+                proptest::prop_assert!(l.stride >= l.slot_size);
+            }
+        }
+    }
+
+    #[test]
+    fn orphan_publication_is_reclaimed() {
+        let core = PubCore::new();
+        let subs: Vec<SubShared> = (0..2).map(|_| SubShared::new()).collect();
+        let queue: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
+        let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
+        let pool = Pool {
+            core: &core,
+            subs: &subs,
+            queue: &queue,
+            meta: &meta,
+            slot_size: 8,
+            policy: Policy::Block,
+        };
+        let mut cur = pool.join(0);
+        let (mut tail, mut rr) = (0, 0);
+        let s = pool.take_free(&mut rr).unwrap();
+        pool.publish(&mut tail, s, 8);
+        // A publisher dies after addressing slot 1 (position 1) to the
+        // subscriber but before storing `tail`.
+        meta[1].seq.store(1, Ordering::Relaxed);
+        meta[1].refs.store(1, Ordering::Relaxed);
+        assert_eq!(pool.recover(core.tail.0.load(Ordering::Relaxed)), 1);
+        assert_eq!(meta[1].refs.load(Ordering::Relaxed), 0);
+        // The visible publication is untouched.
+        let t = pool.try_take(&mut cur).unwrap().unwrap();
+        assert_eq!(t.slot, s);
+    }
+
+    #[test]
+    fn layout_examples() {
+        let l = PubSubLayout::new(3, 100, 2, Policy::Block, 1).unwrap();
+        assert_eq!(l.q, 4);
+        assert_eq!(l.stride, 128);
+        assert_eq!(
+            PubSubLayout::from_params(&l.params(), l.total as usize),
+            Ok(l)
+        );
+        assert!(PubSubLayout::from_params(&l.params(), l.total as usize - 1).is_err());
+        assert!(PubSubLayout::new(1, 1, 33, Policy::Block, 1).is_err());
+        assert!(PubSubLayout::new(0, 1, 1, Policy::Block, 1).is_err());
+    }
 }

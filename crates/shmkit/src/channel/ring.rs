@@ -170,51 +170,53 @@ impl ProdCursor {
         }
     }
 
-    /// Publishes the reserved slot (after its bytes are written).
+    /// Publishes the reserved slot (after its bytes are written); `stamp`
+    /// is that slot's stamp word.
     #[inline]
-    pub(crate) fn commit(&mut self, core: &RingCore) {
+    pub(crate) fn commit(&mut self, core: &RingCore, stamp: &AtomicU64) {
         self.tail += 1;
         // Release: the slot's payload and length, written before, are
-        // visible to a consumer that loads this value with Acquire.
+        // visible to a consumer that loads this stamp with Acquire (in
+        // `ConsCursor::try_peek`).
+        stamp.store(self.tail, Ordering::Release);
+        // Release: for `len()`, `stat` and a later producer resuming here;
+        // the consumer's hot path never reads it.
         core.tail.0.store(self.tail, Ordering::Release);
     }
 }
 
-/// The consumer's private view: its own `head` and a cached `tail`.
+/// The consumer's private view: its own `head`.
 #[derive(Debug)]
 pub(crate) struct ConsCursor {
     pub(crate) head: u64,
-    pub(crate) tail_cache: u64,
 }
 
 impl ConsCursor {
-    /// The position to read next, if a message is there.
+    /// The position to read next, if its message is published. `stamp` is
+    /// the stamp word of the slot of `self.head`.
     #[inline]
-    pub(crate) fn try_peek(&mut self, core: &RingCore, cap: u64) -> Result<u64, Stuck> {
-        if self.head < self.tail_cache {
+    pub(crate) fn try_peek(&mut self, cap: u64, stamp: &AtomicU64) -> Result<u64, Stuck> {
+        let want = self.head + 1;
+        // Acquire: pairs with the Release store of the stamp in
+        // `ProdCursor::commit`: the message's bytes are visible.
+        let s = stamp.load(Ordering::Acquire);
+        if s == want {
             return Ok(self.head);
         }
-        self.refresh(core, cap)
+        // Not yet: the slot still holds the previous lap's message (or
+        // none yet). Any other value is impossible.
+        if s == want.saturating_sub(cap) || (s == 0 && self.head < cap) {
+            return Err(Stuck::Blocked);
+        }
+        Err(Self::corrupt(s, want, cap))
     }
 
-    #[inline]
-    fn refresh(&mut self, core: &RingCore, cap: u64) -> Result<u64, Stuck> {
-        // Acquire: pairs with the Release store of `tail` in
-        // `ProdCursor::commit`: the message's bytes are visible.
-        let tail = core.tail.0.load(Ordering::Acquire);
-        if tail < self.head || tail - self.head > cap {
-            return Err(Stuck::Corrupt(format!(
-                "ring tail {tail} outside [{}, {}]",
-                self.head,
-                self.head.saturating_add(cap)
-            )));
-        }
-        self.tail_cache = tail;
-        if self.head < tail {
-            Ok(self.head)
-        } else {
-            Err(Stuck::Blocked)
-        }
+    #[cold]
+    fn corrupt(s: u64, want: u64, cap: u64) -> Stuck {
+        Stuck::Corrupt(format!(
+            "slot stamp {s} is neither {want} nor {}",
+            want.saturating_sub(cap)
+        ))
     }
 
     /// Frees the slot just read.
@@ -232,8 +234,8 @@ impl ConsCursor {
 pub(crate) struct RingLayout {
     pub(crate) cap: u64,
     pub(crate) max: u64,
-    /// Bytes before the payload in a slot (the `u32` length, padded to
-    /// the payload's alignment).
+    /// Bytes before the payload in a slot (the `u64` stamp and the `u32`
+    /// length, padded to the payload's alignment).
     pub(crate) prefix: u64,
     pub(crate) stride: u64,
     pub(crate) total: u64,
@@ -251,7 +253,7 @@ impl RingLayout {
             return Err(format!("alignment {align} is not a power of two <= 4096"));
         }
         let cap = capacity.next_power_of_two();
-        let prefix = align.max(8);
+        let prefix = align.max(16);
         let stride = (prefix + max)
             .checked_next_multiple_of(prefix)
             .ok_or("slot size overflows")?;
@@ -456,13 +458,27 @@ impl Shared {
         }
     }
 
-    /// The length word at the start of a slot.
+    /// The stamp word at the start of a slot: `i + 1` once message `i` is
+    /// published in it.
+    #[inline]
+    fn stamp_word(&self, slot: *mut u8) -> &AtomicU64 {
+        // SAFETY: `slot` comes from `Self::slot`: in bounds, and 16-aligned
+        // (page-aligned data + DATA_OFF + i * stride, stride a multiple of
+        // prefix >= 16); only ever accessed atomically; any value is valid.
+        unsafe { &*(slot as *const AtomicU64) }
+    }
+
+    /// The stamp word of the slot of message `pos`.
+    #[inline]
+    fn stamp_of(&self, pos: u64) -> &AtomicU64 {
+        self.stamp_word(self.slot(pos))
+    }
+
+    /// The length word after the stamp.
     #[inline]
     fn len_word(&self, slot: *mut u8) -> &AtomicU32 {
-        // SAFETY: `slot` comes from `Self::slot`: in bounds, and 8-aligned
-        // (page-aligned data + DATA_OFF + i * stride, stride a multiple of
-        // prefix >= 8); only ever accessed atomically; any value is valid.
-        unsafe { &*(slot as *const AtomicU32) }
+        // SAFETY: as in `stamp_word`; `slot + 8 + 4 <= slot + prefix`.
+        unsafe { &*(slot.add(8) as *const AtomicU32) }
     }
 
     fn depth(&self) -> u64 {
@@ -515,9 +531,17 @@ impl Sender {
         }
         // Acquire: resume after the last committed message of a previous
         // producer; we hold the role, so `tail` is ours from now on.
-        let tail = core.tail.0.load(Ordering::Acquire);
+        let mut tail = core.tail.0.load(Ordering::Acquire);
         let head = core.head.0.load(Ordering::Acquire);
         let cap = sh.layout.cap;
+        // A producer killed between publishing a stamp and storing `tail`
+        // left that message published: continue after it.
+        // Acquire: pairs with the stamp's Release store.
+        if sh.stamp_of(tail).load(Ordering::Acquire) == tail + 1 {
+            tail += 1;
+            // Release: as in `ProdCursor::commit`.
+            core.tail.0.store(tail, Ordering::Release);
+        }
         if head > tail || tail - head > cap {
             peer::close(sh.seg.fd(), &core.prod_state.0, PRODUCER);
             return Err(segment::Error::corrupt(
@@ -638,7 +662,7 @@ impl Sender {
         fill(buf);
         // Relaxed: published by the Release store of `tail` in `commit`.
         self.sh.len_word(slot).store(len as u32, Ordering::Relaxed);
-        self.cur.commit(core);
+        self.cur.commit(core, self.sh.stamp_word(slot));
         notify(&core.data_seq.0, &core.cons_sleepers.0);
         Ok(())
     }
@@ -734,10 +758,7 @@ impl Receiver {
             .into());
         }
         Ok(Receiver {
-            cur: ConsCursor {
-                head,
-                tail_cache: head,
-            },
+            cur: ConsCursor { head },
             sh,
             strategy: WaitStrategy::default(),
         })
@@ -813,7 +834,10 @@ impl Receiver {
     /// the segment could change the bytes under it (never the bounds).
     #[inline]
     pub fn recv_with<R>(&mut self, wait: Wait, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
-        let pos = match self.cur.try_peek(self.sh.core(), self.sh.layout.cap) {
+        let pos = match self
+            .cur
+            .try_peek(self.sh.layout.cap, self.sh.stamp_of(self.cur.head))
+        {
             Ok(pos) => pos,
             Err(Stuck::Corrupt(m)) => return Err(RecvError::Corrupt(m)),
             Err(Stuck::Blocked) => self.wait_message(wait)?,
@@ -855,7 +879,7 @@ impl Receiver {
             wait,
             &core.data_seq.0,
             &core.cons_sleepers.0,
-            || match cur.try_peek(core, cap) {
+            || match cur.try_peek(cap, sh.stamp_of(cur.head)) {
                 Ok(pos) => Some(Ok(pos)),
                 Err(Stuck::Blocked) => None,
                 Err(Stuck::Corrupt(m)) => Some(Err(RecvError::Corrupt(m))),
@@ -872,7 +896,7 @@ impl Receiver {
             // before (its last `tail` store happened before the close or
             // death we just observed).
             Some(Err(e @ (RecvError::Disconnected | RecvError::SenderDied))) => {
-                match cur.try_peek(core, cap) {
+                match cur.try_peek(cap, sh.stamp_of(cur.head)) {
                     Ok(pos) => Ok(pos),
                     Err(Stuck::Corrupt(m)) => Err(RecvError::Corrupt(m)),
                     Err(Stuck::Blocked) => Err(e),
@@ -1054,7 +1078,7 @@ mod tests {
     fn layout_rejects_bad_params() {
         let ok = RingLayout::new(5, 100, 1).unwrap();
         assert_eq!(ok.cap, 8);
-        assert_eq!(ok.stride, 112);
+        assert_eq!(ok.stride, 128);
         let p = ok.params();
         assert_eq!(RingLayout::from_params(&p, ok.total as usize), Ok(ok));
         assert!(RingLayout::from_params(&p, ok.total as usize - 1).is_err());
@@ -1070,29 +1094,51 @@ mod tests {
         assert!(RingLayout::new(0, 1, 1).is_err());
     }
 
+    proptest::proptest! {
+        /// Untrusted header params never panic, and an accepted layout
+        /// always fits in the data area it was checked against.
+        #[test]
+        fn any_params_are_checked(p in proptest::array::uniform8(proptest::num::u64::ANY),
+                                  len in 0usize..1 << 30, tag in proptest::bool::ANY) {
+            let mut p = p;
+            if tag {
+                p[3] = LAYOUT_TAG;
+                p[0] &= 0xffff;
+                p[1] &= 0xfff_ffff;
+                p[2] &= 0x1fff;
+            }
+            if let Ok(l) = RingLayout::from_params(&p, len) {
+                proptest::prop_assert!(l.total <= len as u64);
+                proptest::prop_assert!(l.cap.is_power_of_two());
+                proptest::prop_assert!(l.stride >= l.prefix + l.max);
+                proptest::prop_assert!(l.prefix >= 16 && l.prefix % 16 == 0);
+            }
+        }
+    }
+
     #[test]
     fn cursors_detect_impossible_indices() {
         let core = RingCore::new();
+        let stamps: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
         let mut p = ProdCursor {
             tail: 0,
             head_cache: 0,
         };
-        let mut c = ConsCursor {
-            head: 0,
-            tail_cache: 0,
-        };
-        assert_eq!(c.try_peek(&core, 4), Err(Stuck::Blocked));
+        let mut c = ConsCursor { head: 0 };
+        assert_eq!(c.try_peek(4, &stamps[0]), Err(Stuck::Blocked));
         for _ in 0..4 {
-            p.try_reserve(&core, 4).unwrap();
-            p.commit(&core);
+            let pos = p.try_reserve(&core, 4).unwrap();
+            p.commit(&core, &stamps[pos as usize & 3]);
         }
         assert_eq!(p.try_reserve(&core, 4), Err(Stuck::Blocked));
-        assert_eq!(c.try_peek(&core, 4), Ok(0));
+        assert_eq!(c.try_peek(4, &stamps[0]), Ok(0));
         c.release(&core);
         assert_eq!(p.try_reserve(&core, 4), Ok(4));
-        core.tail.0.store(1000, Ordering::Relaxed);
-        c.tail_cache = 1;
-        assert!(matches!(c.try_peek(&core, 4), Err(Stuck::Corrupt(_))));
+        // Message 4 not yet published: slot 0 still holds message 0.
+        c.head = 4;
+        assert_eq!(c.try_peek(4, &stamps[0]), Err(Stuck::Blocked));
+        stamps[0].store(1000, Ordering::Relaxed);
+        assert!(matches!(c.try_peek(4, &stamps[0]), Err(Stuck::Corrupt(_))));
         core.head.0.store(u64::MAX, Ordering::Relaxed);
         p.head_cache = 0;
         assert!(matches!(p.try_reserve(&core, 4), Err(Stuck::Corrupt(_))));

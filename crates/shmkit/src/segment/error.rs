@@ -95,6 +95,19 @@ pub enum Error {
         /// Segment name.
         name: String,
     },
+    /// The segment belongs to another user and the caller did not opt in
+    /// with [`allow_any_owner`](super::SegmentBuilder::allow_any_owner).
+    #[error("{op} {name:?}: segment is owned by uid {owner}, not by this process's uid {euid}; refusing to trust it (see allow_any_owner)")]
+    ForeignOwner {
+        /// Operation tried.
+        op: &'static str,
+        /// Segment name.
+        name: String,
+        /// Owner of the segment file.
+        owner: u32,
+        /// Our effective uid.
+        euid: u32,
+    },
     /// The segment is marked for deferred removal and takes no new
     /// attachments; it disappears when its last process detaches.
     #[error("{op} {name:?}: segment is marked for removal and accepts no new attachments")]

@@ -234,6 +234,7 @@ pub struct SegmentBuilder<'a> {
     writable: bool,
     init: Option<InitFn<'a>>,
     open_timeout: Duration,
+    any_owner: bool,
 }
 
 impl std::fmt::Debug for SegmentBuilder<'_> {
@@ -291,6 +292,18 @@ impl<'a> SegmentBuilder<'a> {
     /// [`Error::PermissionDenied`]. Only for `open`.
     pub fn read_only(mut self) -> Self {
         self.writable = false;
+        self
+    }
+
+    /// Accept a segment owned by another user. By default `open` (and
+    /// `open_or_create`) refuse one with [`Error::ForeignOwner`]: `/dev/shm`
+    /// is world-writable, so another user could create the name first, and
+    /// whoever can write a segment can corrupt the objects in it. Pass this
+    /// only when you trust that user (for example, processes of several
+    /// users sharing a group-writable segment). Raw byte copies
+    /// (`read_at`/`write_at`) are safe either way.
+    pub fn allow_any_owner(mut self) -> Self {
+        self.any_owner = true;
         self
     }
 
@@ -500,6 +513,15 @@ impl<'a> SegmentBuilder<'a> {
             }
             let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
             let (header, flags) = read_header(op, name, &fd, info.size)?;
+            let euid = rustix::process::geteuid().as_raw();
+            if !self.any_owner && info.uid != euid {
+                return Err(Error::ForeignOwner {
+                    op,
+                    name: name.clone(),
+                    owner: info.uid,
+                    euid,
+                });
+            }
             let due =
                 header.lifetime == Lifetime::UntilLastDetach || flags & header::FLAG_MARKED != 0;
             if alone && due {
@@ -618,6 +640,7 @@ impl Segment {
             writable: true,
             init: None,
             open_timeout: Duration::from_secs(2),
+            any_owner: false,
         }
     }
 

@@ -149,6 +149,8 @@ impl Event {
         if m != MAGIC {
             return Err(bad("magic", m));
         }
+        // Relaxed: `mode` never changes after init (published by the
+        // magic's Release/Acquire at open).
         match self.mode.load(Ordering::Relaxed) {
             m @ (AUTO | MANUAL) => Ok(m),
             m => Err(bad("mode", m)),
@@ -167,6 +169,7 @@ impl Event {
             SET => true,
             s => return Err(bad("state", s)),
         };
+        // Relaxed: diagnostic snapshot.
         Ok((mode, set, self.sleepers.load(Ordering::Relaxed)))
     }
 

@@ -362,6 +362,7 @@ impl<T> Mutex<T> {
                 }
             }
             Outcome::OwnerDied => {
+                // Relaxed: we hold the lock (EOWNERDEAD still grants it).
                 if self.raw.state.load(Ordering::Relaxed) == UNRECOVERABLE {
                     // Its last holder gave up and died before unlocking.
                     // Leave glibc's mutex inconsistent: unlock makes it
@@ -369,6 +370,7 @@ impl<T> Mutex<T> {
                     self.raw.lock.unlock();
                     return Err(LockError::Unrecoverable);
                 }
+                // Relaxed: under the lock; our unlock releases it.
                 self.raw.state.store(INCONSISTENT, Ordering::Relaxed);
                 Err(LockError::OwnerDied(guard(true)))
             }

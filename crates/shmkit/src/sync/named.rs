@@ -193,6 +193,14 @@ fn attach<'a, O: Placed>(
             }
         }
     };
+    if !seg.is_writable() {
+        // Locking, posting and waiting all write the object: a read-only
+        // mapping would fault. (`describe` reads through `view` instead.)
+        return Err(segment::Error::PermissionDenied {
+            op,
+            name: seg.name().to_owned(),
+        });
+    }
     let obj = locate::<O>(op, &seg, exact)?;
     // SAFETY: located in our live mapping (size and alignment checked).
     let r = unsafe { obj.as_ref() };

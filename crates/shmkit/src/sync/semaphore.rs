@@ -161,6 +161,7 @@ impl Semaphore {
         if c > MAX_VALUE {
             return Err(bad_count(c));
         }
+        // Relaxed: diagnostic snapshot.
         Ok((c, self.sleepers.load(Ordering::Relaxed)))
     }
 

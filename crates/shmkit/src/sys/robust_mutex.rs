@@ -278,6 +278,7 @@ mod imp {
                     .compare_exchange(DEAD, HELD, Ordering::Acquire, Ordering::Relaxed)
                     .ok()
                     .map(|_| {
+                        // Relaxed: only touched by the holder.
                         self.inconsistent.store(1, Ordering::Relaxed);
                         Outcome::OwnerDied
                     }),
@@ -288,6 +289,7 @@ mod imp {
 
         pub fn lock(&self, deadline: Option<Instant>) -> Outcome {
             loop {
+                // Relaxed: a guess; the CAS in `acquire` orders.
                 let w = self.word.load(Ordering::Relaxed);
                 if let Some(o) = self.acquire(w) {
                     return o;
@@ -301,11 +303,13 @@ mod imp {
         }
 
         pub fn try_lock(&self) -> Outcome {
+            // Relaxed: a guess; the CAS in `acquire` orders.
             let w = self.word.load(Ordering::Relaxed);
             self.acquire(w).unwrap_or(Outcome::WouldBlock)
         }
 
         pub fn unlock(&self) -> Outcome {
+            // Relaxed: only touched by the holder (us).
             let next = if self.inconsistent.swap(0, Ordering::Relaxed) == 1 {
                 NOT_RECOVERABLE
             } else {
@@ -318,6 +322,7 @@ mod imp {
         }
 
         pub fn make_consistent(&self) -> Outcome {
+            // Relaxed: only touched by the holder (us).
             self.inconsistent.store(0, Ordering::Relaxed);
             Outcome::Ok
         }
@@ -331,6 +336,7 @@ mod imp {
         }
 
         pub fn peek_word(&self) -> u32 {
+            // Relaxed: diagnostics only.
             match self.word.load(Ordering::Relaxed) {
                 HELD => 1,
                 DEAD => super::word::OWNER_DIED,
