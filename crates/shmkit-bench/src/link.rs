@@ -103,6 +103,11 @@ pub fn recv_seq<L: Link>(link: &mut L, len: usize, seq: u64, deadline: Instant) 
     }
 }
 
+/// Set by the parent's watchdog when the peer process has exited; a
+/// spinning parent then gives up at its next deadline check instead of
+/// spinning until the deadline. Always false in the peer.
+pub static PEER_EXITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Busy-polls until `ready()` returns true: a pure spin, as a user's
 /// `loop { if let Some(m) = try_receive() { .. } }` would be, and as
 /// shmkit's `WaitStrategy::BusyPoll` is; the deadline is checked every
@@ -118,6 +123,11 @@ pub fn spin_until(deadline: Instant, what: &str, mut ready: impl FnMut() -> bool
         }
         if Instant::now() > deadline {
             return Err(format!("timed out waiting for {what}"));
+        }
+        // Relaxed: a hint; the poll above already had its chance to see
+        // anything the peer published before exiting.
+        if PEER_EXITED.load(std::sync::atomic::Ordering::Relaxed) && !ready() {
+            return Err(format!("the peer exited while we waited for {what}"));
         }
     }
 }

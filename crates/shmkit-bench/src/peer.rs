@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use crate::contender::iox2::Iox2Link;
 use crate::contender::stream::{StreamLink, CHILD_READ_FD};
 use crate::contender::ContenderId;
 use crate::job::{child_role, parent_role, Outcome, PeerSpec};
-use crate::link::{Link, Result};
+use crate::link::{Link, Result, PEER_EXITED};
 
 /// The first argument that selects the peer role.
 pub const PEER_ARG: &str = "__peer";
@@ -80,22 +81,36 @@ fn serve<L: Link>(mut link: L, spec: &PeerSpec, deadline: Instant) -> Result<()>
     child_role(&mut link, &spec.job, deadline)
 }
 
-/// Kills the child at the deadline unless cancelled first. It kills
-/// through the shared [`Child`], which never signals a reaped child, so a
-/// recycled pid is never hit.
+/// Watches the child until cancelled: notes its exit, kills it at the
+/// deadline. It kills through the shared [`Child`], which never signals a
+/// reaped child, so a recycled pid is never hit.
 struct Watchdog {
     cancel: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watchdog {
+    /// Polls the child every 10 ms: flags [`PEER_EXITED`] when it has
+    /// exited, kills it when `timeout` has passed.
     fn start(child: Arc<Mutex<Child>>, timeout: Duration) -> Watchdog {
+        // Relaxed: a hint read by `spin_until`; reset before the child runs.
+        PEER_EXITED.store(false, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
-                if let Ok(mut c) = child.lock() {
-                    let _ = c.kill();
-                }
+        let deadline = Instant::now() + timeout;
+        let thread = std::thread::spawn(move || loop {
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let Ok(mut c) = child.lock() else { return };
+            if let Ok(Some(_)) = c.try_wait() {
+                // Relaxed: see above.
+                PEER_EXITED.store(true, Ordering::Relaxed);
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return;
             }
         });
         Watchdog {

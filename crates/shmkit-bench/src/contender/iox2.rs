@@ -9,14 +9,16 @@
 //! per-run file prefix (see [`crate::cleanup`]), so the harness can remove
 //! them all afterwards.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use iceoryx2::port::publisher::Publisher;
 use iceoryx2::port::subscriber::Subscriber;
+use iceoryx2::port::{BackpressureAction, BackpressureInfo};
 use iceoryx2::prelude::*;
 
 use crate::job::{Job, PeerSpec, ACK_LEN};
-use crate::link::{spin_until, Link, Result};
+use crate::link::{spin_until, Link, Result, PEER_EXITED};
 
 fn err(what: &str) -> impl Fn(&dyn std::fmt::Debug) -> String + '_ {
     move |e| format!("iceoryx2 {what}: {e:?}")
@@ -80,11 +82,25 @@ impl Iox2Link {
         } else {
             (up_svc, up, down_svc, down)
         };
+        // With the subscriber's queue full, `send` retries (yield, then
+        // sleep) until delivered; it does not notice a dead subscriber. The
+        // handler ends the retries when the peer exited or the job's
+        // deadline passed, so a failed peer fails the job instead of
+        // hanging it.
+        let deadline = spec.deadline();
         let publisher = tx_svc
             .publisher_builder()
             .initial_max_slice_len(tx_shape.1)
             .max_loaned_samples(2)
             .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+            .set_backpressure_handler(move |_: &BackpressureInfo| {
+                // Relaxed: a hint, see `PEER_EXITED`.
+                if PEER_EXITED.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    BackpressureAction::DiscardDataAndFail
+                } else {
+                    BackpressureAction::Retry
+                }
+            })
             .create()
             .map_err(|e| err("publisher")(&e))?;
         let subscriber = rx_svc
