@@ -7,6 +7,8 @@
 //!   `/tmp/shmkit-bench-<pid>/iceoryx2/` and its file prefix from `iox2_` to
 //!   `iox2sb<pid>_`; its shared memory objects appear in `/dev/shm` under
 //!   that prefix. Both are removed after every job and at the end.
+//! - A run that was killed cannot clean up: the next run removes the files
+//!   of runs whose pid no longer exists.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +59,50 @@ pub fn leftovers() -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// The pid in a name made by an earlier run: `iox2sb<pid>_…`,
+/// `shmkit.shmkit-bench-<pid>-…` or `shmkit-bench-<pid>`.
+fn pid_in(name: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix("iox2sb")
+        .or_else(|| name.strip_prefix("shmkit.shmkit-bench-"))
+        .or_else(|| name.strip_prefix("shmkit-bench-"))?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Whether a process with this pid exists.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what earlier runs that were killed (so never cleaned up) left
+/// in `/dev/shm` and `/tmp`; returns the names removed.
+pub fn stale_from_dead_runs() -> Vec<String> {
+    let mut removed = Vec::new();
+    for (dir, is_dir) in [(SHM_DIR, false), ("/tmp", true)] {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = pid_in(&name) else { continue };
+            if pid == std::process::id() || alive(pid) {
+                continue;
+            }
+            let path = Path::new(dir).join(&name);
+            let ok = if is_dir {
+                name.starts_with("shmkit-bench-") && std::fs::remove_dir_all(&path).is_ok()
+            } else {
+                std::fs::remove_file(&path).is_ok()
+            };
+            if ok {
+                removed.push(path.display().to_string());
+            }
+        }
+    }
+    removed
 }
 
 /// Removes what a finished job may have left (nothing, normally; a killed

@@ -121,6 +121,13 @@ fn run(args: Args, command: String) -> Result<bool, String> {
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1);
     let timeout_ms = if args.quick { 30_000 } else { 180_000 };
 
+    let stale = cleanup::stale_from_dead_runs();
+    if !stale.is_empty() {
+        eprintln!(
+            "shmkit-bench: removed {} file(s) left by killed earlier runs",
+            stale.len()
+        );
+    }
     let mut machine = Machine::probe();
     let pin = !args.no_pin && link::online_cpus() >= 2;
     let started = Instant::now();
