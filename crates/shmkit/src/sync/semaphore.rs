@@ -17,10 +17,15 @@
 //! kernel compares the word under its bucket lock, which `FUTEX_WAKE`
 //! takes too).
 //!
-//! Crashes: a process killed while sleeping leaves `sleepers` one too
-//! high; posts then make one unneeded futex call. A process killed in the
-//! middle of `post` or `wait` either did its CAS or did not: there is no
-//! half-state.
+//! Crashes: a process killed in the middle of `post` or `wait` either did
+//! its CAS or did not: there is no half-state. But a poster killed between
+//! its CAS and its `FUTEX_WAKE`, or a waiter picked by `FUTEX_WAKE` and
+//! killed before it took the unit, loses a wake-up; so waiters sleep in
+//! bounded slices ([`super::SLICE`], 50 ms) and re-check, and a waiter
+//! that takes a unit while units and other sleepers remain wakes one more
+//! (chained wake). A process killed while sleeping leaves `sleepers` one
+//! too high for good; posts then make one unneeded futex call each (a
+//! cost, never a missed wake: `docs/sync.md`, Known limits).
 
 use std::time::{Duration, Instant};
 
