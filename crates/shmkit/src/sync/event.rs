@@ -161,6 +161,7 @@ impl Event {
         Ok(e)
     }
 
+    #[cfg_attr(loom, allow(dead_code))] // used by `from_ptr`/named, not under loom
     fn validate_full(&self) -> Result<(), Corrupt> {
         // Acquire: pairs with the Release store in `init_at`.
         let m = self.magic.load(Ordering::Acquire);
@@ -504,7 +505,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;

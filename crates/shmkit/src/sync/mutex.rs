@@ -289,7 +289,7 @@ impl<T> Mutex<T> {
     }
 
     /// A mutex on the heap, for loom models.
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     pub(crate) fn new(value: T) -> Mutex<T> {
         Mutex {
             raw: RawMutex {
@@ -451,7 +451,7 @@ impl<T> Mutex<T> {
 
     /// Simulates the holder's death for loom models: forgets the guard
     /// and does what the kernel does at thread exit.
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     pub(crate) fn die_holding(&self, guard: MutexGuard<'_, T>) {
         std::mem::forget(guard);
         self.raw.lock.die();
@@ -669,7 +669,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;

@@ -137,6 +137,7 @@ impl Semaphore {
     }
 
     /// Magic (Acquire) and count check.
+    #[cfg_attr(loom, allow(dead_code))] // used by `from_ptr`/named, not under loom
     fn validate_full(&self) -> Result<(), Corrupt> {
         // Acquire: pairs with the Release store in `init_at`.
         let m = self.magic.load(Ordering::Acquire);
@@ -456,7 +457,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
