@@ -412,3 +412,79 @@ fn hostile_pool_indices() {
     assert!(corrupt > 0, "scribbling was never detected");
     eprintln!("hostile pool: {corrupt} corruptions detected, {ok} samples");
 }
+
+/// A subscriber that leaves (drop) is no longer addressed at once: the
+/// publisher's next messages do not sit pending for it (M3), even with a
+/// sample leaked by `mem::forget`.
+#[test]
+fn departed_subscriber_is_not_addressed() {
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let mut p = Publisher::create(&name, &PubSubOptions::new(2, 64, 2)).unwrap();
+    let s = Subscriber::open(&name).unwrap();
+    p.send(b"one").unwrap();
+    std::mem::forget(s.recv().unwrap());
+    drop(s);
+    p.try_send(b"two").unwrap();
+    let info = shmkit::channel::pubsub::stats(&Segment::open(&name).unwrap()).unwrap();
+    assert_eq!(info.slots_in_use, 0, "{info:?}");
+    // Both slots are free without any wait (no reaping needed).
+    p.try_send(b"three").unwrap();
+    p.try_send(b"four").unwrap();
+}
+
+/// Drop-oldest: a subscriber killed while holding samples gets its slots
+/// reaped although the publisher never runs out of slots (periodic reap).
+#[test]
+fn drop_oldest_reaps_dead_subscriber() {
+    if let Some((role, name, _)) = child_role() {
+        assert_eq!(role, "hoarder");
+        let s = Subscriber::open(&name).unwrap();
+        let mut held = Vec::new();
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end && held.len() < 2 {
+            match s.recv_timeout(Duration::from_millis(100)) {
+                Ok(x) => held.push(x),
+                Err(RecvError::Timeout) => {}
+                Err(e) => panic!("hoarder: {e}"),
+            }
+        }
+        println!("holding");
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let opts = PubSubOptions::new(4, 64, 2).policy(Policy::DropOldest);
+    let mut p = Publisher::create(&name, &opts).unwrap();
+    let mut child = spawn("drop_oldest_reaps_dead_subscriber", "hoarder", &name, 0);
+    let t0 = Instant::now();
+    while p.subscribers() < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stats = || shmkit::channel::pubsub::stats(&Segment::open(&name).unwrap()).unwrap();
+    // Publish until the hoarder holds two slots.
+    let t0 = Instant::now();
+    loop {
+        p.try_send(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+        let held = stats().slots_in_use;
+        if held >= 2 && t0.elapsed() > Duration::from_millis(50) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "hoarder took nothing"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Slots never run out (two of four are reclaimable), yet the dead
+    // subscriber's slots come back within a bounded number of loans.
+    for _ in 0..1024 {
+        p.try_send(b"y").unwrap();
+    }
+    let info = stats();
+    assert_eq!(info.slots_in_use, 0, "{info:?}");
+}

@@ -185,6 +185,47 @@ impl ProdCursor {
     }
 }
 
+/// Largest index accepted from shared memory at attach: far beyond any real
+/// count, and far from `u64::MAX`, so `+ 1` never overflows afterwards.
+pub(crate) const MAX_POSITION: u64 = 1 << 63;
+
+impl ProdCursor {
+    /// A producer taking the role over: resumes after the last message a
+    /// previous producer published. One killed between storing a slot's
+    /// stamp and storing `tail` left that message published: `tail` is
+    /// advanced past it. `stamp_of` gives the stamp word of a position.
+    pub(crate) fn resume<'a>(
+        core: &RingCore,
+        cap: u64,
+        stamp_of: impl Fn(u64) -> &'a AtomicU64,
+    ) -> Result<ProdCursor, String> {
+        // Acquire: we hold the role, so `tail` is ours from now on; the
+        // previous producer's stores happen before (its lock release).
+        let mut tail = core.tail.0.load(Ordering::Acquire);
+        // Acquire: pairs with the consumer's Release store of `head`.
+        let head = core.head.0.load(Ordering::Acquire);
+        if tail > MAX_POSITION || head > MAX_POSITION {
+            return Err(format!("head {head} or tail {tail} out of range"));
+        }
+        // Acquire: pairs with the stamp's Release store in `commit`.
+        if stamp_of(tail).load(Ordering::Acquire) == tail + 1 {
+            tail += 1;
+            // Release: as in `ProdCursor::commit`.
+            core.tail.0.store(tail, Ordering::Release);
+        }
+        if head > tail || tail - head > cap {
+            return Err(format!("head {head} and tail {tail} are inconsistent"));
+        }
+        // Relaxed: we are the only producer; a count left by a killed one
+        // would make every later `recv` pay a wake system call.
+        core.prod_sleepers.0.store(0, Ordering::Relaxed);
+        Ok(ProdCursor {
+            tail,
+            head_cache: head,
+        })
+    }
+}
+
 /// The consumer's private view: its own `head`.
 #[derive(Debug)]
 pub(crate) struct ConsCursor {
@@ -192,6 +233,34 @@ pub(crate) struct ConsCursor {
 }
 
 impl ConsCursor {
+    /// A consumer taking the role over: resumes at `head`. The consumer
+    /// polls stamps, not `tail`, so it may be one past `tail` (a producer
+    /// stores the stamp before `tail`, or died between the two): accepted
+    /// when that message's stamp says it was published.
+    pub(crate) fn resume<'a>(
+        core: &RingCore,
+        cap: u64,
+        stamp_of: impl Fn(u64) -> &'a AtomicU64,
+    ) -> Result<ConsCursor, String> {
+        // Acquire: we hold the role, so `head` is ours from now on.
+        let head = core.head.0.load(Ordering::Acquire);
+        // Acquire: pairs with the producer's Release store of `tail`.
+        let tail = core.tail.0.load(Ordering::Acquire);
+        if tail > MAX_POSITION || head > MAX_POSITION {
+            return Err(format!("head {head} or tail {tail} out of range"));
+        }
+        let ahead_by_one = head == tail + 1
+            // Acquire: pairs with the stamp's Release store in `commit`.
+            && stamp_of(tail).load(Ordering::Acquire) == tail + 1;
+        if (head > tail && !ahead_by_one) || tail.saturating_sub(head) > cap {
+            return Err(format!("head {head} and tail {tail} are inconsistent"));
+        }
+        // Relaxed: we are the only consumer; a count left by a killed one
+        // would make every later `send` pay a wake system call.
+        core.cons_sleepers.0.store(0, Ordering::Relaxed);
+        Ok(ConsCursor { head })
+    }
+
     /// The position to read next, if its message is published. `stamp` is
     /// the stamp word of the slot of `self.head`.
     #[inline]
@@ -529,33 +598,15 @@ impl Sender {
             }
             Err(source) => return Err(OpenError::Io { name, source }),
         }
-        // Acquire: resume after the last committed message of a previous
-        // producer; we hold the role, so `tail` is ours from now on.
-        let mut tail = core.tail.0.load(Ordering::Acquire);
-        let head = core.head.0.load(Ordering::Acquire);
-        let cap = sh.layout.cap;
-        // A producer killed between publishing a stamp and storing `tail`
-        // left that message published: continue after it.
-        // Acquire: pairs with the stamp's Release store.
-        if sh.stamp_of(tail).load(Ordering::Acquire) == tail + 1 {
-            tail += 1;
-            // Release: as in `ProdCursor::commit`.
-            core.tail.0.store(tail, Ordering::Release);
-        }
-        if head > tail || tail - head > cap {
-            peer::close(sh.seg.fd(), &core.prod_state.0, PRODUCER);
-            return Err(segment::Error::corrupt(
-                "open ring",
-                &name,
-                format!("head {head} and tail {tail} are inconsistent"),
-            )
-            .into());
-        }
+        let cur = match ProdCursor::resume(core, sh.layout.cap, |p| sh.stamp_of(p)) {
+            Ok(cur) => cur,
+            Err(reason) => {
+                peer::close(sh.seg.fd(), &core.prod_state.0, PRODUCER);
+                return Err(segment::Error::corrupt("open ring", &name, reason).into());
+            }
+        };
         Ok(Sender {
-            cur: ProdCursor {
-                tail,
-                head_cache: head,
-            },
+            cur,
             sh,
             strategy: WaitStrategy::default(),
         })
@@ -744,21 +795,15 @@ impl Receiver {
             }
             Err(source) => return Err(OpenError::Io { name, source }),
         }
-        // Acquire: resume after the last message a previous consumer
-        // released; we hold the role, so `head` is ours from now on.
-        let head = core.head.0.load(Ordering::Acquire);
-        let tail = core.tail.0.load(Ordering::Acquire);
-        if head > tail || tail - head > sh.layout.cap {
-            peer::close(sh.seg.fd(), &core.cons_state.0, CONSUMER);
-            return Err(segment::Error::corrupt(
-                "open ring",
-                &name,
-                format!("head {head} and tail {tail} are inconsistent"),
-            )
-            .into());
-        }
+        let cur = match ConsCursor::resume(core, sh.layout.cap, |p| sh.stamp_of(p)) {
+            Ok(cur) => cur,
+            Err(reason) => {
+                peer::close(sh.seg.fd(), &core.cons_state.0, CONSUMER);
+                return Err(segment::Error::corrupt("open ring", &name, reason).into());
+            }
+        };
         Ok(Receiver {
-            cur: ConsCursor { head },
+            cur,
             sh,
             strategy: WaitStrategy::default(),
         })
@@ -1142,5 +1187,49 @@ mod tests {
         core.head.0.store(u64::MAX, Ordering::Relaxed);
         p.head_cache = 0;
         assert!(matches!(p.try_reserve(&core, 4), Err(Stuck::Corrupt(_))));
+    }
+
+    /// A consumer may be one past `tail` (stamp stored, `tail` not yet, or
+    /// the producer died in between): a new consumer accepts that state
+    /// (M4); a new producer advances `tail` past it; indices near
+    /// `u64::MAX` are refused instead of overflowing.
+    #[test]
+    fn resume_accepts_consumer_one_past_tail() {
+        let core = RingCore::new();
+        let stamps: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        let stamp_of = |p: u64| &stamps[(p & 3) as usize];
+        let mut p = ProdCursor::resume(&core, 4, stamp_of).unwrap();
+        let mut c = ConsCursor::resume(&core, 4, stamp_of).unwrap();
+        let pos = p.try_reserve(&core, 4).unwrap();
+        p.commit(&core, stamp_of(pos));
+        // Producer "dies" after the stamp of message 1 and before `tail`.
+        stamps[1].store(2, Ordering::Release);
+        for _ in 0..2 {
+            let pos = c.try_peek(4, stamp_of(c.head)).unwrap();
+            assert_eq!(pos, c.head);
+            c.release(&core);
+        }
+        assert_eq!(core.tail.0.load(Ordering::Relaxed), 1);
+        assert_eq!(core.head.0.load(Ordering::Relaxed), 2);
+        // A new consumer accepts head == tail + 1 with the stamp published.
+        let c2 = ConsCursor::resume(&core, 4, stamp_of).unwrap();
+        assert_eq!(c2.head, 2);
+        // ... but not without it.
+        stamps[1].store(0, Ordering::Release);
+        assert!(ConsCursor::resume(&core, 4, stamp_of).is_err());
+        stamps[1].store(2, Ordering::Release);
+        // A new producer continues after the orphan message.
+        let p2 = ProdCursor::resume(&core, 4, stamp_of).unwrap();
+        assert_eq!(p2.tail, 2);
+        // Leaked sleeper counts are reset by a new role holder.
+        core.cons_sleepers.0.store(1, Ordering::Relaxed);
+        ConsCursor::resume(&core, 4, stamp_of).unwrap();
+        assert_eq!(core.cons_sleepers.0.load(Ordering::Relaxed), 0);
+        // Hostile indices near u64::MAX: an error, no overflow panic.
+        core.tail.0.store(u64::MAX, Ordering::Relaxed);
+        core.head.0.store(u64::MAX, Ordering::Relaxed);
+        stamps[3].store(0, Ordering::Relaxed);
+        assert!(ProdCursor::resume(&core, 4, stamp_of).is_err());
+        assert!(ConsCursor::resume(&core, 4, stamp_of).is_err());
     }
 }
