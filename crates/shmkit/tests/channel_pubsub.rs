@@ -488,3 +488,20 @@ fn drop_oldest_reaps_dead_subscriber() {
     let info = stats();
     assert_eq!(info.slots_in_use, 0, "{info:?}");
 }
+
+/// The copying receive: a private copy of the payload, `missed` reported,
+/// and the slot released at once.
+#[test]
+fn recv_into_copies_and_releases() {
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let mut p = Publisher::create(&name, &PubSubOptions::new(1, 64, 1)).unwrap();
+    let s = Subscriber::open(&name).unwrap();
+    let mut buf = vec![9; 100];
+    for i in 0..3u8 {
+        p.send(&[i; 10]).unwrap();
+        assert_eq!(s.recv_into(Wait::No, &mut buf), Ok(0));
+        assert_eq!(buf, [i; 10]);
+    }
+    assert_eq!(s.recv_into(Wait::No, &mut buf), Err(RecvError::Empty));
+}

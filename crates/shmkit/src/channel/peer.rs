@@ -2,7 +2,7 @@
 //!
 //! Each role of a channel (ring producer, ring consumer, publisher,
 //! subscriber slot *i*) is a byte of the segment's file, far beyond its
-//! end ([`ROLE_BASE`] + role number), plus a state word in shared memory.
+//! end (`ROLE_BASE` + role number), plus a state word in shared memory.
 //! The process that plays the role holds an OFD write lock on that byte
 //! (see [`crate::sys::ofd_lock`]): the kernel drops it when the process
 //! dies, SIGKILL included, and a lock query tells the other side whether
@@ -12,10 +12,10 @@
 //!
 //! | state | lock held | meaning |
 //! |---|---|---|
-//! | [`NEVER`] | – | nobody has played the role yet |
-//! | [`ATTACHED`] | yes | alive |
-//! | [`ATTACHED`] | no | died without closing |
-//! | [`CLOSED`] | – | closed cleanly (dropped) |
+//! | `NEVER` | – | nobody has played the role yet |
+//! | `ATTACHED` | yes | alive |
+//! | `ATTACHED` | no | died without closing |
+//! | `CLOSED` | – | closed cleanly (dropped) |
 //!
 //! Claiming takes the lock first and then stores `ATTACHED`; closing
 //! stores `CLOSED` first and then unlocks. A checker that finds the lock

@@ -17,8 +17,28 @@
 //! assert_eq!(frame.len(), 1920 * 1080 * 4);
 //! println!("missed before this one: {}", frame.missed());
 //! drop(frame); // the slot returns to the pool when every reader is done
+//!
+//! // With a publisher you do not trust: a private copy instead of a view.
+//! let mut buf = Vec::new();
+//! let missed = sub.recv_into(shmkit::channel::Wait::Forever, &mut buf)?;
+//! # let _ = missed;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Zero-copy views need trusted peers
+//!
+//! [`Sample`], [`Loan`] and the typed views hand out `&[u8]` / `&T` that
+//! point into shared memory. Bounds never depend on the peer (a hostile
+//! segment yields `Corrupt` errors, never an out-of-bounds access), but
+//! the *bytes* can: a process with write access to the segment can change
+//! them while you look, and the compiler may read a byte twice where your
+//! code reads it once (a check, then a use: time-of-check/time-of-use).
+//! So use views only with peers you trust: by default the segment layer
+//! refuses segments owned by another uid
+//! ([`SegmentBuilder::allow_any_owner`](crate::segment::SegmentBuilder::allow_any_owner)
+//! turns that off), and mode `0o600` keeps other users out. With an
+//! untrusted publisher, use [`Subscriber::recv_into`] (one copy, each
+//! byte read once) and validate the copy.
 //!
 //! # Algorithm
 //!
@@ -1306,6 +1326,32 @@ impl Subscriber {
     /// Receives the next message, waiting until `deadline`.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Sample<'_>, RecvError> {
         self.recv_wait(Wait::Until(deadline))
+    }
+
+    /// Receives the next message as a private copy in `buf` (replacing its
+    /// contents) and returns how many messages were missed just before it.
+    ///
+    /// The API for peers you do not trust: the payload is read exactly
+    /// once, so checks on `buf` hold; a hostile writer can only make the
+    /// copy contain garbage. The slot is released before returning.
+    pub fn recv_into(&self, wait: Wait, buf: &mut Vec<u8>) -> Result<u64, RecvError> {
+        let sample = self.recv_wait(wait)?;
+        buf.clear();
+        buf.reserve(sample.len);
+        // SAFETY: the source is `sample.len` bytes inside the segment (as in
+        // `Sample::deref`), read through a raw pointer (no reference to
+        // bytes a peer might write); the destination has room for `len`
+        // bytes (reserved above) and does not overlap shared memory; `u8`
+        // has no invalid values, so `set_len` exposes initialised bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.sh.payload(sample.slot),
+                buf.as_mut_ptr(),
+                sample.len,
+            );
+            buf.set_len(sample.len);
+        }
+        Ok(sample.missed)
     }
 
     /// Receives the next message under a wait policy.

@@ -46,6 +46,11 @@
 //!   `max_message`: corruption gives [`SendError::Corrupt`] /
 //!   [`RecvError::Corrupt`], never an access outside the ring.
 //!
+//! Zero-copy views ([`Sender::send_with`], [`Receiver::recv_with`]) point
+//! into shared memory: use them with trusted peers only; with an
+//! untrusted producer use [`Receiver::recv`] (a private copy) and validate
+//! the copy (see "Trust" in [`super`]).
+//!
 //! Waiting and waking follow [`super::wait`]; liveness follows
 //! [`super::peer`].
 
