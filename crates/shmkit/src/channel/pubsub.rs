@@ -860,6 +860,30 @@ impl Shared {
         pool_of(&self.seg, &self.l)
     }
 
+    /// For the typed endpoints: the (untrusted) layout must give every
+    /// slot room and alignment for one `T`, or the typed views could not
+    /// be made. An error here, never a panic in `deref`.
+    fn typed<T>(self) -> Result<Shared, OpenError> {
+        let (size, align) = (
+            std::mem::size_of::<T>() as u64,
+            std::mem::align_of::<T>() as u64,
+        );
+        if self.l.slot_size < size || self.l.align < align || self.l.stride % align != 0 {
+            return Err(segment::Error::corrupt(
+                "open pubsub",
+                self.seg.name(),
+                format!(
+                    "slots of {} bytes aligned to {} cannot hold a {} ({size} bytes, alignment {align})",
+                    self.l.slot_size,
+                    self.l.align,
+                    std::any::type_name::<T>()
+                ),
+            )
+            .into());
+        }
+        Ok(self)
+    }
+
     /// Payload of `slot` (`< slots`, checked by the callers via `Pool`).
     fn payload(&self, slot: usize) -> *mut u8 {
         assert!((slot as u64) < self.l.slots);
@@ -1213,6 +1237,7 @@ pub struct Subscriber {
     cur: Cell<SubCursor>,
     idx: usize,
     strategy: Cell<WaitStrategy>,
+    alive: peer::AliveCache,
 }
 
 impl Subscriber {
@@ -1256,6 +1281,7 @@ impl Subscriber {
                         idx: i,
                         sh,
                         strategy: Cell::new(WaitStrategy::default()),
+                        alive: peer::AliveCache::default(),
                     });
                 }
                 Ok(false) => continue,
@@ -1372,7 +1398,12 @@ impl Subscriber {
                     &pool.core.data_seq.0,
                     &pool.core.sub_sleepers.0,
                     poll,
-                    || match peer::status(fd, &pool.core.pub_state.0, PUBLISHER) {
+                    || match self.alive.status(
+                        wait == Wait::No,
+                        fd,
+                        &pool.core.pub_state.0,
+                        PUBLISHER,
+                    ) {
                         PeerState::Closed => Some(Err(RecvError::Disconnected)),
                         PeerState::Dead => Some(Err(RecvError::SenderDied)),
                         PeerState::NotYet | PeerState::Alive => None,
@@ -1480,7 +1511,8 @@ impl<T: PodRef> TypedPublisher<T> {
                 ),
             });
         }
-        let sh = Shared::from_segment(options.create(name)?, Fingerprint::of::<T>())?;
+        let sh =
+            Shared::from_segment(options.create(name)?, Fingerprint::of::<T>())?.typed::<T>()?;
         Ok(TypedPublisher {
             inner: Publisher::attach(sh)?,
             _t: PhantomData,
@@ -1490,7 +1522,7 @@ impl<T: PodRef> TypedPublisher<T> {
     /// Opens the channel of `T` named `name` as its publisher.
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Ok(TypedPublisher {
-            inner: Publisher::attach(Shared::open(name, Fingerprint::of::<T>())?)?,
+            inner: Publisher::attach(Shared::open(name, Fingerprint::of::<T>())?.typed::<T>()?)?,
             _t: PhantomData,
         })
     }
@@ -1528,7 +1560,8 @@ impl<T: PodRef> TypedLoan<'_, T> {
 impl<T: PodRef> Deref for TypedLoan<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // The slot is aligned to align_of::<T>() (layout) and sized to T.
+        // The slot is aligned to align_of::<T>() and sized for T (checked
+        // at open by `Shared::typed`), and the loan is size_of::<T>().
         T::ref_from_bytes(&self.loan).expect("typed slot fits T")
     }
 }
@@ -1550,7 +1583,7 @@ impl<T: PodRef> TypedSubscriber<T> {
     /// Joins the channel of `T` named `name`.
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Ok(TypedSubscriber {
-            inner: Subscriber::attach(Shared::open(name, Fingerprint::of::<T>())?)?,
+            inner: Subscriber::attach(Shared::open(name, Fingerprint::of::<T>())?.typed::<T>()?)?,
             _t: PhantomData,
         })
     }
@@ -1697,6 +1730,38 @@ mod tests {
                 proptest::prop_assert!(l.stride >= l.slot_size);
             }
         }
+    }
+
+    /// A typed channel whose (untrusted) layout does not align slots for
+    /// `T` is refused at open, instead of panicking in `deref` later.
+    #[test]
+    fn typed_open_checks_alignment() {
+        #[derive(Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+        #[repr(C, align(256))]
+        struct Big([u8; 256]);
+        let name = format!("t-pubsub-align-{}", std::process::id());
+        struct Rm(String);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = segment::remove(&self.0);
+            }
+        }
+        let _rm = Rm(name.clone());
+        let mut opts = PubSubOptions::typed::<Big>(2, 1);
+        opts.align = 1; // what a hostile creator could write
+        opts.create(&name).unwrap();
+        let e = TypedSubscriber::<Big>::open(&name).unwrap_err();
+        assert!(e.to_string().contains("cannot hold"), "{e}");
+        assert!(TypedPublisher::<Big>::open(&name).is_err());
+        segment::remove(&name).unwrap();
+        // Properly made: fine.
+        let mut p =
+            TypedPublisher::<Big>::create(&name, &PubSubOptions::typed::<Big>(2, 1)).unwrap();
+        let s = TypedSubscriber::<Big>::open(&name).unwrap();
+        let mut l = p.loan().unwrap();
+        l.0[0] = 7;
+        l.publish();
+        assert_eq!(s.try_recv().unwrap().0[0], 7);
     }
 
     #[test]

@@ -570,6 +570,7 @@ pub struct Sender {
     sh: Shared,
     cur: ProdCursor,
     strategy: WaitStrategy,
+    alive: peer::AliveCache,
 }
 
 impl Sender {
@@ -614,6 +615,7 @@ impl Sender {
             cur,
             sh,
             strategy: WaitStrategy::default(),
+            alive: peer::AliveCache::default(),
         })
     }
 
@@ -725,7 +727,12 @@ impl Sender {
 
     #[cold]
     fn wait_room(&mut self, wait: Wait) -> Result<u64, SendError> {
-        let Sender { sh, cur, strategy } = self;
+        let Sender {
+            sh,
+            cur,
+            strategy,
+            alive,
+        } = self;
         let core = sh.core();
         let cap = sh.layout.cap;
         let fd = sh.seg.fd();
@@ -739,7 +746,7 @@ impl Sender {
                 Err(Stuck::Blocked) => None,
                 Err(Stuck::Corrupt(m)) => Some(Err(SendError::Corrupt(m))),
             },
-            || match peer::status(fd, &core.cons_state.0, CONSUMER) {
+            || match alive.status(wait == Wait::No, fd, &core.cons_state.0, CONSUMER) {
                 PeerState::Closed | PeerState::Dead => Some(Err(SendError::Disconnected)),
                 PeerState::NotYet | PeerState::Alive => None,
             },
@@ -768,6 +775,7 @@ pub struct Receiver {
     sh: Shared,
     cur: ConsCursor,
     strategy: WaitStrategy,
+    alive: peer::AliveCache,
 }
 
 impl Receiver {
@@ -811,6 +819,7 @@ impl Receiver {
             cur,
             sh,
             strategy: WaitStrategy::default(),
+            alive: peer::AliveCache::default(),
         })
     }
 
@@ -920,7 +929,12 @@ impl Receiver {
 
     #[cold]
     fn wait_message(&mut self, wait: Wait) -> Result<u64, RecvError> {
-        let Receiver { sh, cur, strategy } = self;
+        let Receiver {
+            sh,
+            cur,
+            strategy,
+            alive,
+        } = self;
         let core = sh.core();
         let cap = sh.layout.cap;
         let fd = sh.seg.fd();
@@ -934,7 +948,7 @@ impl Receiver {
                 Err(Stuck::Blocked) => None,
                 Err(Stuck::Corrupt(m)) => Some(Err(RecvError::Corrupt(m))),
             },
-            || match peer::status(fd, &core.prod_state.0, PRODUCER) {
+            || match alive.status(wait == Wait::No, fd, &core.prod_state.0, PRODUCER) {
                 PeerState::Closed => Some(Err(RecvError::Disconnected)),
                 PeerState::Dead => Some(Err(RecvError::SenderDied)),
                 PeerState::NotYet | PeerState::Alive => None,
@@ -1236,5 +1250,36 @@ mod tests {
         stamps[3].store(0, Ordering::Relaxed);
         assert!(ProdCursor::resume(&core, 4, stamp_of).is_err());
         assert!(ConsCursor::resume(&core, 4, stamp_of).is_err());
+    }
+
+    /// `try_recv` / `try_send` on an empty / full ring with a live peer do
+    /// not query the peer's lock every time (a system call), yet still see
+    /// a clean close at once.
+    #[test]
+    fn try_ops_do_not_query_liveness_every_time() {
+        use crate::channel::{RecvError, SendError};
+        use crate::sys::ofd_lock::QUERIES;
+        let name = format!("t-ring-alive-{}", std::process::id());
+        struct Rm(String);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = crate::segment::remove(&self.0);
+            }
+        }
+        let _rm = Rm(name.clone());
+        let mut rx = Receiver::create(&name, &RingOptions::new(1, 8)).unwrap();
+        let mut tx = Sender::open(&name).unwrap();
+        let q0 = QUERIES.with(|q| q.get());
+        for _ in 0..1000 {
+            assert_eq!(rx.try_recv(), Err(RecvError::Empty));
+        }
+        tx.send(b"x").unwrap();
+        for _ in 0..1000 {
+            assert_eq!(tx.try_send(b"y"), Err(SendError::Full));
+        }
+        let queries = QUERIES.with(|q| q.get()) - q0;
+        assert!(queries < 100, "{queries} lock queries for 2000 try_ops");
+        drop(rx);
+        assert_eq!(tx.try_send(b"y"), Err(SendError::Disconnected));
     }
 }
