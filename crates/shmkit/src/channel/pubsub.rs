@@ -455,10 +455,17 @@ impl Pool<'_> {
             }
             if tail - cur.next > q {
                 // Lapped beyond the queue (drop-oldest): those entries are
-                // gone. Counting `join_pos` too may over-count by one (see
-                // `silent`), never under-count.
+                // gone. Under `Block` only the publication at `join_pos`
+                // (never addressed to us, so holding none of "our" slots)
+                // can be lapped, right after a join: not a miss. Under
+                // drop-oldest counting `join_pos` may over-count by one
+                // (see `silent`), never under-count.
                 let to = tail - q;
-                cur.missed = cur.missed.saturating_add(to - cur.next);
+                let mut lost = to - cur.next;
+                if self.policy == Policy::Block && (cur.next..to).contains(&cur.join_pos) {
+                    lost -= 1;
+                }
+                cur.missed = cur.missed.saturating_add(lost);
                 cur.next = to;
             }
             let pos = cur.next;
@@ -1762,6 +1769,42 @@ mod tests {
         l.0[0] = 7;
         l.publish();
         assert_eq!(s.try_recv().unwrap().0[0], 7);
+    }
+
+    /// Under `Block`, the publication racing a join (not addressed to the
+    /// joiner) lets the publisher get `slots + 1` ahead; when the queue is
+    /// no longer than `slots`, the joiner is "lapped" by that one entry,
+    /// which is not a miss.
+    #[test]
+    fn block_join_race_is_not_a_miss() {
+        let core = PubCore::new();
+        let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
+        let queue: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
+        let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
+        let pool = Pool {
+            core: &core,
+            subs: &subs,
+            queue: &queue,
+            meta: &meta,
+            slot_size: 8,
+            policy: Policy::Block,
+        };
+        let (mut tail, mut rr) = (0, 0);
+        // Position 0 is in flight (active loaded, no subscriber yet) when
+        // subscriber 0 joins at position 0.
+        let s0 = pool.take_free(&mut rr).unwrap();
+        let mut cur = pool.join(0);
+        assert_eq!(cur.join_pos, 0);
+        pool.publish(&mut tail, s0, 8);
+        // Undo what `publish` saw: position 0 was not addressed to us.
+        meta[s0].refs.store(0, Ordering::Relaxed);
+        for _ in 0..2 {
+            let s = pool.take_free(&mut rr).unwrap();
+            pool.publish(&mut tail, s, 8);
+        }
+        assert_eq!(tail, 3);
+        let t = pool.try_take(&mut cur).unwrap().unwrap();
+        assert_eq!(t.missed, 0);
     }
 
     #[test]
