@@ -333,7 +333,7 @@ impl Pool<'_> {
     pub(crate) fn publish(&self, tail: &mut u64, slot: usize, len: u64) {
         let pos = *tail;
         let m = &self.meta[slot];
-        // Relaxed: published by the Release swap of `refs` below.
+        // Relaxed: published by the Release store of `refs` below.
         m.seq.store(pos, Ordering::Relaxed);
         m.len.store(len, Ordering::Relaxed);
         // SeqCst: with the SeqCst fence at the end of the previous
@@ -342,12 +342,10 @@ impl Pool<'_> {
         // misses a joiner).
         let pending = self.core.active.0.load(Ordering::SeqCst) & 0xffff_ffff;
         // Release: a subscriber whose CAS on `refs` (Acquire) reads this
-        // value sees the payload, `seq` and `len` written before. A swap,
-        // not a store: the slot is free (0) but a leaver's sweep may RMW
-        // it concurrently (a store is correct too, but loom 0.7 mis-models
-        // a store racing another thread's RMW); on x86 both cost an `xchg`
-        // at most.
-        m.refs.swap(pending, Ordering::Release);
+        // value sees the payload, `seq` and `len` written before. (A plain
+        // store: an `xchg` here costs an extra serialised cache-line
+        // transfer per message, measured +40 % on the hand-off.)
+        m.refs.store(pending, Ordering::Release);
         // Relaxed: published by the `tail` store below.
         self.queue[(pos & self.qmask()) as usize].store(slot as u32, Ordering::Relaxed);
         *tail = pos + 1;
@@ -576,6 +574,13 @@ impl Pool<'_> {
         fence(Ordering::SeqCst);
         let mut freed = false;
         for m in self.meta {
+            // Relaxed: after our fence, this sees a `refs` store that
+            // precedes the publisher's fence (Dekker, see above); a slot
+            // without our bits needs no RMW (only `publish` adds pending
+            // bits, and it withdraws ours if it sets them after this).
+            if m.refs.load(Ordering::Relaxed) & (bits.held | bits.pending) == 0 {
+                continue;
+            }
             // AcqRel: Acquire so the departed reader's accesses happen
             // before a reuse that follows; Release as in `release`.
             let prev = m
