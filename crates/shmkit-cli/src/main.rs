@@ -1,6 +1,7 @@
 //! `shmkit`: create, inspect, read, write and remove shared memory
 //! segments, and synchronise and message through them.
 
+mod cmd_bench;
 mod cmd_channel;
 mod cmd_demo;
 mod cmd_segment;
@@ -48,6 +49,11 @@ enum Command {
     Gc(cmd_segment::GcArgs),
     /// Writer and reader processes share a payload through a segment.
     Demo(cmd_demo::DemoArgs),
+    /// Measure IPC latency on this machine: shared memory vs pipe vs socket.
+    Bench(cmd_bench::BenchArgs),
+    /// Internal: the echoing side of `shmkit bench`.
+    #[command(hide = true)]
+    BenchPeer(cmd_bench::BenchPeerArgs),
     /// Send stdin (or FILE) into a ring or pub/sub channel, one message per
     /// line or per --chunk bytes; closes the channel at end of input. On a
     /// pub/sub channel, waits for the first subscriber.
@@ -77,6 +83,8 @@ fn run(cli: Cli) -> CliResult {
         Command::Attach(a) => cmd_segment::attach(&a),
         Command::Rm(a) => cmd_segment::rm(&a),
         Command::Gc(a) => cmd_segment::gc(&a),
+        Command::Bench(a) => cmd_bench::bench(&a),
+        Command::BenchPeer(a) => cmd_bench::bench_peer(&a),
         Command::Send(a) => cmd_channel::send(&a),
         Command::Recv(a) => cmd_channel::recv(&a),
         Command::Demo(a) => cmd_demo::demo(&a),

@@ -494,3 +494,165 @@ fn event_users_sigkilled_at_random_points() {
         12,
     );
 }
+
+// ---------------------------------------------------------------------------
+
+/// H3 across processes: two waiter processes are asleep in an untimed
+/// `wait()`; then the parent makes exactly the write of a poster/setter
+/// SIGKILLed between its state change and its `FUTEX_WAKE` (count += n, or
+/// the set flag, with no wake). Every waiter must still return, within
+/// one sleep slice (50 ms) plus slack. Before waits were sliced they slept
+/// forever here. (A waiter chosen by `FUTEX_WAKE` and killed before taking
+/// the unit leaves the same state: units, sleepers, no wake pending.)
+#[test]
+fn waiters_survive_a_poster_killed_before_its_wake() {
+    const TEST: &str = "waiters_survive_a_poster_killed_before_its_wake";
+    if let Some(r) = role() {
+        let name = std::env::var(SEG).unwrap();
+        if r == "lost-sem" {
+            shmkit::sync::NamedSemaphore::open(&name)
+                .unwrap()
+                .wait()
+                .unwrap();
+        } else {
+            NamedEvent::open(&name).unwrap().wait().unwrap();
+        }
+        return;
+    }
+    for kind in ["lost-sem", "lost-auto", "lost-manual"] {
+        let name = unique(kind);
+        let _c = Cleanup(name.clone());
+        let (sem, ev);
+        // The futex word of the object (layout: docs/sync.md).
+        let word: &AtomicU32;
+        let sleepers: Box<dyn Fn() -> u32>;
+        if kind == "lost-sem" {
+            sem = Some(shmkit::sync::NamedSemaphore::create(&name, 0).unwrap());
+            let s: &Semaphore = sem.as_ref().unwrap();
+            // SAFETY: `count` is the second u32 of the repr(C) Semaphore,
+            // an atomic in a live mapping.
+            word = unsafe { &*(s as *const Semaphore).cast::<AtomicU32>().add(1) };
+            sleepers = Box::new(|| sem.as_ref().unwrap().sleepers().unwrap());
+            ev = None;
+        } else {
+            let mode = if kind == "lost-auto" {
+                EventMode::AutoReset
+            } else {
+                EventMode::ManualReset
+            };
+            ev = Some(NamedEvent::create(&name, mode).unwrap());
+            let e: &shmkit::sync::Event = ev.as_ref().unwrap();
+            // SAFETY: `state` is the third u32 of the repr(C) Event, an
+            // atomic in a live mapping.
+            word = unsafe { &*(e as *const shmkit::sync::Event).cast::<AtomicU32>().add(2) };
+            sleepers = Box::new(|| match describe(ev.as_ref().unwrap().segment()).unwrap() {
+                State::Event { sleepers, .. } => sleepers,
+                s => panic!("{s:?}"),
+            });
+            sem = None;
+        }
+        let mut kids: Vec<Kid> = (0..2).map(|_| spawn(TEST, kind, &name, &[])).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sleepers() < 2 {
+            assert!(Instant::now() < deadline, "{kind}: waiters did not start");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Let both get into FUTEX_WAIT.
+        std::thread::sleep(Duration::from_millis(200));
+        let exited = |kids: &mut Vec<Kid>| {
+            kids.iter_mut()
+                .filter_map(|k| k.0.try_wait().unwrap())
+                .count()
+        };
+        match kind {
+            // The dead poster's post_n(2) CAS, without its wake.
+            "lost-sem" => {
+                word.fetch_add(2, Ordering::Release);
+            }
+            // Dead setter, auto-reset: one set (releases one waiter); once
+            // it is consumed, a second one.
+            "lost-auto" => {
+                word.fetch_or(1, Ordering::Release);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while exited(&mut kids) == 0 {
+                    assert!(Instant::now() < deadline, "{kind}: nobody woke");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                word.fetch_or(1, Ordering::Release);
+            }
+            _ => {
+                word.fetch_or(1, Ordering::Release);
+            }
+        }
+        for k in &mut kids {
+            wait_ok(k, Duration::from_secs(10));
+        }
+        assert_eq!(sleepers(), 0, "{kind}");
+        if let Some(s) = &sem {
+            assert_eq!(s.value(), Ok(0));
+        }
+        if let Some(e) = &ev {
+            assert_eq!(e.is_set(), Ok(kind == "lost-manual"));
+        }
+    }
+}
+
+/// Sends `sig` to the child.
+fn signal(kid: &Kid, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(kid.0.id() as libc::pid_t, sig) };
+    assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// The state letter of the child's main thread in /proc/<pid>/stat.
+fn proc_state(kid: &Kid) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", kid.0.id())).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.chars().next().unwrap()
+}
+
+/// M1 across processes: three processes wait on a manual-reset event; a
+/// `set()` immediately followed by `reset()` releases all of them. To make
+/// "the pulse ends before any waiter runs" certain rather than a race,
+/// the waiters are SIGSTOPped (still inside `wait`) during the pulse and
+/// SIGCONTinued after: their restarted FUTEX_WAIT then finds "unset"
+/// again. Before the generation counter they slept on and timed out.
+#[test]
+fn manual_event_pulse_releases_every_waiting_process() {
+    const TEST: &str = "manual_event_pulse_releases_every_waiting_process";
+    if role().is_some() {
+        let e = NamedEvent::open(&std::env::var(SEG).unwrap()).unwrap();
+        e.wait_timeout(Duration::from_secs(5)).unwrap();
+        return;
+    }
+    let name = unique("pulse");
+    let _c = Cleanup(name.clone());
+    let e = NamedEvent::create(&name, EventMode::ManualReset).unwrap();
+    let mut kids: Vec<Kid> = (0..3).map(|_| spawn(TEST, "pulse", &name, &[])).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match describe(e.segment()).unwrap() {
+            State::Event { sleepers: 3, .. } => break,
+            _ => assert!(Instant::now() < deadline, "waiters did not start"),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for k in &kids {
+        signal(k, libc::SIGSTOP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !kids.iter().all(|k| proc_state(k) == 'T') {
+        assert!(Instant::now() < deadline, "children did not stop");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    e.set().unwrap();
+    e.reset().unwrap();
+    for k in &kids {
+        signal(k, libc::SIGCONT);
+    }
+    for k in &mut kids {
+        wait_ok(k, Duration::from_secs(10));
+    }
+    assert_eq!(e.is_set(), Ok(false));
+}

@@ -512,6 +512,19 @@ impl<'a> SegmentBuilder<'a> {
                 continue;
             }
             let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
+            // Holding our lock (taken before this fstat), make
+            // sure the file still has its name: a deleter may have won the
+            // race before we locked. Unlinked means nlink == 0; no extra
+            // system call needed.
+            if info.nlink == 0 {
+                if Instant::now() >= deadline {
+                    return Err(Error::NotFound {
+                        op,
+                        name: name.clone(),
+                    });
+                }
+                continue;
+            }
             let (header, flags) = read_header(op, name, &fd, info.size)?;
             let euid = rustix::process::geteuid().as_raw();
             if !self.any_owner && info.uid != euid {
@@ -541,21 +554,6 @@ impl<'a> SegmentBuilder<'a> {
             }
             if alone && !flock::try_shared(fd.as_fd()).map_err(err)? {
                 continue;
-            }
-            // Holding our shared lock, make sure the name still means this
-            // file: a delete may have won the race before we locked.
-            match shm::id_of_name(&file) {
-                Ok(id) if id == info.id => {}
-                Ok(_) | Err(rustix::io::Errno::NOENT) => {
-                    if Instant::now() >= deadline {
-                        return Err(Error::NotFound {
-                            op,
-                            name: name.clone(),
-                        });
-                    }
-                    continue;
-                }
-                Err(e) => return Err(err(e)),
             }
             if let Some(kind) = self.kind {
                 if kind != header.kind {

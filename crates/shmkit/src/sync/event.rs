@@ -6,8 +6,12 @@
 //! State (all `u32`, in shared memory):
 //!
 //! - `mode`: `AUTO` or `MANUAL`, fixed at creation.
-//! - `state`: `UNSET` (0) or `SET` (1); the futex word waiters sleep on
-//!   while it is `UNSET`. Anything else is corruption.
+//! - `state`: the futex word. Bit 0 is the set flag; bits 1..31 are a
+//!   generation, incremented (wrapping) by every `set` that finds the
+//!   event unset. A manual-reset waiter returns when the flag is set *or*
+//!   the generation moved since it began waiting, so a `set` quickly
+//!   followed by `reset` (a pulse) still releases everyone who was
+//!   waiting at the set. Every value is a valid state.
 //! - `sleepers`: waiters in the slow path; `set` calls `FUTEX_WAKE` only
 //!   when it is non-zero.
 //!
@@ -16,6 +20,11 @@
 //! `state`, fence, read `sleepers`), plus the kernel's compare-and-sleep in `FUTEX_WAIT`.
 //! Setting an already-set auto-reset event is a no-op (the two sets merge),
 //! as with Windows events.
+//!
+//! Crashes: waiters sleep in bounded slices ([`super::SLICE`]), so a
+//! setter killed between its state change and its `FUTEX_WAKE`, or a
+//! waiter woken and killed before it consumed an auto-reset set, delays
+//! the other waiters by one slice at most, never forever.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +35,28 @@ use crate::sys::futex;
 /// "SHMe".
 const MAGIC: u32 = 0x5348_4d65;
 
-const UNSET: u32 = 0;
-const SET: u32 = 1;
+/// The set flag in `state`.
+const SET_BIT: u32 = 1;
+/// One generation step in `state` (bits 1..31).
+const GEN_ONE: u32 = 2;
+
+/// `state` after a `set`: the flag on; a new generation if it was off.
+#[inline]
+fn set_state(s: u32) -> u32 {
+    if s & SET_BIT != 0 {
+        s
+    } else {
+        s.wrapping_add(GEN_ONE) | SET_BIT
+    }
+}
+
+/// What one look at `state` found.
+enum Poll {
+    /// Released (manual) or the set consumed by us (auto).
+    Done,
+    /// Not yet: sleep while `state` still holds this value.
+    Sleep(u32),
+}
 
 const AUTO: u32 = 1;
 const MANUAL: u32 = 2;
@@ -68,7 +97,7 @@ pub struct Event {
     magic: AtomicU32,
     /// `AUTO` or `MANUAL`; never changes after init.
     mode: AtomicU32,
-    /// `UNSET` or `SET`; the futex word.
+    /// Set flag (bit 0) and generation (bits 1..31); the futex word.
     state: AtomicU32,
     /// Waiters in the slow path (may over-count after a crash).
     sleepers: AtomicU32,
@@ -84,7 +113,7 @@ impl Event {
         Event {
             magic: AtomicU32::new(MAGIC),
             mode: AtomicU32::new(mode.to_raw()),
-            state: AtomicU32::new(UNSET),
+            state: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
         }
     }
@@ -132,6 +161,7 @@ impl Event {
         Ok(e)
     }
 
+    #[cfg_attr(loom, allow(dead_code))] // used by `from_ptr`/named, not under loom
     fn validate_full(&self) -> Result<(), Corrupt> {
         // Acquire: pairs with the Release store in `init_at`.
         let m = self.magic.load(Ordering::Acquire);
@@ -164,11 +194,7 @@ impl Event {
             _ => EventMode::ManualReset,
         };
         // Relaxed: diagnostic snapshot.
-        let set = match self.state.load(Ordering::Relaxed) {
-            UNSET => false,
-            SET => true,
-            s => return Err(bad("state", s)),
-        };
+        let set = self.state.load(Ordering::Relaxed) & SET_BIT != 0;
         // Relaxed: diagnostic snapshot.
         Ok((mode, set, self.sleepers.load(Ordering::Relaxed)))
     }
@@ -184,16 +210,17 @@ impl Event {
     }
 
     /// Signals the event: releases one waiter (auto-reset) or all waiters
-    /// (manual-reset). Writes made before `set` are visible to the waiters
-    /// it releases.
+    /// (manual-reset), including every waiter that was waiting at this
+    /// `set` even if `reset` follows at once. Writes made before `set` are
+    /// visible to the waiters it releases.
     pub fn set(&self) -> Result<(), Corrupt> {
         let mode = self.checked_mode()?;
         // Release: publishes what we wrote before `set` to the waiters
-        // (pairs with the Acquire in `try_take`).
-        let old = self.state.swap(SET, Ordering::Release);
-        if old > SET {
-            return Err(bad("state", old));
-        }
+        // (pairs with the Acquire loads/CAS in `poll`). Always a write,
+        // even when already set, so a merged set publishes too.
+        let _ = self
+            .state
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |s| Some(set_state(s)));
         // Dekker pair with `wait_slow` via SeqCst fences, as in the
         // semaphore's `post_n` (see there for why fences, not accesses).
         fence(Ordering::SeqCst);
@@ -209,35 +236,49 @@ impl Event {
     }
 
     /// Unsets a manual-reset event (for an auto-reset one: discards a
-    /// pending set).
+    /// pending set). Waiters that were waiting at the last `set` are still
+    /// released (they see its new generation).
     pub fn reset(&self) -> Result<(), Corrupt> {
         self.checked_mode()?;
-        // Relaxed: resetting publishes nothing; waiters only act on SET.
-        self.state.store(UNSET, Ordering::Relaxed);
+        // Relaxed: resetting publishes nothing. An RMW rather than a store
+        // so that it continues the release sequence of the `set` before
+        // it: a manual waiter whose Acquire load reads this value (new
+        // generation, flag off) still synchronises with that setter.
+        self.state.fetch_and(!SET_BIT, Ordering::Relaxed);
         Ok(())
     }
 
-    /// One attempt: `Ok(true)` if the event was set (and, auto-reset, is
-    /// now consumed by us).
+    /// One look at `state`. `gen0` (manual only): the state's generation
+    /// when the wait began.
     #[inline]
-    fn try_take(&self, mode: u32) -> Result<bool, Corrupt> {
+    fn poll(&self, mode: u32, gen0: u32) -> Poll {
         if mode == AUTO {
-            // Acquire: pairs with `set`'s Release swap. In the slow path
-            // this is the load half of the Dekker pair (after the fence).
-            match self
-                .state
-                .compare_exchange(SET, UNSET, Ordering::Acquire, Ordering::Relaxed)
-            {
-                Ok(_) => Ok(true),
-                Err(UNSET) => Ok(false),
-                Err(s) => Err(bad("state", s)),
+            // Relaxed: a guess for the CAS; in the slow path the load half
+            // of the Dekker pair (after the fence).
+            let mut s = self.state.load(Ordering::Relaxed);
+            loop {
+                if s & SET_BIT == 0 {
+                    return Poll::Sleep(s);
+                }
+                // Acquire: pairs with `set`'s Release RMW.
+                match self.state.compare_exchange_weak(
+                    s,
+                    s & !SET_BIT,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Poll::Done,
+                    Err(now) => s = now,
+                }
             }
         } else {
-            // Acquire: as above.
-            match self.state.load(Ordering::Acquire) {
-                SET => Ok(true),
-                UNSET => Ok(false),
-                s => Err(bad("state", s)),
+            // Acquire: pairs with `set`'s Release RMW (directly, or through
+            // the release sequence a later `reset` RMW continues).
+            let s = self.state.load(Ordering::Acquire);
+            if s & SET_BIT != 0 || s & !SET_BIT != gen0 {
+                Poll::Done
+            } else {
+                Poll::Sleep(s)
             }
         }
     }
@@ -246,9 +287,11 @@ impl Event {
     /// auto-reset), [`WaitError::WouldBlock`] otherwise.
     pub fn try_wait(&self) -> Result<(), WaitError> {
         let mode = self.checked_mode()?;
-        match self.try_take(mode)? {
-            true => Ok(()),
-            false => Err(WaitError::WouldBlock),
+        // Relaxed: only the generation is used (see `wait_with`).
+        let gen0 = self.state.load(Ordering::Relaxed) & !SET_BIT;
+        match self.poll(mode, gen0) {
+            Poll::Done => Ok(()),
+            Poll::Sleep(_) => Err(WaitError::WouldBlock),
         }
     }
 
@@ -272,32 +315,51 @@ impl Event {
 
     #[inline]
     fn wait_inner(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+        self.wait_with(deadline, super::SLICED)
+    }
+
+    /// The wait, with the slicing chosen by the caller (loom models of
+    /// crash recovery ask for slices; see [`super::SLICED`]).
+    #[inline]
+    fn wait_with(&self, deadline: Option<Instant>, sliced: bool) -> Result<(), WaitError> {
         let mode = self.checked_mode()?;
-        if self.try_take(mode)? {
-            return Ok(());
+        // Relaxed: the generation we start waiting in; `poll` does the
+        // Acquire that matters. The set flag read here is re-checked by
+        // `poll` at once.
+        let gen0 = self.state.load(Ordering::Relaxed) & !SET_BIT;
+        match self.poll(mode, gen0) {
+            Poll::Done => Ok(()),
+            Poll::Sleep(_) => self.wait_slow(mode, gen0, deadline, sliced),
         }
-        self.wait_slow(mode, deadline)
     }
 
     #[cold]
-    fn wait_slow(&self, mode: u32, deadline: Option<Instant>) -> Result<(), WaitError> {
+    fn wait_slow(
+        &self,
+        mode: u32,
+        gen0: u32,
+        deadline: Option<Instant>,
+        sliced: bool,
+    ) -> Result<(), WaitError> {
         // Relaxed + SeqCst fence: store half of the Dekker pair with
-        // `set`; the fence orders it before the re-read in `try_take`.
+        // `set`; the fence orders it before the re-read in `poll`.
         self.sleepers.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let r = loop {
-            match self.try_take(mode) {
-                Ok(true) => break Ok(()),
-                Ok(false) => {}
-                Err(e) => break Err(e.into()),
-            }
-            if futex::wait(&self.state, UNSET, deadline) == futex::WaitOutcome::TimedOut {
+            let seen = match self.poll(mode, gen0) {
+                Poll::Done => break Ok(()),
+                Poll::Sleep(s) => s,
+            };
+            // Bounded sleep (`SLICE`): a wake lost to a crash costs one
+            // slice at most. Sleeping on the exact word seen means a
+            // set, or a set+reset pulse, in between makes FUTEX_WAIT
+            // return at once (EAGAIN).
+            if super::sleep(&self.state, seen, deadline, sliced) == super::Slept::Deadline {
                 // A set may have raced with the timer: take it rather than
                 // leave it for a sleeper nobody woke.
-                break match self.try_take(mode) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(WaitError::Timeout),
-                    Err(e) => Err(e.into()),
+                break match self.poll(mode, gen0) {
+                    Poll::Done => Ok(()),
+                    Poll::Sleep(_) => Err(WaitError::Timeout),
                 };
             }
         };
@@ -356,13 +418,72 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_state_is_an_error() {
+    fn corrupt_mode_or_magic_is_an_error() {
         let e = Event::new(EventMode::AutoReset);
+        // Every state word is valid (flag + generation).
         e.state.store(9, Ordering::Relaxed);
-        assert!(matches!(e.try_wait(), Err(WaitError::Corrupt(_))));
-        assert!(e.set().is_err());
+        assert_eq!(e.try_wait(), Ok(()));
+        assert_eq!(e.state.load(Ordering::Relaxed), 8);
         e.mode.store(0, Ordering::Relaxed);
         assert!(e.is_set().is_err());
+        assert!(matches!(e.try_wait(), Err(WaitError::Corrupt(_))));
+        assert!(e.set().is_err());
+        e.mode.store(AUTO, Ordering::Relaxed);
+        e.magic.store(1, Ordering::Relaxed);
+        assert!(e.set().is_err());
+    }
+
+    #[test]
+    fn generation_wraps() {
+        let e = Event::new(EventMode::ManualReset);
+        e.state.store(u32::MAX - 1, Ordering::Relaxed);
+        e.set().unwrap();
+        assert_eq!(e.state.load(Ordering::Relaxed), 1);
+        assert_eq!(e.try_wait(), Ok(()));
+        e.reset().unwrap();
+        assert_eq!(e.try_wait(), Err(WaitError::WouldBlock));
+    }
+
+    /// Spawns a thread in `e.wait()` (untimed) and returns once it is
+    /// asleep in the kernel (as far as a test can tell).
+    fn sleeping_waiter(
+        e: &std::sync::Arc<Event>,
+    ) -> std::sync::mpsc::Receiver<Result<(), WaitError>> {
+        let e2 = std::sync::Arc::clone(e);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(e2.wait()));
+        while e.snapshot().unwrap().2 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rx
+    }
+
+    /// M1: set() then reset() at once releases a manual-reset waiter
+    /// that was waiting at the set (without the generation it re-checked,
+    /// saw "unset" and slept on).
+    #[test]
+    fn manual_pulse_releases_sleeping_waiters() {
+        let e = std::sync::Arc::new(Event::new(EventMode::ManualReset));
+        let rx = sleeping_waiter(&e);
+        e.set().unwrap();
+        e.reset().unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Ok(())));
+        assert_eq!(e.is_set(), Ok(false));
+    }
+
+    /// H3: a setter killed between its state change and its wake
+    /// (simulated: the state change alone). Untimed waiters still return.
+    #[test]
+    fn sleeper_recovers_from_a_lost_wake() {
+        for mode in [EventMode::AutoReset, EventMode::ManualReset] {
+            let e = std::sync::Arc::new(Event::new(mode));
+            let rx = sleeping_waiter(&e);
+            e.state.fetch_or(SET_BIT, Ordering::Release);
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Ok(())));
+            assert_eq!(e.is_set(), Ok(mode == EventMode::ManualReset));
+            assert_eq!(e.snapshot().unwrap().2, 0);
+        }
     }
 
     #[test]
@@ -384,7 +505,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
@@ -417,6 +538,49 @@ mod loom_tests {
             for t in ts {
                 t.join().unwrap();
             }
+            assert_eq!(e.is_set(), Ok(false));
+        });
+    }
+
+    /// M1: a manual-reset waiter that is waiting (registered as a
+    /// sleeper) when `set` runs is released even though `reset` follows
+    /// at once, and sees the data written before `set`. Without the
+    /// generation in the state word: deadlock.
+    #[test]
+    fn loom_event_manual_pulse_releases_waiter() {
+        loom::model(|| {
+            let e = Arc::new(Event::new(EventMode::ManualReset));
+            let data = Arc::new(AtomicU32::new(0));
+            let (e2, d2) = (Arc::clone(&e), Arc::clone(&data));
+            let t = thread::spawn(move || {
+                e2.wait().unwrap();
+                assert_eq!(d2.load(Ordering::Relaxed), 42);
+            });
+            // Wait until the waiter is in the slow path (it is waiting).
+            while e.sleepers.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            data.store(42, Ordering::Relaxed);
+            e.set().unwrap();
+            e.reset().unwrap();
+            t.join().unwrap();
+            assert_eq!(e.is_set(), Ok(false));
+        });
+    }
+
+    /// H3: a setter killed between its state change and its wake
+    /// (modelled as the bare Release RMW). A sliced auto-reset waiter
+    /// still consumes the set. With `sliced = false`: deadlock.
+    #[test]
+    fn loom_event_setter_killed_before_wake() {
+        loom::model(|| {
+            let e = Arc::new(Event::new(EventMode::AutoReset));
+            let e2 = Arc::clone(&e);
+            let t = thread::spawn(move || e2.wait_with(None, true));
+            e.state
+                .fetch_update(Ordering::Release, Ordering::Relaxed, |s| Some(set_state(s)))
+                .unwrap();
+            assert_eq!(t.join().unwrap(), Ok(()));
             assert_eq!(e.is_set(), Ok(false));
         });
     }

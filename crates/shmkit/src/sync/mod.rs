@@ -100,6 +100,61 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// The longest a semaphore or event waiter sleeps in the kernel before it
+/// re-checks the shared state on its own. A wake-up can be lost for good
+/// only through a crash (a poster killed between its count CAS and its
+/// `FUTEX_WAKE`, or a waiter chosen by `FUTEX_WAKE` killed before it took
+/// the unit): without a bound, the other sleepers would then sleep forever
+/// although the count is positive. With it, they notice within one slice.
+pub(crate) const SLICE: Duration = Duration::from_millis(50);
+
+/// Whether the public waits sleep in [`SLICE`]s. Under loom they do not:
+/// there an untimed futex wait really blocks (a lost wake-up shows up as a
+/// deadlock, as it must), and the models of crash recovery ask for slices
+/// explicitly.
+pub(crate) const SLICED: bool = !cfg!(loom);
+
+/// Why [`sleep`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slept {
+    /// Woken, interrupted, the word differed, or a slice ended: re-check.
+    Again,
+    /// The caller's own deadline passed.
+    Deadline,
+}
+
+/// One bounded futex sleep on `word` while it equals `expected`: until
+/// woken, `deadline`, or (if `sliced`) the end of a [`SLICE`], whichever
+/// comes first. The deadline stays exact: a slice that would end after it
+/// is cut to it.
+pub(crate) fn sleep(
+    word: &crate::primitive::AtomicU32,
+    expected: u32,
+    deadline: Option<Instant>,
+    sliced: bool,
+) -> Slept {
+    use crate::sys::futex::{wait, WaitOutcome};
+    let (until, is_deadline) = if sliced {
+        match (deadline, Instant::now().checked_add(SLICE)) {
+            (Some(d), Some(end)) if d <= end => (Some(d), true),
+            (_, Some(end)) => (Some(end), false),
+            (d, None) => (d, true),
+        }
+    } else {
+        (deadline, true)
+    };
+    match wait(word, expected, until) {
+        WaitOutcome::Woken => Slept::Again,
+        WaitOutcome::TimedOut if is_deadline => Slept::Deadline,
+        WaitOutcome::TimedOut => {
+            // Under loom a timed wait returns at once: let the other
+            // threads run before polling again (bounds the model).
+            crate::primitive::spin_hint();
+            Slept::Again
+        }
+    }
+}
+
 /// The observable state of a synchronisation object, for `shmkit stat`
 /// and `shmkit ls`. Read without taking any lock: a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]

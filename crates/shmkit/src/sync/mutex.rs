@@ -29,6 +29,35 @@
 //! Our own word makes the guarantees hold even in crash windows between
 //! glibc's state and ours, and lets [`describe`](crate::sync::describe)
 //! report the state without locking.
+//!
+//! # Trusted peers only
+//!
+//! The `pthread_mutex_t` lives in the shared mapping, and glibc trusts
+//! all of it. A robust mutex is linked into the locking thread's robust
+//! list through pointers stored *inside the mutex* (`__list.__next`,
+//! `__list.__prev`), and unlocking unlinks it by writing through those
+//! pointers. A process that can write the segment can therefore, while we
+//! hold the lock, point them anywhere in our address space and make our
+//! `unlock` write a pointer there (an arbitrary write: memory corruption,
+//! possibly code execution), or change `__kind` so glibc runs another
+//! mutex protocol (PI, recursive, error-checking) on bytes it never
+//! initialised that way. The kernel's exit-time walk of the robust list
+//! follows the same pointers. Our own words are validated (damage is
+//! [`Corrupt`](crate::sync::Corrupt)), glibc's cannot be.
+//!
+//! So every process that can write a mutex segment must be trusted like
+//! the process itself. The segment layer enforces the default: `open`
+//! refuses a segment owned by another uid
+//! ([`segment::Error::ForeignOwner`](crate::segment::Error::ForeignOwner))
+//! unless [`SegmentBuilder::allow_any_owner`](crate::segment::SegmentBuilder::allow_any_owner)
+//! is given, and named objects are created with mode `0600`. Use
+//! `allow_any_owner` or a wider mode for a mutex only between users who
+//! trust each other completely. The semaphore and event have no such
+//! problem: a hostile writer can only garble their counts (an error,
+//! lost or spurious wake-ups), never make us write outside the segment.
+//! A mutex on our own futex word (owner tid, liveness through an OFD lock
+//! as the channels do) would remove this hole; see "Trusted peers" in
+//! `docs/sync.md` for the measured trade-off and the follow-up.
 
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
@@ -260,7 +289,7 @@ impl<T> Mutex<T> {
     }
 
     /// A mutex on the heap, for loom models.
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     pub(crate) fn new(value: T) -> Mutex<T> {
         Mutex {
             raw: RawMutex {
@@ -422,7 +451,7 @@ impl<T> Mutex<T> {
 
     /// Simulates the holder's death for loom models: forgets the guard
     /// and does what the kernel does at thread exit.
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     pub(crate) fn die_holding(&self, guard: MutexGuard<'_, T>) {
         std::mem::forget(guard);
         self.raw.lock.die();
@@ -640,7 +669,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;

@@ -17,10 +17,15 @@
 //! kernel compares the word under its bucket lock, which `FUTEX_WAKE`
 //! takes too).
 //!
-//! Crashes: a process killed while sleeping leaves `sleepers` one too
-//! high; posts then make one unneeded futex call. A process killed in the
-//! middle of `post` or `wait` either did its CAS or did not: there is no
-//! half-state.
+//! Crashes: a process killed in the middle of `post` or `wait` either did
+//! its CAS or did not: there is no half-state. But a poster killed between
+//! its CAS and its `FUTEX_WAKE`, or a waiter picked by `FUTEX_WAKE` and
+//! killed before it took the unit, loses a wake-up; so waiters sleep in
+//! bounded slices ([`super::SLICE`], 50 ms) and re-check, and a waiter
+//! that takes a unit while units and other sleepers remain wakes one more
+//! (chained wake). A process killed while sleeping leaves `sleepers` one
+//! too high for good; posts then make one unneeded futex call each (a
+//! cost, never a missed wake: `docs/sync.md`, Known limits).
 
 use std::time::{Duration, Instant};
 
@@ -132,6 +137,7 @@ impl Semaphore {
     }
 
     /// Magic (Acquire) and count check.
+    #[cfg_attr(loom, allow(dead_code))] // used by `from_ptr`/named, not under loom
     fn validate_full(&self) -> Result<(), Corrupt> {
         // Acquire: pairs with the Release store in `init_at`.
         let m = self.magic.load(Ordering::Acquire);
@@ -287,15 +293,22 @@ impl Semaphore {
 
     #[inline]
     fn wait_inner(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+        self.wait_with(deadline, super::SLICED)
+    }
+
+    /// The wait, with the slicing chosen by the caller (loom models of
+    /// crash recovery ask for slices; see [`super::SLICED`]).
+    #[inline]
+    fn wait_with(&self, deadline: Option<Instant>, sliced: bool) -> Result<(), WaitError> {
         self.check_magic()?;
         if self.try_take()? {
             return Ok(());
         }
-        self.wait_slow(deadline)
+        self.wait_slow(deadline, sliced)
     }
 
     #[cold]
-    fn wait_slow(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+    fn wait_slow(&self, deadline: Option<Instant>, sliced: bool) -> Result<(), WaitError> {
         // Relaxed + SeqCst fence: the store half of the Dekker pair with
         // `post_n` (see there); the fence orders it before our re-read of
         // `count` in `try_take`.
@@ -307,7 +320,9 @@ impl Semaphore {
                 Ok(false) => {}
                 Err(e) => break Err(e.into()),
             }
-            if futex::wait(&self.count, 0, deadline) == futex::WaitOutcome::TimedOut {
+            // Bounded sleep (`SLICE`): a wake-up lost to a crashed poster
+            // or to a woken-then-killed waiter delays us one slice at most.
+            if super::sleep(&self.count, 0, deadline, sliced) == super::Slept::Deadline {
                 // A post may have raced with the timer: take it if so,
                 // rather than leave a unit no sleeper was woken for.
                 break match self.try_take() {
@@ -316,10 +331,21 @@ impl Semaphore {
                     Err(e) => Err(e.into()),
                 };
             }
-            // Woken, EINTR, EAGAIN or spurious: re-check.
+            // Woken, slice over, EINTR, EAGAIN or spurious: re-check.
         };
         // Relaxed: a late decrement only costs a poster one extra wake.
-        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+        let others = self
+            .sleepers
+            .fetch_sub(1, Ordering::Relaxed)
+            .wrapping_sub(1);
+        // Chained wake: units left and other sleepers (e.g. a `post_n` whose
+        // poster died before its wake, or two posts that woke only us):
+        // pass a wake on instead of leaving them to their slice. Relaxed: a
+        // hint only; a missed chain costs at most one slice of latency, a
+        // needless one a spurious wake-up.
+        if r.is_ok() && others != 0 && self.count.load(Ordering::Relaxed) != 0 {
+            futex::wake(&self.count);
+        }
         r
     }
 }
@@ -377,6 +403,46 @@ mod tests {
         assert!(s.value().is_err());
     }
 
+    /// H3: a poster SIGKILLed between its count CAS and its `FUTEX_WAKE`
+    /// leaves count > 0 and a sleeper nobody wakes (simulated here by
+    /// raising the count with no wake). An untimed `wait` must still
+    /// return: it re-checks every `SLICE`. Without slices it sleeps forever.
+    #[test]
+    fn sleeper_recovers_from_a_lost_wake() {
+        let s = std::sync::Arc::new(Semaphore::new(0));
+        let s2 = std::sync::Arc::clone(&s);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(s2.wait()));
+        while s.sleepers().unwrap() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Let it get into FUTEX_WAIT.
+        std::thread::sleep(Duration::from_millis(100));
+        // The dead poster's CAS, without its wake.
+        s.count.fetch_add(1, Ordering::Release);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Ok(())));
+        assert_eq!(s.value(), Ok(0));
+        assert_eq!(s.sleepers(), Ok(0));
+    }
+
+    /// A deadline shorter than, and one spanning several, slices are
+    /// both kept (returns no earlier than the deadline).
+    #[test]
+    fn deadlines_stay_exact_across_slices() {
+        let s = Semaphore::new(0);
+        for ms in [7u64, super::super::SLICE.as_millis() as u64 * 2 + 13] {
+            let start = Instant::now();
+            assert_eq!(
+                s.wait_timeout(Duration::from_millis(ms)),
+                Err(WaitError::Timeout)
+            );
+            let took = start.elapsed();
+            assert!(took >= Duration::from_millis(ms), "{took:?}");
+            assert!(took < Duration::from_millis(ms) + Duration::from_secs(2));
+        }
+        assert_eq!(s.sleepers(), Ok(0));
+    }
+
     #[test]
     fn wakes_a_sleeping_thread() {
         let s = std::sync::Arc::new(Semaphore::new(0));
@@ -391,7 +457,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
@@ -416,6 +482,23 @@ mod loom_tests {
                 w.join().unwrap();
             }
             assert_eq!(s.value(), Ok(0));
+        });
+    }
+
+    /// H3: a poster killed between its count CAS and its wake (modelled
+    /// as the bare CAS). A sliced waiter still takes the unit. Fails
+    /// (loom: deadlock) with `sliced = false`, i.e. without the fix.
+    #[test]
+    fn loom_sem_poster_killed_before_wake() {
+        loom::model(|| {
+            let s = Arc::new(Semaphore::new(0));
+            let s2 = Arc::clone(&s);
+            let t = thread::spawn(move || s2.wait_with(None, true));
+            // The dead poster: its Release CAS happened, its wake did not.
+            s.count.fetch_add(1, Ordering::Release);
+            assert_eq!(t.join().unwrap(), Ok(()));
+            assert_eq!(s.value(), Ok(0));
+            assert_eq!(s.sleepers(), Ok(0));
         });
     }
 

@@ -287,6 +287,7 @@ mod imp {
             }
         }
 
+        /// Model of `pthread_mutex_clocklock`/`lock`.
         pub fn lock(&self, deadline: Option<Instant>) -> Outcome {
             loop {
                 // Relaxed: a guess; the CAS in `acquire` orders.
@@ -302,12 +303,14 @@ mod imp {
             }
         }
 
+        /// Model of `pthread_mutex_trylock`.
         pub fn try_lock(&self) -> Outcome {
             // Relaxed: a guess; the CAS in `acquire` orders.
             let w = self.word.load(Ordering::Relaxed);
             self.acquire(w).unwrap_or(Outcome::WouldBlock)
         }
 
+        /// Model of `pthread_mutex_unlock` (not recoverable if unrepaired).
         pub fn unlock(&self) -> Outcome {
             // Relaxed: only touched by the holder (us).
             let next = if self.inconsistent.swap(0, Ordering::Relaxed) == 1 {
@@ -321,6 +324,7 @@ mod imp {
             Outcome::Ok
         }
 
+        /// Model of `pthread_mutex_consistent`.
         pub fn make_consistent(&self) -> Outcome {
             // Relaxed: only touched by the holder (us).
             self.inconsistent.store(0, Ordering::Relaxed);
@@ -335,6 +339,7 @@ mod imp {
             futex::wake_all(&self.word);
         }
 
+        /// The lock word in the kernel ABI's encoding, for `describe`.
         pub fn peek_word(&self) -> u32 {
             // Relaxed: diagnostics only.
             match self.word.load(Ordering::Relaxed) {

@@ -37,6 +37,8 @@ pub struct FileInfo {
     pub mode: u32,
     /// Owner uid.
     pub uid: u32,
+    /// Number of names (0 once the segment was removed).
+    pub nlink: u64,
 }
 
 fn dir() -> Result<BorrowedFd<'static>, Errno> {
@@ -115,6 +117,7 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileInfo, Errno> {
         size: st.st_size as u64,
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
+        nlink: st.st_nlink as u64,
     })
 }
 

@@ -1,0 +1,235 @@
+//! shmkit's own channels, each in two waiting modes:
+//!
+//! - ring: `channel::ring` SPSC, one ring per direction, zero-copy
+//!   `send_with` / `recv_with` (the payload is written and read in place in
+//!   the ring's slot);
+//! - pub/sub: `channel::pubsub`, one channel per direction with one
+//!   subscriber, back-pressure policy, `loan` → fill in place → `publish`,
+//!   the subscriber reads the sample in place.
+//!
+//! Both variants call the waiting forms with the job's deadline
+//! (`send_with` / `recv_with` / `loan_deadline` / `recv_deadline` with
+//! `Wait::Until`), as a user would; they differ in the endpoint's
+//! [`WaitStrategy`]: `BusyPoll` (pure spin on the shared index, liveness
+//! checked every few thousand spins — the same pure spin the floor and
+//! iceoryx2 get from [`crate::link::spin_until`]) or `Sleep` (futex wait at
+//! once).
+//!
+//! Not `try_recv` in a spin loop: on an empty channel it checks the
+//! producer's liveness (an `fcntl(F_OFD_GETLK)` system call) on every call,
+//! which costs a syscall per poll and, on a loaded machine, a preemption
+//! point per poll.
+
+use std::time::Instant;
+
+use shmkit::channel::pubsub::{Policy, PubSubOptions, Publisher, Subscriber};
+use shmkit::channel::ring::{Receiver, RingOptions, Sender};
+use shmkit::channel::{Wait, WaitStrategy};
+use shmkit::segment::{self, Lifetime};
+
+use crate::job::{Job, PeerSpec, ACK_LEN};
+use crate::link::{Link, Result};
+
+/// (slots, max message) per direction: (parent→child, child→parent).
+fn shape(job: &Job) -> ((u64, usize), (u64, usize)) {
+    match *job {
+        Job::PingPong { size, .. } => ((4, size), (4, size)),
+        Job::Stream { size, .. } => {
+            let slots = if size <= 4096 { 256 } else { 4 };
+            ((slots, size), (4, ACK_LEN))
+        }
+    }
+}
+
+fn names(spec: &PeerSpec) -> (String, String) {
+    (
+        format!("{}-down", spec.resource),
+        format!("{}-up", spec.resource),
+    )
+}
+
+/// Removes the job's segments when the parent's side goes (lifetime
+/// `UntilLastDetach` normally does it; this covers a child that never
+/// attached).
+struct Remover(Option<(String, String)>);
+
+impl Drop for Remover {
+    fn drop(&mut self) {
+        if let Some((a, b)) = self.0.take() {
+            let _ = segment::remove(&a);
+            let _ = segment::remove(&b);
+        }
+    }
+}
+
+/// One side of a pair of shmkit rings.
+pub struct RingLink {
+    tx: Sender,
+    rx: Receiver,
+    _rm: Remover,
+}
+
+impl RingLink {
+    /// The parent's side: creates both rings.
+    pub fn parent(spec: &PeerSpec, spin: bool) -> Result<RingLink> {
+        let (down, up) = names(spec);
+        let rm = Remover(Some((down.clone(), up.clone())));
+        let ((ds, dm), (us, um)) = shape(&spec.job);
+        let opts = |slots: u64, max: usize| {
+            RingOptions::new(slots, max as u64).lifetime(Lifetime::UntilLastDetach)
+        };
+        let tx = Sender::create(&down, &opts(ds, dm)).map_err(|e| e.to_string())?;
+        let rx = Receiver::create(&up, &opts(us, um)).map_err(|e| e.to_string())?;
+        Ok(RingLink::with(tx, rx, spin, rm))
+    }
+
+    /// The child's side: opens them.
+    pub fn child(spec: &PeerSpec, spin: bool) -> Result<RingLink> {
+        let (down, up) = names(spec);
+        let rx = Receiver::open(&down).map_err(|e| e.to_string())?;
+        let tx = Sender::open(&up).map_err(|e| e.to_string())?;
+        Ok(RingLink::with(tx, rx, spin, Remover(None)))
+    }
+
+    fn with(mut tx: Sender, mut rx: Receiver, spin: bool, rm: Remover) -> RingLink {
+        let strategy = if spin {
+            WaitStrategy::BusyPoll
+        } else {
+            WaitStrategy::Sleep
+        };
+        tx.set_wait_strategy(strategy);
+        rx.set_wait_strategy(strategy);
+        RingLink { tx, rx, _rm: rm }
+    }
+}
+
+impl Link for RingLink {
+    #[inline]
+    fn send(
+        &mut self,
+        len: usize,
+        deadline: Instant,
+        fill: impl FnOnce(*mut u8, usize),
+    ) -> Result<()> {
+        let mut fill = Some(fill);
+        self.tx
+            .send_with(len, Wait::Until(deadline), |buf| {
+                if let Some(f) = fill.take() {
+                    f(buf.as_mut_ptr(), buf.len());
+                }
+            })
+            .map_err(|e| format!("ring send: {e}"))
+    }
+
+    #[inline]
+    fn recv<R>(
+        &mut self,
+        len: usize,
+        deadline: Instant,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        self.rx
+            .recv_with(Wait::Until(deadline), |b| {
+                if b.len() == len {
+                    Ok(read(b))
+                } else {
+                    Err(format!("ring message of {} B, expected {len}", b.len()))
+                }
+            })
+            .map_err(|e| format!("ring recv: {e}"))?
+    }
+}
+
+/// One side of a pair of shmkit publish/subscribe channels.
+pub struct PubSubLink {
+    publisher: Publisher,
+    subscriber: Subscriber,
+    _rm: Remover,
+}
+
+impl PubSubLink {
+    /// The parent's side: creates both channels, publishes on `down`,
+    /// subscribes to `up` before the child exists.
+    pub fn parent(spec: &PeerSpec, spin: bool) -> Result<PubSubLink> {
+        let (down, up) = names(spec);
+        let rm = Remover(Some((down.clone(), up.clone())));
+        let ((ds, dm), (us, um)) = shape(&spec.job);
+        let opts = |slots: u64, max: usize| {
+            PubSubOptions::new(slots, max as u64, 1)
+                .policy(Policy::Block)
+                .lifetime(Lifetime::UntilLastDetach)
+        };
+        let publisher = Publisher::create(&down, &opts(ds, dm)).map_err(|e| e.to_string())?;
+        let seg = opts(us, um).create(&up).map_err(|e| e.to_string())?;
+        let subscriber = Subscriber::from_segment(seg).map_err(|e| e.to_string())?;
+        Ok(PubSubLink::with(publisher, subscriber, spin, rm))
+    }
+
+    /// The child's side: subscribes to `down` (before it reports ready),
+    /// publishes on `up`.
+    pub fn child(spec: &PeerSpec, spin: bool) -> Result<PubSubLink> {
+        let (down, up) = names(spec);
+        let subscriber = Subscriber::open(&down).map_err(|e| e.to_string())?;
+        let publisher = Publisher::open(&up).map_err(|e| e.to_string())?;
+        Ok(PubSubLink::with(publisher, subscriber, spin, Remover(None)))
+    }
+
+    fn with(mut publisher: Publisher, subscriber: Subscriber, spin: bool, rm: Remover) -> Self {
+        let strategy = if spin {
+            WaitStrategy::BusyPoll
+        } else {
+            WaitStrategy::Sleep
+        };
+        publisher.set_wait_strategy(strategy);
+        subscriber.set_wait_strategy(strategy);
+        PubSubLink {
+            publisher,
+            subscriber,
+            _rm: rm,
+        }
+    }
+}
+
+impl Link for PubSubLink {
+    #[inline]
+    fn send(
+        &mut self,
+        len: usize,
+        deadline: Instant,
+        fill: impl FnOnce(*mut u8, usize),
+    ) -> Result<()> {
+        let mut loan = self
+            .publisher
+            .loan_deadline(len, deadline)
+            .map_err(|e| format!("pub/sub loan: {e}"))?;
+        if loan.len() != len {
+            return Err(format!("pub/sub loaned {} B, asked {len}", loan.len()));
+        }
+        fill(loan.as_mut_ptr(), len);
+        loan.publish();
+        Ok(())
+    }
+
+    #[inline]
+    fn recv<R>(
+        &mut self,
+        len: usize,
+        deadline: Instant,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let sample = self
+            .subscriber
+            .recv_deadline(deadline)
+            .map_err(|e| format!("pub/sub recv: {e}"))?;
+        if sample.missed() != 0 {
+            return Err(format!("pub/sub: {} messages missed", sample.missed()));
+        }
+        if sample.len() != len {
+            return Err(format!(
+                "pub/sub sample of {} B, expected {len}",
+                sample.len()
+            ));
+        }
+        Ok(read(&sample))
+    }
+}
