@@ -226,11 +226,17 @@ fn subscriber_killed_holding_samples() {
         assert_eq!(role, "hoarder");
         let s = Subscriber::open(&name).unwrap();
         let mut held = Vec::new();
-        loop {
-            if let Ok(x) = s.recv_timeout(Duration::from_millis(100)) {
-                held.push(x);
+        // Bounded, and gone as soon as the publisher is: never an orphan
+        // spinning after the test.
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            match s.recv_timeout(Duration::from_millis(100)) {
+                Ok(x) => held.push(x),
+                Err(RecvError::Timeout) => {}
+                Err(e) => panic!("hoarder: {e}"),
             }
         }
+        return;
     }
     let name = unique("ps");
     let _g = Cleanup(name.clone());
@@ -267,41 +273,57 @@ fn subscriber_killed_holding_samples() {
 }
 
 /// A publisher killed mid-loan never exposes the half-written slot; the
-/// subscriber gets `SenderDied` after every published message.
+/// subscriber gets `SenderDied` after every published message; each new
+/// publisher makes progress (no slot leaked by its killed predecessor),
+/// and at the end every slot is free.
 #[test]
 fn publisher_killed_mid_loan() {
+    const SLOTS: u64 = 2;
     if let Some((role, name, _)) = child_role() {
         assert_eq!(role, "publisher");
         let mut p = Publisher::open(&name).unwrap();
-        let mut seq = 0;
-        loop {
-            let mut loan = p.loan(256 << 10).unwrap();
+        let mut seq = p.published();
+        // Bounded: the parent kills us long before this.
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            let mut loan = p.loan_timeout(256 << 10, Duration::from_secs(5)).unwrap();
             make_large(seq, &mut loan);
             loan.publish();
             seq += 1;
         }
+        return;
     }
     let name = unique("ps");
     let _g = Cleanup(name.clone());
-    let _seg = PubSubOptions::new(4, 256 << 10, 1).create(&name).unwrap();
+    let _seg = PubSubOptions::new(SLOTS, 256 << 10, 1)
+        .create(&name)
+        .unwrap();
     let s = Subscriber::open(&name).unwrap();
     let mut rng = Rng::from_time();
-    for _ in 0..10 {
+    let mut expected: Option<u64> = None;
+    for round in 0..10 {
         let mut child = spawn("publisher_killed_mid_loan", "publisher", &name, 0);
-        let t0 = Instant::now();
-        while s.peer() != PeerState::Alive {
-            assert!(t0.elapsed() < Duration::from_secs(10));
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let kill_at = Instant::now() + Duration::from_micros(rng.below(20_000));
-        let mut expected = None;
+        let mut received = 0u64;
         let mut check = |m: &[u8]| {
             let seq = check_large(m);
             if let Some(e) = expected {
-                assert_eq!(seq, e);
+                assert_eq!(seq, e, "round {round}");
             }
             expected = Some(seq + 1);
+            received += 1;
         };
+        let t0 = Instant::now();
+        while s.peer() != PeerState::Alive {
+            assert!(t0.elapsed() < Duration::from_secs(10), "round {round}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Progress: the new publisher delivers at least one message.
+        let first = s
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("round {round}: no message from the new publisher: {e}"));
+        check(&first);
+        drop(first);
+        let kill_at = Instant::now() + Duration::from_micros(rng.below(20_000));
         while Instant::now() < kill_at {
             if let Ok(m) = s.try_recv() {
                 check(&m);
@@ -313,10 +335,17 @@ fn publisher_killed_mid_loan() {
             match s.recv_timeout(Duration::from_secs(5)) {
                 Ok(m) => check(&m),
                 Err(RecvError::SenderDied) => break,
-                Err(e) => panic!("expected SenderDied, got {e}"),
+                Err(e) => panic!("round {round}: expected SenderDied, got {e}"),
             }
         }
+        assert!(received >= 1);
     }
+    // A publisher taking over frees whatever its killed predecessor had
+    // addressed but not made visible: every slot is free.
+    let p = Publisher::open(&name).unwrap();
+    let info = shmkit::channel::pubsub::stats(&Segment::open(&name).unwrap()).unwrap();
+    assert_eq!(info.slots_in_use, 0, "{info:?}");
+    drop(p);
 }
 
 /// A child scribbles random values over the pool's indices, queue, refs,
@@ -382,4 +411,97 @@ fn hostile_pool_indices() {
     assert!(wait_child(&mut child, 10).success());
     assert!(corrupt > 0, "scribbling was never detected");
     eprintln!("hostile pool: {corrupt} corruptions detected, {ok} samples");
+}
+
+/// A subscriber that leaves (drop) is no longer addressed at once: the
+/// publisher's next messages do not sit pending for it (M3), even with a
+/// sample leaked by `mem::forget`.
+#[test]
+fn departed_subscriber_is_not_addressed() {
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let mut p = Publisher::create(&name, &PubSubOptions::new(2, 64, 2)).unwrap();
+    let s = Subscriber::open(&name).unwrap();
+    p.send(b"one").unwrap();
+    std::mem::forget(s.recv().unwrap());
+    drop(s);
+    p.try_send(b"two").unwrap();
+    let info = shmkit::channel::pubsub::stats(&Segment::open(&name).unwrap()).unwrap();
+    assert_eq!(info.slots_in_use, 0, "{info:?}");
+    // Both slots are free without any wait (no reaping needed).
+    p.try_send(b"three").unwrap();
+    p.try_send(b"four").unwrap();
+}
+
+/// Drop-oldest: a subscriber killed while holding samples gets its slots
+/// reaped although the publisher never runs out of slots (periodic reap).
+#[test]
+fn drop_oldest_reaps_dead_subscriber() {
+    if let Some((role, name, _)) = child_role() {
+        assert_eq!(role, "hoarder");
+        let s = Subscriber::open(&name).unwrap();
+        let mut held = Vec::new();
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end && held.len() < 2 {
+            match s.recv_timeout(Duration::from_millis(100)) {
+                Ok(x) => held.push(x),
+                Err(RecvError::Timeout) => {}
+                Err(e) => panic!("hoarder: {e}"),
+            }
+        }
+        println!("holding");
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let opts = PubSubOptions::new(4, 64, 2).policy(Policy::DropOldest);
+    let mut p = Publisher::create(&name, &opts).unwrap();
+    let mut child = spawn("drop_oldest_reaps_dead_subscriber", "hoarder", &name, 0);
+    let t0 = Instant::now();
+    while p.subscribers() < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stats = || shmkit::channel::pubsub::stats(&Segment::open(&name).unwrap()).unwrap();
+    // Publish until the hoarder holds two slots.
+    let t0 = Instant::now();
+    loop {
+        p.try_send(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+        let held = stats().slots_in_use;
+        if held >= 2 && t0.elapsed() > Duration::from_millis(50) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "hoarder took nothing"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Slots never run out (two of four are reclaimable), yet the dead
+    // subscriber's slots come back within a bounded number of loans.
+    for _ in 0..1024 {
+        p.try_send(b"y").unwrap();
+    }
+    let info = stats();
+    assert_eq!(info.slots_in_use, 0, "{info:?}");
+}
+
+/// The copying receive: a private copy of the payload, `missed` reported,
+/// and the slot released at once.
+#[test]
+fn recv_into_copies_and_releases() {
+    let name = unique("ps");
+    let _g = Cleanup(name.clone());
+    let mut p = Publisher::create(&name, &PubSubOptions::new(1, 64, 1)).unwrap();
+    let s = Subscriber::open(&name).unwrap();
+    let mut buf = vec![9; 100];
+    for i in 0..3u8 {
+        p.send(&[i; 10]).unwrap();
+        assert_eq!(s.recv_into(Wait::No, &mut buf), Ok(0));
+        assert_eq!(buf, [i; 10]);
+    }
+    assert_eq!(s.recv_into(Wait::No, &mut buf), Err(RecvError::Empty));
 }

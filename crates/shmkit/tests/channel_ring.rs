@@ -243,12 +243,18 @@ fn writer_kill_rounds(test: &str, rounds: u32) {
         assert_eq!(role, "producer");
         let mut tx = Sender::open(&name).unwrap();
         let mut seq = start;
-        loop {
+        // Bounded (the parent kills us long before); `unwrap` exits on
+        // `Disconnected` instead of spinning.
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
             let len = 16 + (seq % 241) as usize;
-            tx.send_with(len, Wait::Forever, |b| make_message(seq, len, b))
-                .unwrap();
+            tx.send_with(len, Wait::timeout(Duration::from_secs(5)), |b| {
+                make_message(seq, len, b)
+            })
+            .unwrap();
             seq += 1;
         }
+        return;
     }
     let name = unique("ring");
     let _g = Cleanup(name.clone());

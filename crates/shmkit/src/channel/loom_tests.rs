@@ -13,7 +13,7 @@ use loom::thread;
 use super::pubsub::{Policy, Pool, PubCore, SlotMeta, SubShared};
 use super::ring::{ConsCursor, ProdCursor, RingCore, Stuck};
 use super::wait::{notify, sleep_once};
-use crate::primitive::{spin_hint, AtomicU32, AtomicU64};
+use crate::primitive::{spin_hint, AtomicU32, AtomicU64, Ordering};
 
 struct Ring {
     core: RingCore,
@@ -253,5 +253,151 @@ fn pubsub_drop_oldest_accounts_for_everything() {
         }
         assert_eq!(accounted, 3);
         publisher.join().unwrap();
+    });
+}
+
+/// Publisher: waits for a slot by sleeping on `free_seq` (no deadline:
+/// a lost wake-up is a deadlock loom reports), then publishes `v`.
+fn publish_sleeping(h: &Heap, tail: &mut u64, rr: &mut usize, v: u64) {
+    let pool = h.pool();
+    let mut poll = || pool.take_free(rr);
+    let slot = loop {
+        if let Ok(s) = sleep_once(
+            &pool.core.free_seq.0,
+            &pool.core.pub_sleepers.0,
+            &mut poll,
+            None,
+        ) {
+            break s;
+        }
+    };
+    h.payload[slot].with_mut(|x| unsafe { *x = v });
+    pool.publish(tail, slot, 8);
+}
+
+/// One slot, subscriber 0 holds it (subscriber 1, if any, has it pending),
+/// the publisher sleeps for a slot; 0's release must wake it: under
+/// `Block` when it frees the slot, under `DropOldest` as soon as nobody
+/// holds it (M2: it used to notify only when `refs` reached 0).
+fn release_wakes_sleeping_publisher(policy: Policy, subs: usize) {
+    loom::model(move || {
+        let h = Arc::new(Heap::new(1, subs, policy));
+        let mut a = h.pool().join(0);
+        let mut b = (subs > 1).then(|| h.pool().join(1));
+        let (mut tail, mut rr) = (0, 0);
+        h.publish(&mut tail, &mut rr, 1);
+        let t = h.pool().try_take(&mut a).unwrap().unwrap();
+        let p = h.clone();
+        let publisher = thread::spawn(move || publish_sleeping(&p, &mut tail, &mut rr, 2));
+        assert_eq!(h.payload[t.slot].with(|x| unsafe { *x }), 1);
+        h.pool().release(0, t.slot);
+        publisher.join().unwrap();
+        // Subscriber 0 gets message 2; 1 missed message 1 and gets 2.
+        let t = h.pool().try_take(&mut a).unwrap().unwrap();
+        assert_eq!(
+            (t.missed, h.payload[t.slot].with(|x| unsafe { *x })),
+            (0, 2)
+        );
+        h.pool().release(0, t.slot);
+        if let Some(b) = &mut b {
+            let t = h.pool().try_take(b).unwrap().unwrap();
+            assert_eq!(
+                (t.missed, h.payload[t.slot].with(|x| unsafe { *x })),
+                (1, 2)
+            );
+            h.pool().release(1, t.slot);
+        }
+        assert_eq!(h.meta[0].refs.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn pubsub_block_release_wakes_publisher() {
+    release_wakes_sleeping_publisher(Policy::Block, 1);
+}
+
+#[test]
+fn pubsub_drop_oldest_release_wakes_publisher() {
+    release_wakes_sleeping_publisher(Policy::DropOldest, 2);
+}
+
+/// A subscriber leaves (drop) while the publisher publishes: whatever the
+/// interleaving, no slot stays addressed to the departed subscriber
+/// (M3: `publish` re-checks `active` after storing `refs`), and the other
+/// subscriber receives both messages.
+#[test]
+fn pubsub_leave_racing_publish() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 2, Policy::Block));
+        let _leaver = h.pool().join(0);
+        let mut stay = h.pool().join(1);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            let (mut tail, mut rr) = (0, 0);
+            for v in 1..=2 {
+                p.publish(&mut tail, &mut rr, v);
+            }
+        });
+        h.pool().leave(0);
+        publisher.join().unwrap();
+        for m in &h.meta {
+            assert_eq!(m.refs.load(Ordering::Relaxed) & 0x1_0000_0001, 0);
+        }
+        for v in 1..=2 {
+            let t = h.pool().try_take(&mut stay).unwrap().unwrap_or_else(|| {
+                panic!(
+                    "{stay:?} tail {} refs {:?} seq {:?} q {:?}",
+                    h.core.tail.0.load(Ordering::Relaxed),
+                    h.meta
+                        .iter()
+                        .map(|m| m.refs.load(Ordering::Relaxed))
+                        .collect::<Vec<_>>(),
+                    h.meta
+                        .iter()
+                        .map(|m| m.seq.load(Ordering::Relaxed))
+                        .collect::<Vec<_>>(),
+                    h.queue
+                        .iter()
+                        .map(|m| m.load(Ordering::Relaxed))
+                        .collect::<Vec<_>>()
+                )
+            });
+            assert_eq!(h.payload[t.slot].with(|x| unsafe { *x }), v);
+            h.pool().release(1, t.slot);
+        }
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    });
+}
+
+/// A subscriber joins while the publisher publishes two messages through
+/// two slots: it receives, in order, every message published after its
+/// join position (at most the one in flight is skipped), and once it has
+/// drained and released, every slot is free (no stale bit addressed to it).
+#[test]
+fn pubsub_join_racing_publish() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 1, Policy::Block));
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            let (mut tail, mut rr) = (0, 0);
+            for v in 1..=2 {
+                p.publish(&mut tail, &mut rr, v);
+            }
+        });
+        let mut cur = h.pool().join(0);
+        let join_pos = cur.join_pos;
+        publisher.join().unwrap();
+        let mut got = Vec::new();
+        while let Some(t) = h.pool().try_take(&mut cur).unwrap() {
+            assert_eq!(t.missed, 0);
+            got.push(h.payload[t.slot].with(|x| unsafe { *x }));
+            h.pool().release(0, t.slot);
+        }
+        // Message `v` is position `v - 1`: all after `join_pos` arrive.
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        for v in (join_pos + 2)..=2 {
+            assert!(got.contains(&v), "{got:?} join_pos {join_pos}");
+        }
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
     });
 }

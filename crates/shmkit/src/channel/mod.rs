@@ -5,7 +5,7 @@
 //! - [`ring`]: one producer, one consumer, bounded, typed (`T` plain old
 //!   data, fingerprint-checked) or raw byte messages up to a maximum set
 //!   at creation. Lock-free hot path without system calls.
-//! - [`pubsub`]: one publisher, up to 64 subscribers joining and leaving
+//! - [`pubsub`]: one publisher, up to 32 subscribers joining and leaving
 //!   at any time; the publisher fills a loaned slot in place and every
 //!   subscriber reads it in place: a 16 MiB frame costs what an 8-byte one
 //!   does.
@@ -22,6 +22,24 @@
 //! - Untrusted shared memory: every index, length and slot number read from
 //!   a segment is bounds-checked; a corrupt or hostile peer causes a
 //!   `Corrupt` error, never an access outside the segment.
+//!
+//! # Trust: zero-copy views require trusted peers
+//!
+//! The zero-copy APIs ([`ring::Sender::send_with`],
+//! [`ring::Receiver::recv_with`], [`pubsub::Loan`], [`pubsub::Sample`] and
+//! the typed pub/sub views) give you `&[u8]` / `&mut [u8]` / `&T` over
+//! shared memory. Bounds are always checked, but a peer with write access
+//! to the segment can change the bytes under the view, and the compiler
+//! may re-load a byte your code checked once: code that validates a view
+//! and then uses it can be fooled (time-of-check/time-of-use). Use views
+//! only with trusted peers: the segment layer refuses segments owned by
+//! another uid unless `SegmentBuilder::allow_any_owner()` is set, and the
+//! default mode `0o600` keeps other users out. Never rely on reading the
+//! same byte of a view twice and getting the same value. With untrusted
+//! peers use the copying APIs, which read each byte once into private
+//! memory: [`ring::Receiver::recv`] / `try_recv` / `recv_timeout` (a
+//! `Vec<u8>`), [`ring::TypedReceiver::recv`] (a `T` by value) and
+//! [`pubsub::Subscriber::recv_into`], then validate the copy.
 //!
 //! ```no_run
 //! use shmkit::channel::ring::{Receiver, RingOptions, Sender};

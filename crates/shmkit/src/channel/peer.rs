@@ -2,7 +2,7 @@
 //!
 //! Each role of a channel (ring producer, ring consumer, publisher,
 //! subscriber slot *i*) is a byte of the segment's file, far beyond its
-//! end ([`ROLE_BASE`] + role number), plus a state word in shared memory.
+//! end (`ROLE_BASE` + role number), plus a state word in shared memory.
 //! The process that plays the role holds an OFD write lock on that byte
 //! (see [`crate::sys::ofd_lock`]): the kernel drops it when the process
 //! dies, SIGKILL included, and a lock query tells the other side whether
@@ -12,17 +12,19 @@
 //!
 //! | state | lock held | meaning |
 //! |---|---|---|
-//! | [`NEVER`] | – | nobody has played the role yet |
-//! | [`ATTACHED`] | yes | alive |
-//! | [`ATTACHED`] | no | died without closing |
-//! | [`CLOSED`] | – | closed cleanly (dropped) |
+//! | `NEVER` | – | nobody has played the role yet |
+//! | `ATTACHED` | yes | alive |
+//! | `ATTACHED` | no | died without closing |
+//! | `CLOSED` | – | closed cleanly (dropped) |
 //!
 //! Claiming takes the lock first and then stores `ATTACHED`; closing
 //! stores `CLOSED` first and then unlocks. A checker that finds the lock
 //! free re-reads the state after its (serialising) lock query, so a clean
 //! close is never mistaken for a death.
 
+use std::cell::Cell;
 use std::os::fd::BorrowedFd;
+use std::time::Instant;
 
 use crate::primitive::{AtomicU32, Ordering};
 use crate::sys::ofd_lock;
@@ -100,5 +102,38 @@ pub(crate) fn status(fd: BorrowedFd<'_>, state: &AtomicU32, role: u64) -> PeerSt
             NEVER => PeerState::NotYet,
             _ => PeerState::Dead,
         },
+    }
+}
+
+/// Remembers when a peer was last seen alive, so that the non-blocking
+/// operations (`try_recv`, `try_send`) on an empty/full channel do not make
+/// a lock query (a system call) every time: a clean close is seen at once
+/// in the state word; a death within [`SLICE`](super::wait::SLICE), as for
+/// blocking waits.
+#[derive(Debug, Default)]
+pub(crate) struct AliveCache(Cell<Option<Instant>>);
+
+impl AliveCache {
+    /// The peer's state; with `cached`, a peer seen alive less than a slice
+    /// ago and still `ATTACHED` is reported alive without a system call.
+    pub(crate) fn status(
+        &self,
+        cached: bool,
+        fd: BorrowedFd<'_>,
+        state: &AtomicU32,
+        role: u64,
+    ) -> PeerState {
+        if cached {
+            if let Some(t) = self.0.get() {
+                // SeqCst: as in `status`; a close is visible without a
+                // query.
+                if state.load(Ordering::SeqCst) == ATTACHED && t.elapsed() < super::wait::SLICE {
+                    return PeerState::Alive;
+                }
+            }
+        }
+        let st = status(fd, state, role);
+        self.0.set((st == PeerState::Alive).then(Instant::now));
+        st
     }
 }

@@ -17,8 +17,28 @@
 //! assert_eq!(frame.len(), 1920 * 1080 * 4);
 //! println!("missed before this one: {}", frame.missed());
 //! drop(frame); // the slot returns to the pool when every reader is done
+//!
+//! // With a publisher you do not trust: a private copy instead of a view.
+//! let mut buf = Vec::new();
+//! let missed = sub.recv_into(shmkit::channel::Wait::Forever, &mut buf)?;
+//! # let _ = missed;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Zero-copy views need trusted peers
+//!
+//! [`Sample`], [`Loan`] and the typed views hand out `&[u8]` / `&T` that
+//! point into shared memory. Bounds never depend on the peer (a hostile
+//! segment yields `Corrupt` errors, never an out-of-bounds access), but
+//! the *bytes* can: a process with write access to the segment can change
+//! them while you look, and the compiler may read a byte twice where your
+//! code reads it once (a check, then a use: time-of-check/time-of-use).
+//! So use views only with peers you trust: by default the segment layer
+//! refuses segments owned by another uid
+//! ([`SegmentBuilder::allow_any_owner`](crate::segment::SegmentBuilder::allow_any_owner)
+//! turns that off), and mode `0o600` keeps other users out. With an
+//! untrusted publisher, use [`Subscriber::recv_into`] (one copy, each
+//! byte read once) and validate the copy.
 //!
 //! # Algorithm
 //!
@@ -82,7 +102,7 @@ use super::error::{OpenError, RecvError, SendError};
 use super::peer::{self, PeerState};
 use super::wait::{notify, wait_loop, wake, Wait, WaitStrategy};
 use super::CachePadded;
-use crate::primitive::{AtomicU32, AtomicU64, Ordering};
+use crate::primitive::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
 use crate::sys::ofd_lock;
 
@@ -94,12 +114,16 @@ pub const MAX_SLOTS: u64 = 1 << 16;
 pub const MAX_SLOT_SIZE: u64 = 1 << 36;
 
 const PUBLISHER: u64 = 0;
+/// Largest position accepted from shared memory at attach: far beyond any
+/// real count, and far enough from `u64::MAX` that `+ 1` never overflows.
+const MAX_POSITION: u64 = 1 << 63;
 const fn sub_role(i: usize) -> u64 {
     1 + i as u64
 }
 const LAYOUT_TAG: u64 = 0x5055_4253_0001; // "PUBS" v1
 const SUBS_OFF: u64 = 1024;
 const HELD_SHIFT: u32 = 32;
+const HELD_MASK: u64 = !0u64 << HELD_SHIFT;
 
 /// What the publisher does when a slow subscriber keeps every slot busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +298,7 @@ impl Pool<'_> {
     /// holds (pending bits only), so its readers-to-be count it missed.
     #[cold]
     fn reclaim_oldest(&self, rr: &mut usize) -> Option<usize> {
-        let held_mask = !0u64 << HELD_SHIFT;
+        let held_mask = HELD_MASK;
         for _attempt in 0..self.meta.len() {
             let mut best: Option<(usize, u64, u64)> = None;
             for (s, m) in self.meta.iter().enumerate() {
@@ -312,11 +336,15 @@ impl Pool<'_> {
         // Relaxed: published by the Release store of `refs` below.
         m.seq.store(pos, Ordering::Relaxed);
         m.len.store(len, Ordering::Relaxed);
-        // SeqCst: pairs with the joiner's `active` fetch_or and `tail` load
-        // (see module docs: at most one publication misses a joiner).
+        // SeqCst: with the SeqCst fence at the end of the previous
+        // `publish`, pairs with the joiner's `active` fetch_or + fence +
+        // `tail` load (Dekker; see module docs: at most one publication
+        // misses a joiner).
         let pending = self.core.active.0.load(Ordering::SeqCst) & 0xffff_ffff;
         // Release: a subscriber whose CAS on `refs` (Acquire) reads this
-        // value sees the payload, `seq` and `len` written before.
+        // value sees the payload, `seq` and `len` written before. (A plain
+        // store: an `xchg` here costs an extra serialised cache-line
+        // transfer per message, measured +40 % on the hand-off.)
         m.refs.store(pending, Ordering::Release);
         // Relaxed: published by the `tail` store below.
         self.queue[(pos & self.qmask()) as usize].store(slot as u32, Ordering::Relaxed);
@@ -324,7 +352,42 @@ impl Pool<'_> {
         // SeqCst: Release for the queue entry (pairs with the subscriber's
         // load of `tail`), and part of the join protocol.
         self.core.tail.0.store(pos + 1, Ordering::SeqCst);
+        // Its SeqCst fence also orders the `active` re-load below.
         notify(&self.core.data_seq.0, &self.core.sub_sleepers.0);
+        // Relaxed: after the SeqCst fence in `notify`, which pairs with the
+        // fence in `leave` (Dekker): a subscriber that left after our first
+        // `active` load either sees our `refs` in its sweep, or we see its
+        // bit gone here and withdraw it. No slot stays addressed to a
+        // subscriber that is gone.
+        let gone = pending & !self.core.active.0.load(Ordering::Relaxed);
+        if gone != 0 {
+            self.withdraw(m, gone);
+        }
+    }
+
+    /// Publisher: removes the pending bits `gone` (subscribers that left)
+    /// from the slot just published. Other subscribers may be taking it
+    /// already: the RMW touches only the departed ones' bits.
+    #[cold]
+    fn withdraw(&self, m: &SlotMeta, gone: u64) {
+        // AcqRel: as the sweep in `leave`.
+        let prev = m.refs.fetch_and(!gone, Ordering::AcqRel);
+        if self.made_available(prev, prev & !gone) {
+            notify(&self.core.free_seq.0, &self.core.pub_sleepers.0);
+        }
+    }
+
+    /// Whether clearing bits `prev & !now` made a slot available to the
+    /// publisher: free (`refs == 0`) under `Block`; under `DropOldest`
+    /// also reclaimable (no held bit left).
+    fn made_available(&self, prev: u64, now: u64) -> bool {
+        if prev == now {
+            return false;
+        }
+        match self.policy {
+            Policy::Block => now == 0,
+            Policy::DropOldest => now & HELD_MASK == 0,
+        }
     }
 
     /// Publisher taking over at `tail`: a previous publisher killed
@@ -332,18 +395,43 @@ impl Pool<'_> {
     /// addressed to subscribers but never visible (its `seq` is `tail`):
     /// free it, or it would never come back. No subscriber can hold it:
     /// they only read positions below `tail`.
+    ///
+    /// A subscriber lapped by drop-oldest may briefly hold such a slot
+    /// while it finds that `seq` is not the position it wanted (it then
+    /// flips its bit back to pending): the slot is freed with a CAS that
+    /// never clears a held bit, retrying a bounded number of times.
     pub(crate) fn recover(&self, tail: u64) -> usize {
         let mut freed = 0;
         for m in self.meta {
             // Relaxed: we hold the publisher role; `seq` is only written by
             // publishers, and the previous one is gone.
-            if m.seq.load(Ordering::Relaxed) >= tail
-                // Relaxed: as above.
-                && m.refs.load(Ordering::Relaxed) != 0
-            {
-                // Release: as in `release`.
-                m.refs.store(0, Ordering::Release);
-                freed += 1;
+            if m.seq.load(Ordering::Relaxed) < tail {
+                continue;
+            }
+            // Relaxed: the CAS below decides.
+            let mut r = m.refs.load(Ordering::Relaxed);
+            for _ in 0..100_000 {
+                if r == 0 {
+                    break;
+                }
+                if r & HELD_MASK != 0 {
+                    // A transient holder: it flips back at once.
+                    spin_hint();
+                    // Relaxed: as above.
+                    r = m.refs.load(Ordering::Relaxed);
+                    continue;
+                }
+                // AcqRel: Acquire as in `take_free`; Release as `release`.
+                match m
+                    .refs
+                    .compare_exchange_weak(r, 0, Ordering::AcqRel, Ordering::Relaxed)
+                {
+                    Ok(_) => {
+                        freed += 1;
+                        break;
+                    }
+                    Err(v) => r = v,
+                }
             }
         }
         freed
@@ -365,10 +453,17 @@ impl Pool<'_> {
             }
             if tail - cur.next > q {
                 // Lapped beyond the queue (drop-oldest): those entries are
-                // gone. Counting `join_pos` too may over-count by one (see
-                // `silent`), never under-count.
+                // gone. Under `Block` only the publication at `join_pos`
+                // (never addressed to us, so holding none of "our" slots)
+                // can be lapped, right after a join: not a miss. Under
+                // drop-oldest counting `join_pos` may over-count by one
+                // (see `silent`), never under-count.
                 let to = tail - q;
-                cur.missed += to - cur.next;
+                let mut lost = to - cur.next;
+                if self.policy == Policy::Block && (cur.next..to).contains(&cur.join_pos) {
+                    lost -= 1;
+                }
+                cur.missed = cur.missed.saturating_add(lost);
                 cur.next = to;
             }
             let pos = cur.next;
@@ -407,7 +502,7 @@ impl Pool<'_> {
                 // Reclaimed by drop-oldest (or the one publication that
                 // raced our join).
                 if !silent {
-                    cur.missed += 1;
+                    cur.missed = cur.missed.saturating_add(1);
                 }
                 continue;
             }
@@ -418,12 +513,17 @@ impl Pool<'_> {
                 // (nobody else touches our two bits while we hold it).
                 // Release: our (non-)accesses are trivially ordered; AcqRel
                 // keeps the RMW chain simple to reason about.
-                m.refs.fetch_xor(bits.held | bits.pending, Ordering::AcqRel);
+                let prev = m.refs.fetch_xor(bits.held | bits.pending, Ordering::AcqRel);
+                // Under drop-oldest the slot may now be reclaimable by a
+                // publisher that saw it held and went to sleep.
+                if self.made_available(prev, prev ^ (bits.held | bits.pending)) {
+                    notify(&self.core.free_seq.0, &self.core.pub_sleepers.0);
+                }
                 if seq < pos {
                     return Err(format!("slot {slot} has position {seq}, expected {pos}"));
                 }
                 if !silent {
-                    cur.missed += 1;
+                    cur.missed = cur.missed.saturating_add(1);
                 }
                 continue;
             }
@@ -451,30 +551,52 @@ impl Pool<'_> {
         let prev = self.meta[slot]
             .refs
             .fetch_and(!bits.held, Ordering::Release);
-        if prev & !bits.held == 0 {
+        // Block: we freed it. DropOldest: also when we were its last
+        // holder (pending bits left): the publisher can reclaim it now.
+        if self.made_available(prev, prev & !bits.held) {
             notify(&self.core.free_seq.0, &self.core.pub_sleepers.0);
         }
     }
 
-    /// Clears every bit of subscriber `idx` (the caller holds `idx`'s role
-    /// lock and its owner is gone) and its `active` bit.
-    pub(crate) fn reap(&self, idx: usize) {
+    /// Subscriber `idx` leaves: clears its `active` bit, then every bit
+    /// of it in every slot. The caller holds `idx`'s role lock and no
+    /// sample of `idx` is alive (its owner dropped it, or is dead).
+    ///
+    /// A publication that loaded `active` before our clear may set
+    /// `refs` with our pending bit after our sweep; `publish` re-loads
+    /// `active` after a SeqCst fence that pairs with ours (Dekker): either
+    /// our sweep sees its `refs`, or it sees our bit gone and withdraws it.
+    pub(crate) fn leave(&self, idx: usize) {
         let bits = Bits::of(idx);
+        // SeqCst: the next `publish` no longer addresses `idx`; then the
+        // fence pairs with the one in `publish` (see above).
+        self.core.active.0.fetch_and(!(1 << idx), Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let mut freed = false;
         for m in self.meta {
-            // AcqRel: Acquire so the dead reader's accesses happen before
-            // a reuse that follows; Release for symmetry with `release`.
+            // Relaxed: after our fence, this sees a `refs` store that
+            // precedes the publisher's fence (Dekker, see above); a slot
+            // without our bits needs no RMW (only `publish` adds pending
+            // bits, and it withdraws ours if it sets them after this).
+            if m.refs.load(Ordering::Relaxed) & (bits.held | bits.pending) == 0 {
+                continue;
+            }
+            // AcqRel: Acquire so the departed reader's accesses happen
+            // before a reuse that follows; Release as in `release`.
             let prev = m
                 .refs
                 .fetch_and(!(bits.held | bits.pending), Ordering::AcqRel);
-            freed |= prev != 0 && prev & !(bits.held | bits.pending) == 0;
+            freed |= self.made_available(prev, prev & !(bits.held | bits.pending));
         }
-        // SeqCst: the next `publish` (same thread, or after our unlock)
-        // no longer addresses `idx`.
-        self.core.active.0.fetch_and(!(1 << idx), Ordering::SeqCst);
         if freed {
             notify(&self.core.free_seq.0, &self.core.pub_sleepers.0);
         }
+    }
+
+    /// Reaps subscriber `idx` (the caller holds its role lock; its owner
+    /// died without leaving): as [`Pool::leave`].
+    pub(crate) fn reap(&self, idx: usize) {
+        self.leave(idx);
     }
 
     /// Joins as subscriber `idx` (whose role lock the caller holds):
@@ -483,6 +605,10 @@ impl Pool<'_> {
         let bits = Bits::of(idx);
         // SeqCst: pairs with the SeqCst `active` load in `publish`.
         self.core.active.0.fetch_or(1 << idx, Ordering::SeqCst);
+        // Pairs with the fence after the publisher's `tail` store (in
+        // `notify`): either the next publication sees our `active` bit, or
+        // we see its `tail` (Dekker).
+        fence(Ordering::SeqCst);
         // SeqCst: see the join protocol in the module docs.
         let join_pos = self.core.tail.0.load(Ordering::SeqCst);
         let mut freed = false;
@@ -499,7 +625,7 @@ impl Pool<'_> {
             let stale = bits.held | if seq < join_pos { bits.pending } else { 0 };
             // AcqRel: as in `reap`.
             let prev = m.refs.fetch_and(!stale, Ordering::AcqRel);
-            freed |= prev != 0 && prev & !stale == 0;
+            freed |= self.made_available(prev, prev & !stale);
         }
         if freed {
             notify(&self.core.free_seq.0, &self.core.pub_sleepers.0);
@@ -746,6 +872,30 @@ impl Shared {
         pool_of(&self.seg, &self.l)
     }
 
+    /// For the typed endpoints: the (untrusted) layout must give every
+    /// slot room and alignment for one `T`, or the typed views could not
+    /// be made. An error here, never a panic in `deref`.
+    fn typed<T>(self) -> Result<Shared, OpenError> {
+        let (size, align) = (
+            std::mem::size_of::<T>() as u64,
+            std::mem::align_of::<T>() as u64,
+        );
+        if self.l.slot_size < size || self.l.align < align || self.l.stride % align != 0 {
+            return Err(segment::Error::corrupt(
+                "open pubsub",
+                self.seg.name(),
+                format!(
+                    "slots of {} bytes aligned to {} cannot hold a {} ({size} bytes, alignment {align})",
+                    self.l.slot_size,
+                    self.l.align,
+                    std::any::type_name::<T>()
+                ),
+            )
+            .into());
+        }
+        Ok(self)
+    }
+
     /// Payload of `slot` (`< slots`, checked by the callers via `Pool`).
     fn payload(&self, slot: usize) -> *mut u8 {
         assert!((slot as u64) < self.l.slots);
@@ -810,7 +960,14 @@ pub struct Publisher {
     tail: u64,
     rr: usize,
     strategy: WaitStrategy,
+    /// Loans until the next periodic [`reap_dead`].
+    until_reap: u32,
 }
+
+/// Loans between two periodic reaps of dead subscribers (a lock probe per
+/// active subscriber): a dead subscriber's slots come back even when slots
+/// never run out (drop-oldest).
+const REAP_EVERY: u32 = 256;
 
 impl Publisher {
     /// Creates a byte pub/sub channel and becomes its publisher.
@@ -846,6 +1003,18 @@ impl Publisher {
             // Acquire: continue after a previous publisher's last
             // publication; the role is ours, so `tail` is too.
             let tail = pool.core.tail.0.load(Ordering::Acquire);
+            if tail > MAX_POSITION {
+                peer::close(sh.seg.fd(), &pool.core.pub_state.0, PUBLISHER);
+                return Err(segment::Error::corrupt(
+                    "open pubsub",
+                    &name,
+                    format!("publication counter {tail} is out of range"),
+                )
+                .into());
+            }
+            // Relaxed: nobody else can be sleeping for a slot: we are the
+            // only publisher; a count left by a killed one is reset.
+            pool.core.pub_sleepers.0.store(0, Ordering::Relaxed);
             pool.recover(tail);
             tail
         };
@@ -854,6 +1023,7 @@ impl Publisher {
             tail,
             rr: 0,
             strategy: WaitStrategy::default(),
+            until_reap: REAP_EVERY,
         })
     }
 
@@ -910,6 +1080,11 @@ impl Publisher {
                 len,
                 max: self.sh.l.slot_size as usize,
             });
+        }
+        self.until_reap -= 1;
+        if self.until_reap == 0 {
+            self.until_reap = REAP_EVERY;
+            self.reap();
         }
         let slot = match self.sh.pool().take_free(&mut self.rr) {
             Some(s) => s,
@@ -1074,6 +1249,7 @@ pub struct Subscriber {
     cur: Cell<SubCursor>,
     idx: usize,
     strategy: Cell<WaitStrategy>,
+    alive: peer::AliveCache,
 }
 
 impl Subscriber {
@@ -1102,11 +1278,22 @@ impl Subscriber {
             }) {
                 Ok(true) => {
                     let cur = cur.expect("joined under the lock");
+                    if cur.join_pos > MAX_POSITION {
+                        pool.leave(i);
+                        peer::close(sh.seg.fd(), &pool.subs[i].state, sub_role(i));
+                        return Err(segment::Error::corrupt(
+                            "open pubsub",
+                            &name,
+                            format!("publication counter {} is out of range", cur.join_pos),
+                        )
+                        .into());
+                    }
                     return Ok(Subscriber {
                         cur: Cell::new(cur),
                         idx: i,
                         sh,
                         strategy: Cell::new(WaitStrategy::default()),
+                        alive: peer::AliveCache::default(),
                     });
                 }
                 Ok(false) => continue,
@@ -1179,6 +1366,32 @@ impl Subscriber {
         self.recv_wait(Wait::Until(deadline))
     }
 
+    /// Receives the next message as a private copy in `buf` (replacing its
+    /// contents) and returns how many messages were missed just before it.
+    ///
+    /// The API for peers you do not trust: the payload is read exactly
+    /// once, so checks on `buf` hold; a hostile writer can only make the
+    /// copy contain garbage. The slot is released before returning.
+    pub fn recv_into(&self, wait: Wait, buf: &mut Vec<u8>) -> Result<u64, RecvError> {
+        let sample = self.recv_wait(wait)?;
+        buf.clear();
+        buf.reserve(sample.len);
+        // SAFETY: the source is `sample.len` bytes inside the segment (as in
+        // `Sample::deref`), read through a raw pointer (no reference to
+        // bytes a peer might write); the destination has room for `len`
+        // bytes (reserved above) and does not overlap shared memory; `u8`
+        // has no invalid values, so `set_len` exposes initialised bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.sh.payload(sample.slot),
+                buf.as_mut_ptr(),
+                sample.len,
+            );
+            buf.set_len(sample.len);
+        }
+        Ok(sample.missed)
+    }
+
     /// Receives the next message under a wait policy.
     pub fn recv_wait(&self, wait: Wait) -> Result<Sample<'_>, RecvError> {
         let pool = self.sh.pool();
@@ -1197,7 +1410,12 @@ impl Subscriber {
                     &pool.core.data_seq.0,
                     &pool.core.sub_sleepers.0,
                     poll,
-                    || match peer::status(fd, &pool.core.pub_state.0, PUBLISHER) {
+                    || match self.alive.status(
+                        wait == Wait::No,
+                        fd,
+                        &pool.core.pub_state.0,
+                        PUBLISHER,
+                    ) {
                         PeerState::Closed => Some(Err(RecvError::Disconnected)),
                         PeerState::Dead => Some(Err(RecvError::SenderDied)),
                         PeerState::NotYet | PeerState::Alive => None,
@@ -1230,16 +1448,11 @@ impl Subscriber {
 impl Drop for Subscriber {
     fn drop(&mut self) {
         let pool = self.sh.pool();
-        let bits = Bits::of(self.idx);
-        // Samples borrow `self`, so none is alive: drop our pending bits
-        // (the publisher reaps the rest, including our `active` bit).
-        for m in pool.meta {
-            // AcqRel: as in `Pool::reap`.
-            let prev = m.refs.fetch_and(!bits.pending, Ordering::AcqRel);
-            if prev == bits.pending {
-                wake(&pool.core.free_seq.0);
-            }
-        }
+        // Samples borrow `self`, so none is alive (a `mem::forget`-ten one
+        // is given back here too): we hold our role lock, so leave
+        // ourselves (`active` bit, pending and held bits): the publisher
+        // stops addressing us at once.
+        pool.leave(self.idx);
         peer::close(
             self.sh.seg.fd(),
             &pool.subs[self.idx].state,
@@ -1310,7 +1523,8 @@ impl<T: PodRef> TypedPublisher<T> {
                 ),
             });
         }
-        let sh = Shared::from_segment(options.create(name)?, Fingerprint::of::<T>())?;
+        let sh =
+            Shared::from_segment(options.create(name)?, Fingerprint::of::<T>())?.typed::<T>()?;
         Ok(TypedPublisher {
             inner: Publisher::attach(sh)?,
             _t: PhantomData,
@@ -1320,7 +1534,7 @@ impl<T: PodRef> TypedPublisher<T> {
     /// Opens the channel of `T` named `name` as its publisher.
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Ok(TypedPublisher {
-            inner: Publisher::attach(Shared::open(name, Fingerprint::of::<T>())?)?,
+            inner: Publisher::attach(Shared::open(name, Fingerprint::of::<T>())?.typed::<T>()?)?,
             _t: PhantomData,
         })
     }
@@ -1358,7 +1572,8 @@ impl<T: PodRef> TypedLoan<'_, T> {
 impl<T: PodRef> Deref for TypedLoan<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // The slot is aligned to align_of::<T>() (layout) and sized to T.
+        // The slot is aligned to align_of::<T>() and sized for T (checked
+        // at open by `Shared::typed`), and the loan is size_of::<T>().
         T::ref_from_bytes(&self.loan).expect("typed slot fits T")
     }
 }
@@ -1380,7 +1595,7 @@ impl<T: PodRef> TypedSubscriber<T> {
     /// Joins the channel of `T` named `name`.
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Ok(TypedSubscriber {
-            inner: Subscriber::attach(Shared::open(name, Fingerprint::of::<T>())?)?,
+            inner: Subscriber::attach(Shared::open(name, Fingerprint::of::<T>())?.typed::<T>()?)?,
             _t: PhantomData,
         })
     }
@@ -1527,6 +1742,74 @@ mod tests {
                 proptest::prop_assert!(l.stride >= l.slot_size);
             }
         }
+    }
+
+    /// A typed channel whose (untrusted) layout does not align slots for
+    /// `T` is refused at open, instead of panicking in `deref` later.
+    #[test]
+    fn typed_open_checks_alignment() {
+        #[derive(Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+        #[repr(C, align(256))]
+        struct Big([u8; 256]);
+        let name = format!("t-pubsub-align-{}", std::process::id());
+        struct Rm(String);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = segment::remove(&self.0);
+            }
+        }
+        let _rm = Rm(name.clone());
+        let mut opts = PubSubOptions::typed::<Big>(2, 1);
+        opts.align = 1; // what a hostile creator could write
+        opts.create(&name).unwrap();
+        let e = TypedSubscriber::<Big>::open(&name).unwrap_err();
+        assert!(e.to_string().contains("cannot hold"), "{e}");
+        assert!(TypedPublisher::<Big>::open(&name).is_err());
+        segment::remove(&name).unwrap();
+        // Properly made: fine.
+        let mut p =
+            TypedPublisher::<Big>::create(&name, &PubSubOptions::typed::<Big>(2, 1)).unwrap();
+        let s = TypedSubscriber::<Big>::open(&name).unwrap();
+        let mut l = p.loan().unwrap();
+        l.0[0] = 7;
+        l.publish();
+        assert_eq!(s.try_recv().unwrap().0[0], 7);
+    }
+
+    /// Under `Block`, the publication racing a join (not addressed to the
+    /// joiner) lets the publisher get `slots + 1` ahead; when the queue is
+    /// no longer than `slots`, the joiner is "lapped" by that one entry,
+    /// which is not a miss.
+    #[test]
+    fn block_join_race_is_not_a_miss() {
+        let core = PubCore::new();
+        let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
+        let queue: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
+        let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
+        let pool = Pool {
+            core: &core,
+            subs: &subs,
+            queue: &queue,
+            meta: &meta,
+            slot_size: 8,
+            policy: Policy::Block,
+        };
+        let (mut tail, mut rr) = (0, 0);
+        // Position 0 is in flight (active loaded, no subscriber yet) when
+        // subscriber 0 joins at position 0.
+        let s0 = pool.take_free(&mut rr).unwrap();
+        let mut cur = pool.join(0);
+        assert_eq!(cur.join_pos, 0);
+        pool.publish(&mut tail, s0, 8);
+        // Undo what `publish` saw: position 0 was not addressed to us.
+        meta[s0].refs.store(0, Ordering::Relaxed);
+        for _ in 0..2 {
+            let s = pool.take_free(&mut rr).unwrap();
+            pool.publish(&mut tail, s, 8);
+        }
+        assert_eq!(tail, 3);
+        let t = pool.try_take(&mut cur).unwrap().unwrap();
+        assert_eq!(t.missed, 0);
     }
 
     #[test]

@@ -46,6 +46,11 @@
 //!   `max_message`: corruption gives [`SendError::Corrupt`] /
 //!   [`RecvError::Corrupt`], never an access outside the ring.
 //!
+//! Zero-copy views ([`Sender::send_with`], [`Receiver::recv_with`]) point
+//! into shared memory: use them with trusted peers only; with an
+//! untrusted producer use [`Receiver::recv`] (a private copy) and validate
+//! the copy (see "Trust" in [`super`]).
+//!
 //! Waiting and waking follow [`super::wait`]; liveness follows
 //! [`super::peer`].
 
@@ -185,6 +190,47 @@ impl ProdCursor {
     }
 }
 
+/// Largest index accepted from shared memory at attach: far beyond any real
+/// count, and far from `u64::MAX`, so `+ 1` never overflows afterwards.
+pub(crate) const MAX_POSITION: u64 = 1 << 63;
+
+impl ProdCursor {
+    /// A producer taking the role over: resumes after the last message a
+    /// previous producer published. One killed between storing a slot's
+    /// stamp and storing `tail` left that message published: `tail` is
+    /// advanced past it. `stamp_of` gives the stamp word of a position.
+    pub(crate) fn resume<'a>(
+        core: &RingCore,
+        cap: u64,
+        stamp_of: impl Fn(u64) -> &'a AtomicU64,
+    ) -> Result<ProdCursor, String> {
+        // Acquire: we hold the role, so `tail` is ours from now on; the
+        // previous producer's stores happen before (its lock release).
+        let mut tail = core.tail.0.load(Ordering::Acquire);
+        // Acquire: pairs with the consumer's Release store of `head`.
+        let head = core.head.0.load(Ordering::Acquire);
+        if tail > MAX_POSITION || head > MAX_POSITION {
+            return Err(format!("head {head} or tail {tail} out of range"));
+        }
+        // Acquire: pairs with the stamp's Release store in `commit`.
+        if stamp_of(tail).load(Ordering::Acquire) == tail + 1 {
+            tail += 1;
+            // Release: as in `ProdCursor::commit`.
+            core.tail.0.store(tail, Ordering::Release);
+        }
+        if head > tail || tail - head > cap {
+            return Err(format!("head {head} and tail {tail} are inconsistent"));
+        }
+        // Relaxed: we are the only producer; a count left by a killed one
+        // would make every later `recv` pay a wake system call.
+        core.prod_sleepers.0.store(0, Ordering::Relaxed);
+        Ok(ProdCursor {
+            tail,
+            head_cache: head,
+        })
+    }
+}
+
 /// The consumer's private view: its own `head`.
 #[derive(Debug)]
 pub(crate) struct ConsCursor {
@@ -192,6 +238,34 @@ pub(crate) struct ConsCursor {
 }
 
 impl ConsCursor {
+    /// A consumer taking the role over: resumes at `head`. The consumer
+    /// polls stamps, not `tail`, so it may be one past `tail` (a producer
+    /// stores the stamp before `tail`, or died between the two): accepted
+    /// when that message's stamp says it was published.
+    pub(crate) fn resume<'a>(
+        core: &RingCore,
+        cap: u64,
+        stamp_of: impl Fn(u64) -> &'a AtomicU64,
+    ) -> Result<ConsCursor, String> {
+        // Acquire: we hold the role, so `head` is ours from now on.
+        let head = core.head.0.load(Ordering::Acquire);
+        // Acquire: pairs with the producer's Release store of `tail`.
+        let tail = core.tail.0.load(Ordering::Acquire);
+        if tail > MAX_POSITION || head > MAX_POSITION {
+            return Err(format!("head {head} or tail {tail} out of range"));
+        }
+        let ahead_by_one = head == tail + 1
+            // Acquire: pairs with the stamp's Release store in `commit`.
+            && stamp_of(tail).load(Ordering::Acquire) == tail + 1;
+        if (head > tail && !ahead_by_one) || tail.saturating_sub(head) > cap {
+            return Err(format!("head {head} and tail {tail} are inconsistent"));
+        }
+        // Relaxed: we are the only consumer; a count left by a killed one
+        // would make every later `send` pay a wake system call.
+        core.cons_sleepers.0.store(0, Ordering::Relaxed);
+        Ok(ConsCursor { head })
+    }
+
     /// The position to read next, if its message is published. `stamp` is
     /// the stamp word of the slot of `self.head`.
     #[inline]
@@ -496,6 +570,7 @@ pub struct Sender {
     sh: Shared,
     cur: ProdCursor,
     strategy: WaitStrategy,
+    alive: peer::AliveCache,
 }
 
 impl Sender {
@@ -529,35 +604,18 @@ impl Sender {
             }
             Err(source) => return Err(OpenError::Io { name, source }),
         }
-        // Acquire: resume after the last committed message of a previous
-        // producer; we hold the role, so `tail` is ours from now on.
-        let mut tail = core.tail.0.load(Ordering::Acquire);
-        let head = core.head.0.load(Ordering::Acquire);
-        let cap = sh.layout.cap;
-        // A producer killed between publishing a stamp and storing `tail`
-        // left that message published: continue after it.
-        // Acquire: pairs with the stamp's Release store.
-        if sh.stamp_of(tail).load(Ordering::Acquire) == tail + 1 {
-            tail += 1;
-            // Release: as in `ProdCursor::commit`.
-            core.tail.0.store(tail, Ordering::Release);
-        }
-        if head > tail || tail - head > cap {
-            peer::close(sh.seg.fd(), &core.prod_state.0, PRODUCER);
-            return Err(segment::Error::corrupt(
-                "open ring",
-                &name,
-                format!("head {head} and tail {tail} are inconsistent"),
-            )
-            .into());
-        }
+        let cur = match ProdCursor::resume(core, sh.layout.cap, |p| sh.stamp_of(p)) {
+            Ok(cur) => cur,
+            Err(reason) => {
+                peer::close(sh.seg.fd(), &core.prod_state.0, PRODUCER);
+                return Err(segment::Error::corrupt("open ring", &name, reason).into());
+            }
+        };
         Ok(Sender {
-            cur: ProdCursor {
-                tail,
-                head_cache: head,
-            },
+            cur,
             sh,
             strategy: WaitStrategy::default(),
+            alive: peer::AliveCache::default(),
         })
     }
 
@@ -669,7 +727,12 @@ impl Sender {
 
     #[cold]
     fn wait_room(&mut self, wait: Wait) -> Result<u64, SendError> {
-        let Sender { sh, cur, strategy } = self;
+        let Sender {
+            sh,
+            cur,
+            strategy,
+            alive,
+        } = self;
         let core = sh.core();
         let cap = sh.layout.cap;
         let fd = sh.seg.fd();
@@ -683,7 +746,7 @@ impl Sender {
                 Err(Stuck::Blocked) => None,
                 Err(Stuck::Corrupt(m)) => Some(Err(SendError::Corrupt(m))),
             },
-            || match peer::status(fd, &core.cons_state.0, CONSUMER) {
+            || match alive.status(wait == Wait::No, fd, &core.cons_state.0, CONSUMER) {
                 PeerState::Closed | PeerState::Dead => Some(Err(SendError::Disconnected)),
                 PeerState::NotYet | PeerState::Alive => None,
             },
@@ -712,6 +775,7 @@ pub struct Receiver {
     sh: Shared,
     cur: ConsCursor,
     strategy: WaitStrategy,
+    alive: peer::AliveCache,
 }
 
 impl Receiver {
@@ -744,23 +808,18 @@ impl Receiver {
             }
             Err(source) => return Err(OpenError::Io { name, source }),
         }
-        // Acquire: resume after the last message a previous consumer
-        // released; we hold the role, so `head` is ours from now on.
-        let head = core.head.0.load(Ordering::Acquire);
-        let tail = core.tail.0.load(Ordering::Acquire);
-        if head > tail || tail - head > sh.layout.cap {
-            peer::close(sh.seg.fd(), &core.cons_state.0, CONSUMER);
-            return Err(segment::Error::corrupt(
-                "open ring",
-                &name,
-                format!("head {head} and tail {tail} are inconsistent"),
-            )
-            .into());
-        }
+        let cur = match ConsCursor::resume(core, sh.layout.cap, |p| sh.stamp_of(p)) {
+            Ok(cur) => cur,
+            Err(reason) => {
+                peer::close(sh.seg.fd(), &core.cons_state.0, CONSUMER);
+                return Err(segment::Error::corrupt("open ring", &name, reason).into());
+            }
+        };
         Ok(Receiver {
-            cur: ConsCursor { head },
+            cur,
             sh,
             strategy: WaitStrategy::default(),
+            alive: peer::AliveCache::default(),
         })
     }
 
@@ -870,7 +929,12 @@ impl Receiver {
 
     #[cold]
     fn wait_message(&mut self, wait: Wait) -> Result<u64, RecvError> {
-        let Receiver { sh, cur, strategy } = self;
+        let Receiver {
+            sh,
+            cur,
+            strategy,
+            alive,
+        } = self;
         let core = sh.core();
         let cap = sh.layout.cap;
         let fd = sh.seg.fd();
@@ -884,7 +948,7 @@ impl Receiver {
                 Err(Stuck::Blocked) => None,
                 Err(Stuck::Corrupt(m)) => Some(Err(RecvError::Corrupt(m))),
             },
-            || match peer::status(fd, &core.prod_state.0, PRODUCER) {
+            || match alive.status(wait == Wait::No, fd, &core.prod_state.0, PRODUCER) {
                 PeerState::Closed => Some(Err(RecvError::Disconnected)),
                 PeerState::Dead => Some(Err(RecvError::SenderDied)),
                 PeerState::NotYet | PeerState::Alive => None,
@@ -1142,5 +1206,80 @@ mod tests {
         core.head.0.store(u64::MAX, Ordering::Relaxed);
         p.head_cache = 0;
         assert!(matches!(p.try_reserve(&core, 4), Err(Stuck::Corrupt(_))));
+    }
+
+    /// A consumer may be one past `tail` (stamp stored, `tail` not yet, or
+    /// the producer died in between): a new consumer accepts that state
+    /// (M4); a new producer advances `tail` past it; indices near
+    /// `u64::MAX` are refused instead of overflowing.
+    #[test]
+    fn resume_accepts_consumer_one_past_tail() {
+        let core = RingCore::new();
+        let stamps: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        let stamp_of = |p: u64| &stamps[(p & 3) as usize];
+        let mut p = ProdCursor::resume(&core, 4, stamp_of).unwrap();
+        let mut c = ConsCursor::resume(&core, 4, stamp_of).unwrap();
+        let pos = p.try_reserve(&core, 4).unwrap();
+        p.commit(&core, stamp_of(pos));
+        // Producer "dies" after the stamp of message 1 and before `tail`.
+        stamps[1].store(2, Ordering::Release);
+        for _ in 0..2 {
+            let pos = c.try_peek(4, stamp_of(c.head)).unwrap();
+            assert_eq!(pos, c.head);
+            c.release(&core);
+        }
+        assert_eq!(core.tail.0.load(Ordering::Relaxed), 1);
+        assert_eq!(core.head.0.load(Ordering::Relaxed), 2);
+        // A new consumer accepts head == tail + 1 with the stamp published.
+        let c2 = ConsCursor::resume(&core, 4, stamp_of).unwrap();
+        assert_eq!(c2.head, 2);
+        // ... but not without it.
+        stamps[1].store(0, Ordering::Release);
+        assert!(ConsCursor::resume(&core, 4, stamp_of).is_err());
+        stamps[1].store(2, Ordering::Release);
+        // A new producer continues after the orphan message.
+        let p2 = ProdCursor::resume(&core, 4, stamp_of).unwrap();
+        assert_eq!(p2.tail, 2);
+        // Leaked sleeper counts are reset by a new role holder.
+        core.cons_sleepers.0.store(1, Ordering::Relaxed);
+        ConsCursor::resume(&core, 4, stamp_of).unwrap();
+        assert_eq!(core.cons_sleepers.0.load(Ordering::Relaxed), 0);
+        // Hostile indices near u64::MAX: an error, no overflow panic.
+        core.tail.0.store(u64::MAX, Ordering::Relaxed);
+        core.head.0.store(u64::MAX, Ordering::Relaxed);
+        stamps[3].store(0, Ordering::Relaxed);
+        assert!(ProdCursor::resume(&core, 4, stamp_of).is_err());
+        assert!(ConsCursor::resume(&core, 4, stamp_of).is_err());
+    }
+
+    /// `try_recv` / `try_send` on an empty / full ring with a live peer do
+    /// not query the peer's lock every time (a system call), yet still see
+    /// a clean close at once.
+    #[test]
+    fn try_ops_do_not_query_liveness_every_time() {
+        use crate::channel::{RecvError, SendError};
+        use crate::sys::ofd_lock::QUERIES;
+        let name = format!("t-ring-alive-{}", std::process::id());
+        struct Rm(String);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = crate::segment::remove(&self.0);
+            }
+        }
+        let _rm = Rm(name.clone());
+        let mut rx = Receiver::create(&name, &RingOptions::new(1, 8)).unwrap();
+        let mut tx = Sender::open(&name).unwrap();
+        let q0 = QUERIES.with(|q| q.get());
+        for _ in 0..1000 {
+            assert_eq!(rx.try_recv(), Err(RecvError::Empty));
+        }
+        tx.send(b"x").unwrap();
+        for _ in 0..1000 {
+            assert_eq!(tx.try_send(b"y"), Err(SendError::Full));
+        }
+        let queries = QUERIES.with(|q| q.get()) - q0;
+        assert!(queries < 100, "{queries} lock queries for 2000 try_ops");
+        drop(rx);
+        assert_eq!(tx.try_send(b"y"), Err(SendError::Disconnected));
     }
 }

@@ -75,7 +75,15 @@ pub fn unlock(fd: BorrowedFd<'_>, offset: u64) -> Result<(), Errno> {
 /// Whether another open file description holds a lock on the byte at
 /// `offset` (locks held through `fd` itself are not reported).
 pub fn is_locked(fd: BorrowedFd<'_>, offset: u64) -> Result<bool, Errno> {
+    #[cfg(test)]
+    QUERIES.with(|q| q.set(q.get() + 1));
     let mut fl = flock_struct(libc::F_WRLCK as libc::c_short, offset);
     fcntl_lock(fd, libc::F_OFD_GETLK, &mut fl)?;
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Lock queries made by this thread (tests count system calls).
+    pub(crate) static QUERIES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }

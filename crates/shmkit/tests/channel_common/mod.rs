@@ -1,6 +1,8 @@
 //! Helpers shared by the channel integration tests.
 #![allow(dead_code)]
 
+use std::ops::{Deref, DerefMut};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -42,22 +44,66 @@ pub fn child_role() -> Option<(String, String, u64)> {
     Some((role, name, arg))
 }
 
+/// A child process that is SIGKILLed and reaped when dropped, so a failing
+/// test never leaves an orphan behind (the child also gets SIGKILL if the
+/// spawning thread dies first: `PR_SET_PDEATHSIG`).
+pub struct Kid(pub Child);
+
+impl Deref for Kid {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Kid {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Re-executes this test binary to run `test` as a child playing `role`.
-pub fn spawn(test: &str, role: &str, name: &str, arg: u64) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            test,
-            "--nocapture",
-            "--test-threads=1",
-            "--include-ignored",
-        ])
-        .env(ROLE, role)
-        .env(NAME, name)
-        .env(ARG, arg.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn child")
+pub fn spawn(test: &str, role: &str, name: &str, arg: u64) -> Kid {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        test,
+        "--nocapture",
+        "--test-threads=1",
+        "--include-ignored",
+    ])
+    .env(ROLE, role)
+    .env(NAME, name)
+    .env(ARG, arg.to_string())
+    .stdout(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe system calls (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(|| {
+            // Die with the parent (thread) instead of running on as an orphan.
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Kid(cmd.spawn().expect("spawn child"))
 }
 
 /// Waits for a child, at most `secs` seconds (then kills it and fails).
