@@ -26,6 +26,7 @@ use std::cell::Cell;
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
+use super::OpenError;
 use crate::primitive::{AtomicU32, Ordering};
 use crate::sys::ofd_lock;
 
@@ -53,9 +54,26 @@ pub enum PeerState {
     Dead,
 }
 
-/// Tries to take role `role`: `Ok(false)` if a live process holds it.
-pub(crate) fn claim(fd: BorrowedFd<'_>, state: &AtomicU32, role: u64) -> std::io::Result<bool> {
-    claim_then(fd, state, role, || ())
+/// Takes role `role` (called `what` in errors) of the channel `name`:
+/// [`OpenError::RoleTaken`] if a live process holds it.
+pub(crate) fn claim(
+    fd: BorrowedFd<'_>,
+    state: &AtomicU32,
+    role: u64,
+    name: &str,
+    what: &'static str,
+) -> Result<(), OpenError> {
+    match claim_then(fd, state, role, || ()) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(OpenError::RoleTaken {
+            name: name.to_owned(),
+            role: what,
+        }),
+        Err(source) => Err(OpenError::Io {
+            name: name.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// As [`claim`], running `setup` after the lock is held and before the

@@ -990,16 +990,13 @@ impl Publisher {
         let name = sh.seg.name().to_owned();
         let tail = {
             let pool = sh.pool();
-            match peer::claim(sh.seg.fd(), &pool.core.pub_state.0, PUBLISHER) {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(OpenError::RoleTaken {
-                        name,
-                        role: "publisher",
-                    })
-                }
-                Err(source) => return Err(OpenError::Io { name, source }),
-            }
+            peer::claim(
+                sh.seg.fd(),
+                &pool.core.pub_state.0,
+                PUBLISHER,
+                &name,
+                "publisher",
+            )?;
             // Acquire: continue after a previous publisher's last
             // publication; the role is ours, so `tail` is too.
             let tail = pool.core.tail.0.load(Ordering::Acquire);

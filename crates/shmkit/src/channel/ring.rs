@@ -594,16 +594,7 @@ impl Sender {
     fn attach(sh: Shared) -> Result<Sender, OpenError> {
         let core = sh.core();
         let name = sh.seg.name().to_owned();
-        match peer::claim(sh.seg.fd(), &core.prod_state.0, PRODUCER) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(OpenError::RoleTaken {
-                    name,
-                    role: "producer",
-                })
-            }
-            Err(source) => return Err(OpenError::Io { name, source }),
-        }
+        peer::claim(sh.seg.fd(), &core.prod_state.0, PRODUCER, &name, "producer")?;
         let cur = match ProdCursor::resume(core, sh.layout.cap, |p| sh.stamp_of(p)) {
             Ok(cur) => cur,
             Err(reason) => {
@@ -798,16 +789,7 @@ impl Receiver {
     fn attach(sh: Shared) -> Result<Receiver, OpenError> {
         let core = sh.core();
         let name = sh.seg.name().to_owned();
-        match peer::claim(sh.seg.fd(), &core.cons_state.0, CONSUMER) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(OpenError::RoleTaken {
-                    name,
-                    role: "consumer",
-                })
-            }
-            Err(source) => return Err(OpenError::Io { name, source }),
-        }
+        peer::claim(sh.seg.fd(), &core.cons_state.0, CONSUMER, &name, "consumer")?;
         let cur = match ConsCursor::resume(core, sh.layout.cap, |p| sh.stamp_of(p)) {
             Ok(cur) => cur,
             Err(reason) => {

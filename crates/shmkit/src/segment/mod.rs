@@ -53,6 +53,7 @@ mod name;
 mod registry;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use error::{Error, Result};
@@ -327,9 +328,9 @@ impl<'a> SegmentBuilder<'a> {
         validate_name("create", &self.name)?;
         match self.create_inner("create")? {
             Ok(seg) => Ok(seg),
-            Err(_builder) => Err(Error::AlreadyExists {
+            Err(builder) => Err(Error::AlreadyExists {
                 op: "create",
-                name: _builder.name,
+                name: builder.name,
             }),
         }
     }
@@ -355,7 +356,7 @@ impl<'a> SegmentBuilder<'a> {
                 Ok(seg) => return Ok(seg),
                 Err(builder) => builder,
             };
-            match this.open_inner_ref(OP) {
+            match this.open_inner(OP) {
                 Err(Error::NotFound { .. }) => continue,
                 Ok(seg) => {
                     let want = this.size.unwrap_or(seg.len() as u64);
@@ -483,11 +484,7 @@ impl<'a> SegmentBuilder<'a> {
         }))
     }
 
-    fn open_inner(self, op: &'static str) -> Result<Segment> {
-        self.open_inner_ref(op)
-    }
-
-    fn open_inner_ref(&self, op: &'static str) -> Result<Segment> {
+    fn open_inner(&self, op: &'static str) -> Result<Segment> {
         let name = &self.name;
         let file = file_name(name);
         let err = |e| Error::from_errno(op, name, e);
@@ -760,19 +757,6 @@ impl Segment {
         Ok(())
     }
 
-    /// The flags word in the header (bit 0: marked for removal).
-    pub(crate) fn flags(&self) -> &std::sync::atomic::AtomicU32 {
-        // SAFETY:
-        // - FLAGS_OFFSET + 4 <= HEADER_SIZE <= map.len() and FLAGS_OFFSET
-        //   is 4-aligned in a page-aligned mapping;
-        // - the word is only ever accessed atomically by shmkit processes;
-        //   a hostile writer can change its value, not its validity (every
-        //   u32 is a valid AtomicU32).
-        unsafe {
-            &*(self.map.as_ptr().add(header::FLAGS_OFFSET) as *const std::sync::atomic::AtomicU32)
-        }
-    }
-
     /// The segment's file descriptor, for layers that lock byte ranges of
     /// it (per-role liveness with OFD locks). Never close or lock it whole
     /// with `flock`: the shared `flock` on it is this handle's attachment.
@@ -785,7 +769,7 @@ impl Segment {
     pub fn is_marked_for_removal(&self) -> bool {
         // Relaxed: an informational snapshot; detach re-reads it after
         // its exclusive flock, which is what correctness relies on.
-        self.flags().load(std::sync::atomic::Ordering::Relaxed) & header::FLAG_MARKED != 0
+        flags_word(&self.map).load(Ordering::Relaxed) & header::FLAG_MARKED != 0
     }
 
     /// Pids of the processes attached now (one per process, sorted), read
@@ -829,6 +813,22 @@ impl Drop for Segment {
     }
 }
 
+/// The atomic flags word of the header mapped by `map` (bit 0: marked for
+/// removal). Every mapping shmkit makes covers at least the header page.
+pub(crate) fn flags_word(map: &Mapping) -> &AtomicU32 {
+    assert!(
+        map.len() >= header::HEADER_SIZE as usize,
+        "mapping shorter than the header"
+    );
+    // SAFETY:
+    // - FLAGS_OFFSET + 4 <= HEADER_SIZE <= map.len() (asserted), and
+    //   FLAGS_OFFSET is 4-aligned in a page-aligned mapping;
+    // - the word is only ever accessed atomically by shmkit processes; a
+    //   hostile writer can change its value, not its validity (every u32 is
+    //   a valid AtomicU32); the borrow ends before `map` is unmapped.
+    unsafe { &*(map.as_ptr().add(header::FLAGS_OFFSET) as *const AtomicU32) }
+}
+
 /// The detach protocol (the mapping and fd are released by the caller).
 fn detach_protocol(
     name: &str,
@@ -849,13 +849,9 @@ fn detach_protocol(
     // sets the bit before its own flock attempt, and the kernel's lock
     // list is serialised, so if its attempt failed because of us, we see
     // the bit here.
-    // SAFETY: see `Segment::flags`; the mapping is still live (borrowed).
-    let flags = unsafe {
-        &*(map.as_ptr().add(header::FLAGS_OFFSET) as *const std::sync::atomic::AtomicU32)
-    };
     // Acquire: pairs with the SeqCst fetch_or in `remove_when_unused`
     // (the flock syscalls between them order the two processes).
-    let marked = flags.load(std::sync::atomic::Ordering::Acquire) & header::FLAG_MARKED != 0;
+    let marked = flags_word(map).load(Ordering::Acquire) & header::FLAG_MARKED != 0;
     if lifetime == Lifetime::UntilLastDetach || marked {
         return shm::unlink_if_same(&file_name(name), id).map_err(err);
     }

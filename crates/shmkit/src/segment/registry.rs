@@ -2,7 +2,7 @@
 //! three deletions and garbage collection.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::header::{self, Header};
@@ -214,11 +214,8 @@ pub fn remove_when_unused(name: &str) -> Result<bool> {
     let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
     read_header(OP, name, &fd, info.size)?;
     let page = Mapping::new(fd.as_fd(), header::HEADER_SIZE as usize, true).map_err(err)?;
-    // SAFETY:
-    // - the file is at least HEADER_SIZE bytes (checked by read_header)
-    //   and the mapping covers them; FLAGS_OFFSET is 4-aligned;
-    // - the word is only accessed atomically; any u32 is a valid value.
-    let flags = unsafe { &*(page.as_ptr().add(header::FLAGS_OFFSET) as *const AtomicU32) };
+    // The file is at least HEADER_SIZE bytes (checked by read_header).
+    let flags = super::flags_word(&page);
     // SeqCst store before our flock attempt: a holder that makes our
     // attempt fail will, on its own detach, take the exclusive lock after
     // us in the kernel's order and load the bit (Acquire) there.

@@ -127,7 +127,7 @@ impl Event {
     /// reported as errors.
     #[cfg(not(loom))]
     pub unsafe fn init_at(place: *mut Event, mode: EventMode) -> std::io::Result<()> {
-        if place.is_null() || (place as usize) % std::mem::align_of::<Event>() != 0 {
+        if !super::placeable(place) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "event place is null or misaligned",
@@ -152,7 +152,7 @@ impl Event {
     /// for `'a`, accessed only through `Event` methods.
     #[cfg(not(loom))]
     pub unsafe fn from_ptr<'a>(ptr: *const Event) -> Result<&'a Event, Corrupt> {
-        if ptr.is_null() || (ptr as usize) % std::mem::align_of::<Event>() != 0 {
+        if !super::placeable(ptr) {
             return Err(Corrupt::new("event", "null or misaligned pointer"));
         }
         // SAFETY: valid for 'a by contract; atomics are valid for any bytes.

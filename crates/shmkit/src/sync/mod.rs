@@ -100,6 +100,13 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// Whether `p` can hold a `T` at all: not null and aligned for `T`. Every
+/// `init_at`/`from_ptr` checks this before touching the place.
+#[cfg(not(loom))]
+pub(crate) fn placeable<T>(p: *const T) -> bool {
+    !p.is_null() && p.is_aligned()
+}
+
 /// The longest a semaphore or event waiter sleeps in the kernel before it
 /// re-checks the shared state on its own. A wake-up can be lost for good
 /// only through a crash (a poster killed between its count CAS and its

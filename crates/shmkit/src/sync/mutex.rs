@@ -267,7 +267,7 @@ impl<T> Mutex<T> {
     ///   breaks its holder).
     #[cfg(not(loom))]
     pub unsafe fn init_at(place: *mut Mutex<T>, value: T) -> std::io::Result<()> {
-        if place.is_null() || (place as usize) % std::mem::align_of::<Mutex<T>>() != 0 {
+        if !super::placeable(place) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "mutex place is null or misaligned",
@@ -314,7 +314,7 @@ impl<T> Mutex<T> {
     where
         T: zerocopy::FromBytes,
     {
-        if ptr.is_null() || (ptr as usize) % std::mem::align_of::<Mutex<T>>() != 0 {
+        if !super::placeable(ptr) {
             return Err(Corrupt::new("mutex", "null or misaligned pointer"));
         }
         // SAFETY: valid for 'a by the contract; every field is atomics,

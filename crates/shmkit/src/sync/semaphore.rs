@@ -95,7 +95,7 @@ impl Semaphore {
     /// and `value > MAX_VALUE` are reported as errors.
     #[cfg(not(loom))]
     pub unsafe fn init_at(place: *mut Semaphore, value: u32) -> std::io::Result<()> {
-        if place.is_null() || (place as usize) % std::mem::align_of::<Semaphore>() != 0 {
+        if !super::placeable(place) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "semaphore place is null or misaligned",
@@ -126,7 +126,7 @@ impl Semaphore {
     /// bytes for `'a`, accessed only through `Semaphore` methods.
     #[cfg(not(loom))]
     pub unsafe fn from_ptr<'a>(ptr: *const Semaphore) -> Result<&'a Semaphore, Corrupt> {
-        if ptr.is_null() || (ptr as usize) % std::mem::align_of::<Semaphore>() != 0 {
+        if !super::placeable(ptr) {
             return Err(Corrupt::new("semaphore", "null or misaligned pointer"));
         }
         // SAFETY: valid for 'a by contract; all fields are atomics, valid

@@ -6,7 +6,6 @@
 //! given their name with `linkat`: nobody can open a half-initialised
 //! segment, and a creator that dies before `linkat` leaves nothing behind.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
@@ -101,7 +100,7 @@ pub fn open(file_name: &str, writable: bool) -> Result<OwnedFd, Errno> {
     fs::openat(
         dir()?,
         file_name,
-        access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        access | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
 }
@@ -166,20 +165,6 @@ pub fn read_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize,
     Ok(done)
 }
 
-/// Writes all of `buf` at `offset` with `pwrite`.
-pub fn write_at(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<(), Errno> {
-    let mut done = 0;
-    while done < buf.len() {
-        match rustix::io::pwrite(fd, &buf[done..], offset + done as u64) {
-            Ok(0) => return Err(Errno::IO),
-            Ok(n) => done += n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Every file name in the shm directory that starts with `prefix`.
 pub fn names_with_prefix(prefix: &str) -> Result<Vec<String>, Errno> {
     let dirfd = fs::openat(
@@ -199,9 +184,4 @@ pub fn names_with_prefix(prefix: &str) -> Result<Vec<String>, Errno> {
     }
     out.sort();
     Ok(out)
-}
-
-/// `CString` for APIs that need one (kept here so callers stay safe code).
-pub fn c_name(s: &str) -> Option<CString> {
-    CString::new(s).ok()
 }
