@@ -26,6 +26,14 @@ impl Drop for Name {
     }
 }
 
+/// Serialises the tests that run `ls` or `gc`: both collect every due
+/// segment, so one could remove the orphan another test expects its own
+/// `gc` to report.
+fn collectors() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn shmkit(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
@@ -134,6 +142,7 @@ fn write_that_does_not_fit_writes_nothing() {
 
 #[test]
 fn ls_and_stat_show_segments_as_table_and_json() {
+    let _serial = collectors();
     let n = Name::new("ls");
     ok(shmkit(&["create", &n.0, "--size", "1MiB", "--mode", "640"]));
     let table = String::from_utf8(ok(shmkit(&["ls"]))).unwrap();
@@ -203,6 +212,7 @@ fn attach_holds_the_segment_and_is_listed_with_its_pid() {
 
 #[test]
 fn rm_now_and_when_unused_and_gc() {
+    let _serial = collectors();
     let a = Name::new("rm-a");
     let b = Name::new("rm-b");
     ok(shmkit(&["create", &a.0, "--size", "1K"]));

@@ -216,6 +216,7 @@ fn only_attached_process_killed_then_list_or_gc_collects() {
     if let Some(r) = role() {
         return play(&r);
     }
+    let _serial = common::collectors();
     for collector in ["list", "gc", "open", "stat", "create"] {
         let name = Name::new("uld-alone");
         let mut peer = spawn_peer(
@@ -258,6 +259,7 @@ fn deferred_removal_survives_sigkill_of_the_holders() {
     if let Some(r) = role() {
         return play(&r);
     }
+    let _serial = common::collectors();
     // Marked while one peer is attached; the peer is killed; gc collects.
     let name = Name::new("mark");
     Segment::create(&name, 4096).unwrap().detach().unwrap();
@@ -297,6 +299,7 @@ fn persistent_segment_survives_killed_creator_and_gc() {
     if let Some(r) = role() {
         return play(&r);
     }
+    let _serial = common::collectors();
     let name = Name::new("persist");
     let mut peer = spawn_peer(
         TEST,
@@ -360,6 +363,7 @@ fn creator_killed_during_initialisation_leaves_nothing() {
     if let Some(r) = role() {
         return play(&r);
     }
+    let _serial = common::collectors();
     let name = Name::new("init-kill");
     let mut peer = spawn_peer(TEST, "create_slow_init", &[("SEG", name.0.clone())]);
     assert_eq!(read_line(&mut peer, LIMIT), "initialising");

@@ -141,3 +141,12 @@ pub fn checksum(buf: &[u8]) -> u64 {
     }
     h
 }
+
+/// Serialises the tests of one binary that call `list()` or `gc()`: those
+/// collect every due segment, so one test's collector could remove another
+/// test's orphan before that test's own collector (the one under test)
+/// sees it.
+pub fn collectors() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
