@@ -33,8 +33,26 @@ pub fn pid_alive(pid: u32) -> bool {
 /// Parses `/proc/locks` into: file → pids holding a `FLOCK` on it, one
 /// entry per lock (a process attached twice appears twice).
 pub fn flock_holders() -> HashMap<FileId, Vec<u32>> {
-    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    parse_proc_locks(&text)
+    // `/proc/locks` is a seq_file read one page at a time, each page from
+    // a fresh walk of the kernel's lock list by index: a lock taken or
+    // dropped between two pages can make an unrelated entry be skipped (seen
+    // as an attached process missing under load). A list that reads the same
+    // twice in a row was stable meanwhile; under constant churn, give up
+    // after a few tries and return the last reading.
+    let read = || {
+        let mut m = parse_proc_locks(&std::fs::read_to_string("/proc/locks").unwrap_or_default());
+        m.values_mut().for_each(|pids| pids.sort_unstable());
+        m
+    };
+    let mut last = read();
+    for _ in 0..4 {
+        let next = read();
+        if next == last {
+            break;
+        }
+        last = next;
+    }
+    last
 }
 
 /// Parser behind [`flock_holders`], separate so it can be tested.
