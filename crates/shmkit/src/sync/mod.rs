@@ -102,7 +102,6 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 
 /// Whether `p` can hold a `T` at all: not null and aligned for `T`. Every
 /// `init_at`/`from_ptr` checks this before touching the place.
-#[cfg(not(loom))]
 pub(crate) fn placeable<T>(p: *const T) -> bool {
     !p.is_null() && p.is_aligned()
 }
