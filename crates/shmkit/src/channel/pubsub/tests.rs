@@ -1,0 +1,140 @@
+//! Unit and property tests of the pub/sub layout and pool.
+
+use super::*;
+
+proptest::proptest! {
+    /// Untrusted header params never panic, and an accepted layout
+    /// always fits in the data area it was checked against.
+    #[test]
+    fn any_params_are_checked(p in proptest::array::uniform8(proptest::num::u64::ANY),
+                              len in 0usize..1 << 30, tag in proptest::bool::ANY) {
+        let mut p = p;
+        if tag {
+            p[5] = LAYOUT_TAG;
+            p[0] &= 0x3ff;
+            p[1] &= 0xfffff;
+            p[2] &= 0x3f;
+            p[3] &= 1;
+            p[4] &= 0x1fff;
+        }
+        if let Ok(l) = PubSubLayout::from_params(&p, len) {
+            proptest::prop_assert!(l.total <= len as u64);
+            proptest::prop_assert!(l.q >= l.slots && l.q.is_power_of_two());
+            proptest::prop_assert!(l.max_subs <= u64::from(MAX_SUBSCRIBERS));
+            proptest::prop_assert!(l.queue_off >= SUBS_OFF + l.max_subs * 128);
+            proptest::prop_assert!(l.meta_off >= l.queue_off + l.q * 4);
+            proptest::prop_assert!(l.data_off >= l.meta_off + l.slots * 64);
+            proptest::prop_assert!(l.stride >= l.slot_size);
+        }
+    }
+}
+
+/// A typed channel whose (untrusted) layout does not align slots for
+/// `T` is refused at open, instead of panicking in `deref` later.
+#[test]
+fn typed_open_checks_alignment() {
+    #[derive(Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+    #[repr(C, align(256))]
+    struct Big([u8; 256]);
+    let name = format!("t-pubsub-align-{}", std::process::id());
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = segment::remove(&self.0);
+        }
+    }
+    let _rm = Rm(name.clone());
+    let mut opts = PubSubOptions::typed::<Big>(2, 1);
+    opts.align = 1; // what a hostile creator could write
+    opts.create(&name).unwrap();
+    let e = TypedSubscriber::<Big>::open(&name).unwrap_err();
+    assert!(e.to_string().contains("cannot hold"), "{e}");
+    assert!(TypedPublisher::<Big>::open(&name).is_err());
+    segment::remove(&name).unwrap();
+    // Properly made: fine.
+    let mut p = TypedPublisher::<Big>::create(&name, &PubSubOptions::typed::<Big>(2, 1)).unwrap();
+    let s = TypedSubscriber::<Big>::open(&name).unwrap();
+    let mut l = p.loan().unwrap();
+    l.0[0] = 7;
+    l.publish();
+    assert_eq!(s.try_recv().unwrap().0[0], 7);
+}
+
+/// Under `Block`, the publication racing a join (not addressed to the
+/// joiner) lets the publisher get `slots + 1` ahead; when the queue is
+/// no longer than `slots`, the joiner is "lapped" by that one entry,
+/// which is not a miss.
+#[test]
+fn block_join_race_is_not_a_miss() {
+    let core = PubCore::new();
+    let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
+    let queue: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
+    let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
+    let pool = Pool {
+        core: &core,
+        subs: &subs,
+        queue: &queue,
+        meta: &meta,
+        slot_size: 8,
+        policy: Policy::Block,
+    };
+    let (mut tail, mut rr) = (0, 0);
+    // Position 0 is in flight (active loaded, no subscriber yet) when
+    // subscriber 0 joins at position 0.
+    let s0 = pool.take_free(&mut rr).unwrap();
+    let mut cur = pool.join(0);
+    assert_eq!(cur.join_pos, 0);
+    pool.publish(&mut tail, s0, 8);
+    // Undo what `publish` saw: position 0 was not addressed to us.
+    meta[s0].refs.store(0, Ordering::Relaxed);
+    for _ in 0..2 {
+        let s = pool.take_free(&mut rr).unwrap();
+        pool.publish(&mut tail, s, 8);
+    }
+    assert_eq!(tail, 3);
+    let t = pool.try_take(&mut cur).unwrap().unwrap();
+    assert_eq!(t.missed, 0);
+}
+
+#[test]
+fn orphan_publication_is_reclaimed() {
+    let core = PubCore::new();
+    let subs: Vec<SubShared> = (0..2).map(|_| SubShared::new()).collect();
+    let queue: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
+    let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
+    let pool = Pool {
+        core: &core,
+        subs: &subs,
+        queue: &queue,
+        meta: &meta,
+        slot_size: 8,
+        policy: Policy::Block,
+    };
+    let mut cur = pool.join(0);
+    let (mut tail, mut rr) = (0, 0);
+    let s = pool.take_free(&mut rr).unwrap();
+    pool.publish(&mut tail, s, 8);
+    // A publisher dies after addressing slot 1 (position 1) to the
+    // subscriber but before storing `tail`.
+    meta[1].seq.store(1, Ordering::Relaxed);
+    meta[1].refs.store(1, Ordering::Relaxed);
+    assert_eq!(pool.recover(core.tail.0.load(Ordering::Relaxed)), 1);
+    assert_eq!(meta[1].refs.load(Ordering::Relaxed), 0);
+    // The visible publication is untouched.
+    let t = pool.try_take(&mut cur).unwrap().unwrap();
+    assert_eq!(t.slot, s);
+}
+
+#[test]
+fn layout_examples() {
+    let l = PubSubLayout::new(3, 100, 2, Policy::Block, 1).unwrap();
+    assert_eq!(l.q, 4);
+    assert_eq!(l.stride, 128);
+    assert_eq!(
+        PubSubLayout::from_params(&l.params(), l.total as usize),
+        Ok(l)
+    );
+    assert!(PubSubLayout::from_params(&l.params(), l.total as usize - 1).is_err());
+    assert!(PubSubLayout::new(1, 1, 33, Policy::Block, 1).is_err());
+    assert!(PubSubLayout::new(0, 1, 1, Policy::Block, 1).is_err());
+}
