@@ -43,13 +43,29 @@ pub enum Job {
         /// Messages of the timed pass.
         count: u64,
     },
+    /// Ping-pong at a fixed rate, free of coordinated omission: request `i`
+    /// is due at `start + i / rate`; the parent waits (spinning) until then
+    /// and sends, and the recorded figure is the time from the *intended*
+    /// send time to the receipt of the reply. A stall therefore counts
+    /// against every request that should have been sent during it, not only
+    /// the one that met it (as Aeron's and wrk2's benchmarks measure).
+    FixedRate {
+        /// Payload bytes each way.
+        size: usize,
+        /// Requests per second.
+        rate: u64,
+        /// Unrecorded requests first (at the same rate).
+        warmup: u64,
+        /// Recorded requests.
+        iters: u64,
+    },
 }
 
 impl Job {
     /// Largest message either side sends.
     pub fn max_len(&self) -> usize {
         match *self {
-            Job::PingPong { size, .. } => size,
+            Job::PingPong { size, .. } | Job::FixedRate { size, .. } => size,
             Job::Stream { size, .. } => size.max(ACK_LEN),
         }
     }
@@ -87,7 +103,8 @@ impl PeerSpec {
 /// What the parent measured.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// One-way latencies in nanoseconds (half of each round trip).
+    /// One-way latencies in nanoseconds (half of each round trip); for
+    /// [`Job::FixedRate`], whole round trips from the intended send time.
     Latencies(Vec<u64>),
     /// Time of the timed stream pass, from the first send to the receipt of
     /// the acknowledgement.
@@ -130,6 +147,28 @@ pub fn parent_role<L: Link>(link: &mut L, job: &Job, deadline: Instant) -> Resul
             recv_seq(link, ACK_LEN, ACK + 1, deadline)?;
             Ok(Outcome::Elapsed(t0.elapsed()))
         }
+        Job::FixedRate {
+            size,
+            rate,
+            warmup,
+            iters,
+        } => {
+            let period_ns = 1_000_000_000 / rate.max(1);
+            let mut out = Vec::with_capacity(iters as usize);
+            let start = Instant::now();
+            for i in 0..warmup + iters {
+                let due = start + Duration::from_nanos(i * period_ns);
+                while Instant::now() < due {
+                    std::hint::spin_loop();
+                }
+                send_seq(link, size, i, deadline)?;
+                recv_seq(link, size, i + REPLY, deadline)?;
+                if i >= warmup {
+                    out.push(due.elapsed().as_nanos() as u64);
+                }
+            }
+            Ok(Outcome::Latencies(out))
+        }
     }
 }
 
@@ -140,6 +179,12 @@ pub fn child_role<L: Link>(link: &mut L, job: &Job, deadline: Instant) -> Result
             size,
             warmup,
             iters,
+        }
+        | Job::FixedRate {
+            size,
+            warmup,
+            iters,
+            ..
         } => {
             for i in 0..warmup + iters {
                 recv_seq(link, size, i, deadline)?;

@@ -51,7 +51,8 @@ struct Args {
     /// Comma-separated contenders (default: all). Known: see --list.
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<String>,
-    /// Comma-separated scenarios: latency, stream, bandwidth (default: all).
+    /// Comma-separated scenarios: latency, stream, bandwidth, fixedrate
+    /// (default: all).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Print the contenders and exit.
@@ -112,7 +113,7 @@ fn run(args: Args, command: String) -> Result<bool, String> {
     let mut cases = plan::cases(args.quick);
     if !args.scenarios.is_empty() {
         for s in &args.scenarios {
-            if !["latency", "stream", "bandwidth"].contains(&s.as_str()) {
+            if !["latency", "stream", "bandwidth", "fixedrate"].contains(&s.as_str()) {
                 return Err(format!("unknown scenario {s:?}"));
             }
         }
@@ -199,7 +200,7 @@ fn run(args: Args, command: String) -> Result<bool, String> {
     report.write(&args.out)?;
     println!("{}", report.markdown());
     eprintln!(
-        "shmkit-bench: report written to {} (results.md, results.json, latency_p50.svg, latency_p99.svg) in {:.0} s",
+        "shmkit-bench: report written to {} (results.md, results.json, SVG plots) in {:.0} s",
         args.out.display(),
         report.duration_s
     );
@@ -233,7 +234,7 @@ fn record(a: &mut Acc, case: &Case, out: Outcome) -> String {
         Outcome::Elapsed(d) => {
             let count = match case.job {
                 job::Job::Stream { count, .. } => count,
-                job::Job::PingPong { iters, .. } => iters,
+                job::Job::PingPong { iters, .. } | job::Job::FixedRate { iters, .. } => iters,
             };
             let rate = count as f64 / d.as_secs_f64().max(1e-12);
             a.rates.push(rate);
@@ -253,7 +254,12 @@ fn summarise(case: &Case, c: ContenderId, a: Acc) -> CaseResult {
         p50_ns: h.value_at_quantile(0.5),
         p90_ns: h.value_at_quantile(0.9),
         p99_ns: h.value_at_quantile(0.99),
+        p999_ns: h.value_at_quantile(0.999),
         max_ns: h.max(),
+        percentiles: report::PLOT_PERCENTILES
+            .iter()
+            .map(|&p| (p, h.value_at_quantile(p / 100.0)))
+            .collect(),
         mean_ns: h.mean(),
         batch_p50_ns: a.batch_p50.clone(),
     });

@@ -14,6 +14,9 @@ pub enum Scenario {
     Stream,
     /// Large-frame bandwidth (GB/s).
     Bandwidth,
+    /// Round trips at a fixed request rate, timed from the intended send
+    /// time (no coordinated omission).
+    FixedRate,
 }
 
 impl Scenario {
@@ -23,6 +26,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Stream => "stream",
             Scenario::Bandwidth => "bandwidth",
+            Scenario::FixedRate => "fixedrate",
         }
     }
 }
@@ -45,6 +49,10 @@ pub const LATENCY_SIZES: [usize; 6] = [8, 64, 4 << 10, 64 << 10, 1 << 20, 16 << 
 pub const STREAM_SIZES: [usize; 2] = [8, 64];
 /// Bandwidth frame sizes.
 pub const FRAME_SIZES: [usize; 2] = [1 << 20, 16 << 20];
+/// Fixed-rate cases: (payload, requests per second). The rates leave every
+/// contender's round trip well inside the period on an idle machine, so
+/// what the tail shows is stalls, not saturation.
+pub const FIXED_RATES: [(usize, u64); 2] = [(8, 100_000), (1 << 20, 1_000)];
 
 /// The cases of a run; `quick` shrinks every count.
 pub fn cases(quick: bool) -> Vec<Case> {
@@ -97,6 +105,20 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 size,
                 warmup: (count / 10).max(8),
                 count,
+            },
+        });
+    }
+    for (size, rate) in FIXED_RATES {
+        // About 1 s per job in a full run, 0.1 s in quick mode.
+        let iters = if quick { rate / 10 } else { rate };
+        v.push(Case {
+            scenario: Scenario::FixedRate,
+            size,
+            job: Job::FixedRate {
+                size,
+                rate,
+                warmup: iters / 10,
+                iters,
             },
         });
     }

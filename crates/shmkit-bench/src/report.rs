@@ -76,6 +76,11 @@ pub struct CaseResult {
     pub errors: Vec<String>,
 }
 
+/// The percentiles kept for the HDR percentile plots.
+pub const PLOT_PERCENTILES: [f64; 14] = [
+    0.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.8, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
 /// One-way latency in nanoseconds over every recorded round trip.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
@@ -89,8 +94,12 @@ pub struct Latency {
     pub p90_ns: u64,
     /// 99th percentile.
     pub p99_ns: u64,
-    /// Maximum.
+    /// 99.9th percentile.
+    pub p999_ns: u64,
+    /// Maximum after warm-up (warm-up round trips are never recorded).
     pub max_ns: u64,
+    /// `(percentile, ns)` at [`PLOT_PERCENTILES`], for the percentile plots.
+    pub percentiles: Vec<(f64, u64)>,
     /// Mean.
     pub mean_ns: f64,
     /// The median of each round's batch, in round order (drift check).
@@ -226,9 +235,9 @@ impl Report {
         let _ = writeln!(s, "### One-way latency (half a round trip, payload written and checksummed on both sides)\n");
         let _ = writeln!(
             s,
-            "| payload | contender | p50 | p90 | p99 | max | p50 − floor | p50 vs floor | p50 vs iceoryx2 |"
+            "| payload | contender | p50 | p90 | p99 | p99.9 | max after warm-up | p50 − floor | p50 vs floor | p50 vs iceoryx2 |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in self
             .results
             .iter()
@@ -246,12 +255,13 @@ impl Report {
                         });
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         size_label(r.size),
                         r.contender,
                         fmt_ns(l.p50_ns),
                         fmt_ns(l.p90_ns),
                         fmt_ns(l.p99_ns),
+                        fmt_ns(l.p999_ns),
                         fmt_ns(l.max_ns),
                         over,
                         fmt_ratio(self.time_ratio(r, "floor")),
@@ -261,13 +271,14 @@ impl Report {
                 None => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | FAILED | | | | | | |",
+                        "| {} | {} | FAILED | | | | | | | |",
                         size_label(r.size),
                         r.contender
                     );
                 }
             }
         }
+        self.fixed_rate_table(&mut s);
         for (sc, title, unit) in [
             (
                 Scenario::Stream,
@@ -280,6 +291,9 @@ impl Report {
                 "GB/s (1e9 B/s)",
             ),
         ] {
+            if !self.results.iter().any(|r| r.scenario == sc) {
+                continue;
+            }
             let _ = writeln!(s, "\n### {title}\n");
             let _ = writeln!(
                 s,
@@ -325,8 +339,77 @@ impl Report {
         s
     }
 
-    /// Writes `results.md`, `results.json`, `latency_p50.svg` and
-    /// `latency_p99.svg` into `dir`.
+    /// The fixed-rate table: round trips timed from the intended send time.
+    fn fixed_rate_table(&self, s: &mut String) {
+        let rows: Vec<&CaseResult> = self
+            .results
+            .iter()
+            .filter(|r| r.scenario == Scenario::FixedRate)
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n### Fixed-rate round trip, from the intended send time (no coordinated omission)\n"
+        );
+        let _ = writeln!(
+            s,
+            "Rates: {}. A late reply delays the next request, and that delay counts \
+             against it.\n",
+            crate::plan::FIXED_RATES
+                .iter()
+                .map(|(size, rate)| format!(
+                    "{} at {} /s",
+                    size_label(*size),
+                    fmt_rate(*rate as f64)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "| payload | contender | p50 | p99 | p99.9 | p99.99 | max after warm-up | p99.9 vs floor | p99.9 vs iceoryx2 |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in rows {
+            let Some(l) = &r.latency else {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | FAILED | | | | | | |",
+                    size_label(r.size),
+                    r.contender
+                );
+                continue;
+            };
+            let p9999 = l
+                .percentiles
+                .iter()
+                .find(|(p, _)| *p == 99.99)
+                .map_or(0, |&(_, v)| v);
+            let ratio = |reference: &str| {
+                let b = self.find(r.scenario, r.size, reference)?.latency.as_ref()?;
+                (b.p999_ns > 0).then(|| l.p999_ns as f64 / b.p999_ns as f64)
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                size_label(r.size),
+                r.contender,
+                fmt_ns(l.p50_ns),
+                fmt_ns(l.p99_ns),
+                fmt_ns(l.p999_ns),
+                fmt_ns(p9999),
+                fmt_ns(l.max_ns),
+                fmt_ratio(ratio("floor")),
+                fmt_ratio(ratio("iceoryx2")),
+            );
+        }
+    }
+
+    /// Writes `results.md`, `results.json`, `latency_p50.svg`,
+    /// `latency_p99.svg` and the percentile plots `hdr_8B.svg`,
+    /// `hdr_1MiB.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let md = self.markdown();
@@ -340,6 +423,102 @@ impl Report {
             self.plot(&dir.join(file), pick, what)
                 .map_err(|e| format!("{file}: {e}"))?;
         }
+        for (file, size) in [("hdr_8B.svg", 8usize), ("hdr_1MiB.svg", 1 << 20)] {
+            if self
+                .results
+                .iter()
+                .any(|r| r.scenario == Scenario::Latency && r.size == size && r.latency.is_some())
+            {
+                self.plot_hdr(&dir.join(file), size)
+                    .map_err(|e| format!("{file}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An HDR percentile plot: latency against percentile, the x axis
+    /// stretched as `1 / (1 - p)` so that the tail gets the room.
+    fn plot_hdr(&self, path: &Path, size: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let rows: Vec<&CaseResult> = self
+            .results
+            .iter()
+            .filter(|r| r.scenario == Scenario::Latency && r.size == size)
+            .collect();
+        // x = 1 / (1 - p/100), capped where p = 100 (the max).
+        let xmax = 1e6;
+        let x_of = |p: f64| {
+            if p >= 100.0 {
+                xmax
+            } else {
+                (1.0 / (1.0 - p / 100.0)).min(xmax)
+            }
+        };
+        let series: Vec<(&str, Vec<(f64, f64)>)> = rows
+            .iter()
+            .filter_map(|r| {
+                let l = r.latency.as_ref()?;
+                let pts = l
+                    .percentiles
+                    .iter()
+                    .map(|&(p, v)| (x_of(p), v.max(1) as f64))
+                    .collect();
+                Some((r.contender.as_str(), pts))
+            })
+            .collect();
+        let ys = || series.iter().flat_map(|(_, p)| p.iter().map(|&(_, y)| y));
+        let ymax = ys().fold(1_000.0f64, f64::max);
+        let ymin = ys().fold(f64::MAX, f64::min).min(ymax / 10.0);
+        let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "One-way latency by percentile, {} payload (log-log, lower is better)",
+                    size_label(size)
+                ),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(80)
+            .build_cartesian_2d(
+                (1.0f64..xmax).log_scale(),
+                (ymin / 2.0..ymax * 2.0).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("one-way latency (ns)")
+            .x_label_formatter(&|x| {
+                if *x >= xmax {
+                    "max".into()
+                } else {
+                    let p = 100.0 * (1.0 - 1.0 / x);
+                    format!("{p:.3}")
+                        .trim_end_matches('0')
+                        .trim_end_matches('.')
+                        .to_string()
+                        + "%"
+                }
+            })
+            .y_label_formatter(&|y| axis_ns(*y))
+            .draw()?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
         Ok(())
     }
 

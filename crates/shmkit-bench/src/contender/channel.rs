@@ -33,7 +33,7 @@ use crate::link::{Link, Result};
 /// (slots, max message) per direction: (parent→child, child→parent).
 fn shape(job: &Job) -> ((u64, usize), (u64, usize)) {
     match *job {
-        Job::PingPong { size, .. } => ((4, size), (4, size)),
+        Job::PingPong { size, .. } | Job::FixedRate { size, .. } => ((4, size), (4, size)),
         Job::Stream { size, .. } => {
             let slots = if size <= 4096 { 256 } else { 4 };
             ((slots, size), (4, ACK_LEN))

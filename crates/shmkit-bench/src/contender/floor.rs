@@ -48,7 +48,9 @@ impl RingShape {
 /// The two rings of a job: `[parent→child][child→parent]`.
 fn shapes(job: &Job) -> (RingShape, RingShape) {
     match *job {
-        Job::PingPong { size, .. } => (RingShape::new(2, size), RingShape::new(2, size)),
+        Job::PingPong { size, .. } | Job::FixedRate { size, .. } => {
+            (RingShape::new(2, size), RingShape::new(2, size))
+        }
         Job::Stream { size, .. } => {
             let cap = if size <= 4096 { 256 } else { 4 };
             (RingShape::new(cap, size), RingShape::new(2, ACK_LEN))

@@ -27,7 +27,7 @@ fn err(what: &str) -> impl Fn(&dyn std::fmt::Debug) -> String + '_ {
 /// Subscriber queue depth and maximum slice length per direction.
 fn shape(job: &Job) -> ((usize, usize), (usize, usize)) {
     match *job {
-        Job::PingPong { size, .. } => ((2, size), (2, size)),
+        Job::PingPong { size, .. } | Job::FixedRate { size, .. } => ((2, size), (2, size)),
         Job::Stream { size, .. } => {
             let depth = if size <= 4096 { 256 } else { 4 };
             ((depth, size), (2, ACK_LEN))
