@@ -66,6 +66,7 @@ use super::CachePadded;
 use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
 
+mod batch;
 mod receiver;
 mod sender;
 #[cfg(all(test, not(loom)))]
@@ -192,11 +193,27 @@ impl ProdCursor {
     /// is that slot's stamp word.
     #[inline]
     pub(crate) fn commit(&mut self, core: &RingCore, stamp: &AtomicU64) {
+        self.stamp(stamp);
+        self.store_tail(core);
+    }
+
+    /// Publishes the reserved slot to the consumer (which polls stamps)
+    /// without storing the shared `tail`: a batch stores it once at its
+    /// end ([`Self::store_tail`]). A producer killed in between leaves
+    /// published messages past `tail`; `resume` on either side scans the
+    /// stamps past `tail` to find them.
+    #[inline]
+    pub(crate) fn stamp(&mut self, stamp: &AtomicU64) {
         self.tail += 1;
         // Release: the slot's payload and length, written before, are
         // visible to a consumer that loads this stamp with Acquire (in
         // `ConsCursor::try_peek`).
         stamp.store(self.tail, Ordering::Release);
+    }
+
+    /// Stores the shared `tail` after one or more [`Self::stamp`]s.
+    #[inline]
+    pub(crate) fn store_tail(&self, core: &RingCore) {
         // Release: for `len()`, `stat` and a later producer resuming here;
         // the consumer's hot path never reads it.
         core.tail.0.store(self.tail, Ordering::Release);
@@ -209,9 +226,10 @@ pub(crate) const MAX_POSITION: u64 = 1 << 63;
 
 impl ProdCursor {
     /// A producer taking the role over: resumes after the last message a
-    /// previous producer published. One killed between storing a slot's
-    /// stamp and storing `tail` left that message published: `tail` is
-    /// advanced past it. `stamp_of` gives the stamp word of a position.
+    /// previous producer published. One killed between storing slots'
+    /// stamps and storing `tail` (inside a batch, or between the two stores
+    /// of `commit`) left those messages published: `tail` is advanced past
+    /// them. `stamp_of` gives the stamp word of a position.
     pub(crate) fn resume<'a>(
         core: &RingCore,
         cap: u64,
@@ -219,16 +237,15 @@ impl ProdCursor {
     ) -> Result<ProdCursor, String> {
         // Acquire: we hold the role, so `tail` is ours from now on; the
         // previous producer's stores happen before (its lock release).
-        let mut tail = core.tail.0.load(Ordering::Acquire);
+        let stored = core.tail.0.load(Ordering::Acquire);
         // Acquire: pairs with the consumer's Release store of `head`.
         let head = core.head.0.load(Ordering::Acquire);
-        if tail > MAX_POSITION || head > MAX_POSITION {
-            return Err(format!("head {head} or tail {tail} out of range"));
+        if stored > MAX_POSITION || head > MAX_POSITION {
+            return Err(format!("head {head} or tail {stored} out of range"));
         }
-        // Acquire: pairs with the stamp's Release store in `commit`.
-        if stamp_of(tail).load(Ordering::Acquire) == tail + 1 {
-            tail += 1;
-            // Release: as in `ProdCursor::commit`.
+        let tail = published_end(stored, cap, &stamp_of);
+        if tail != stored {
+            // Release: as in `ProdCursor::store_tail`.
             core.tail.0.store(tail, Ordering::Release);
         }
         if head > tail || tail - head > cap {
@@ -244,6 +261,20 @@ impl ProdCursor {
     }
 }
 
+/// The end of the run of published messages that starts at `tail`: a
+/// producer stores each slot's stamp before the shared `tail` (once per
+/// batch), so up to `cap` messages past `tail` may be published. Bounded
+/// by `cap` steps whatever the stamps say.
+fn published_end<'a>(tail: u64, cap: u64, stamp_of: &impl Fn(u64) -> &'a AtomicU64) -> u64 {
+    let mut end = tail;
+    // Acquire: pairs with the stamp's Release store in `ProdCursor::stamp`:
+    // the message's bytes are visible to whoever reads it next.
+    while end - tail < cap && stamp_of(end).load(Ordering::Acquire) == end + 1 {
+        end += 1;
+    }
+    end
+}
+
 /// The consumer's private view: its own `head`.
 #[derive(Debug)]
 pub(crate) struct ConsCursor {
@@ -252,9 +283,9 @@ pub(crate) struct ConsCursor {
 
 impl ConsCursor {
     /// A consumer taking the role over: resumes at `head`. The consumer
-    /// polls stamps, not `tail`, so it may be one past `tail` (a producer
-    /// stores the stamp before `tail`, or died between the two): accepted
-    /// when that message's stamp says it was published.
+    /// polls stamps, not `tail`, so it may be past `tail` (a producer
+    /// stores stamps before `tail`, or died between the two): accepted
+    /// when those messages' stamps say they were published.
     pub(crate) fn resume<'a>(
         core: &RingCore,
         cap: u64,
@@ -267,10 +298,8 @@ impl ConsCursor {
         if tail > MAX_POSITION || head > MAX_POSITION {
             return Err(format!("head {head} or tail {tail} out of range"));
         }
-        let ahead_by_one = head == tail + 1
-            // Acquire: pairs with the stamp's Release store in `commit`.
-            && stamp_of(tail).load(Ordering::Acquire) == tail + 1;
-        if (head > tail && !ahead_by_one) || tail.saturating_sub(head) > cap {
+        let ahead_ok = head > tail && head <= published_end(tail, cap, &stamp_of);
+        if (head > tail && !ahead_ok) || tail.saturating_sub(head) > cap {
             return Err(format!("head {head} and tail {tail} are inconsistent"));
         }
         // Relaxed: we are the only consumer; a count left by a killed one
@@ -310,8 +339,23 @@ impl ConsCursor {
     #[inline]
     pub(crate) fn release(&mut self, core: &RingCore) {
         self.head += 1;
-        // Release: our reads of the slot happen before the producer's
-        // next writes to it (pairs with the Acquire in `ProdCursor`).
+        self.store_head(core);
+    }
+
+    /// Moves past the slot just read without freeing it yet: a batch frees
+    /// all its slots with one [`Self::store_head`]. A consumer killed in
+    /// between had not freed them, and its successor receives them again
+    /// (at-least-once, as for a consumer killed inside `recv_with`).
+    #[inline]
+    pub(crate) fn advance(&mut self) {
+        self.head += 1;
+    }
+
+    /// Frees every slot before `head`.
+    #[inline]
+    pub(crate) fn store_head(&self, core: &RingCore) {
+        // Release: our reads of the slots happen before the producer's
+        // next writes to them (pairs with the Acquire in `ProdCursor`).
         core.head.0.store(self.head, Ordering::Release);
     }
 }
@@ -403,8 +447,8 @@ pub struct RingOptions {
 
 impl RingOptions {
     /// A byte ring of `capacity` messages (rounded up to a power of two)
-    /// of at most `max_message` bytes each. Memory: about
-    /// `capacity * (max_message + 8)` bytes.
+    /// of at most `max_message` bytes each. Memory: `capacity` slots of
+    /// `16 + max_message` bytes rounded up to a multiple of 64.
     pub fn new(capacity: u64, max_message: u64) -> RingOptions {
         RingOptions {
             capacity,

@@ -5,8 +5,8 @@ use super::*;
 /// The receiving end of a byte ring. One per ring at a time.
 #[derive(Debug)]
 pub struct Receiver {
-    sh: Shared,
-    cur: ConsCursor,
+    pub(super) sh: Shared,
+    pub(super) cur: ConsCursor,
     strategy: WaitStrategy,
     alive: peer::AliveCache,
 }
@@ -152,7 +152,7 @@ impl Receiver {
     }
 
     #[cold]
-    fn wait_message(&mut self, wait: Wait) -> Result<u64, RecvError> {
+    pub(super) fn wait_message(&mut self, wait: Wait) -> Result<u64, RecvError> {
         let Receiver {
             sh,
             cur,

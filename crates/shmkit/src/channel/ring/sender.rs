@@ -5,8 +5,8 @@ use super::*;
 /// The sending end of a byte ring. One per ring at a time.
 #[derive(Debug)]
 pub struct Sender {
-    sh: Shared,
-    cur: ProdCursor,
+    pub(super) sh: Shared,
+    pub(super) cur: ProdCursor,
     strategy: WaitStrategy,
     alive: peer::AliveCache,
 }
@@ -155,7 +155,7 @@ impl Sender {
     }
 
     #[cold]
-    fn wait_room(&mut self, wait: Wait) -> Result<u64, SendError> {
+    pub(super) fn wait_room(&mut self, wait: Wait) -> Result<u64, SendError> {
         let Sender {
             sh,
             cur,
