@@ -117,16 +117,19 @@ impl Receiver {
     /// the segment could change the bytes under it (never the bounds).
     #[inline]
     pub fn recv_with<R>(&mut self, wait: Wait, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
-        let pos = match self
+        let mut slot = self.sh.slot(self.cur.head);
+        match self
             .cur
-            .try_peek(self.sh.layout.cap, self.sh.stamp_of(self.cur.head))
+            .try_peek(self.sh.layout.cap, self.sh.stamp_word(slot))
         {
-            Ok(pos) => pos,
+            Ok(_) => {}
             Err(Stuck::Corrupt(m)) => return Err(RecvError::Corrupt(m)),
-            Err(Stuck::Blocked) => self.wait_message(wait)?,
+            Err(Stuck::Blocked) => {
+                let pos = self.wait_message(wait)?;
+                slot = self.sh.slot(pos);
+            }
         };
         let core = self.sh.core();
-        let slot = self.sh.slot(pos);
         // Relaxed: ordered after the Acquire load of `tail` that showed
         // this message (in `try_peek`).
         let len = u64::from(self.sh.len_word(slot).load(Ordering::Relaxed));
