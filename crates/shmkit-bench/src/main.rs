@@ -55,6 +55,10 @@ struct Args {
     /// (default: all).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
+    /// Comma-separated payload sizes in bytes to keep (default: all of
+    /// each scenario's sizes).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
     /// Print the contenders and exit.
     #[arg(long)]
     list: bool,
@@ -118,6 +122,9 @@ fn run(args: Args, command: String) -> Result<bool, String> {
             }
         }
         cases.retain(|c| args.scenarios.iter().any(|s| s == c.scenario.name()));
+    }
+    if !args.sizes.is_empty() {
+        cases.retain(|c| args.sizes.contains(&c.size));
     }
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1);
     let timeout_ms = if args.quick { 30_000 } else { 180_000 };
