@@ -101,11 +101,18 @@ fn open_for_copy(op: &str, name: &str, t: &TrustArgs, writable: bool) -> CliResu
             "{op} {name:?}: segment holds a {found}, not raw bytes; use its own commands, or --force to {op} its bytes anyway{}",
             if writable { " (this corrupts it)" } else { "" }
         )),
+        e => foreign_hint(op, name, e),
+    })
+}
+
+/// The CLI wording of [`segment::Error::ForeignOwner`] (names the flag).
+fn foreign_hint(op: &str, name: &str, e: segment::Error) -> CliError {
+    match e {
         segment::Error::ForeignOwner { owner, euid, .. } => CliError::fail(format!(
             "{op} {name:?}: segment is owned by uid {owner}, not by you (uid {euid}); anyone may create names in /dev/shm, so it is refused: pass --allow-any-owner if you trust that user"
         )),
         e => e.into(),
-    })
+    }
 }
 
 /// Copies FILE or stdin into the segment; nothing is written if it would
@@ -480,7 +487,7 @@ pub fn attach(a: &AttachArgs) -> CliResult {
     if a.allow_any_owner {
         b = b.allow_any_owner();
     }
-    let seg = b.open()?;
+    let seg = b.open().map_err(|e| foreign_hint("attach", &a.name, e))?;
     crate::signals::install_stop_handler();
     eprintln!(
         "shmkit: attached to {:?} ({} bytes) as pid {}",
