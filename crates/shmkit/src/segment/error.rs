@@ -234,7 +234,7 @@ impl Error {
                 name,
                 what: "a pipe or socket (cannot seek in it)",
             },
-            Errno::NOSPC | Errno::NOMEM | Errno::DQUOT => {
+            Errno::NOSPC | Errno::DQUOT => {
                 let space = crate::sys::shm::space().ok();
                 Error::NoSpace {
                     op,
