@@ -445,16 +445,6 @@ impl<'a> SegmentBuilder<'a> {
             free: space.map(|s| s.free),
             total: space.map(|s| s.total),
         };
-        if !self.sparse {
-            // Fast refusal of what cannot fit (fallocate stays the judge:
-            // the free space can change in between). Skipped for an
-            // unlimited tmpfs, which reports a size of 0.
-            if let Ok(space) = shm::space() {
-                if space.total > 0 && total > space.free {
-                    return Err(no_space(Some(space)));
-                }
-            }
-        }
         let fd = shm::create_unnamed(self.mode, total, self.sparse).map_err(|e| match e {
             rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
             rustix::io::Errno::FBIG => Error::FileSizeLimit {
