@@ -14,21 +14,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const BIN: &str = env!("CARGO_BIN_EXE_shmkit");
 const OPT_OUT: &str = "SHMKIT_TEST_NO_UNSHARE";
 
-/// The binary, copied where user `nobody` may run it (the build directory
-/// may be private to root).
-fn public_bin() -> String {
-    static ONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
+/// A copy of the binary where user `nobody` may run it (the build
+/// directory may be private to root), deleted on drop.
+struct PublicBin(std::path::PathBuf);
+
+impl PublicBin {
+    fn new() -> PublicBin {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("shmkit-hardening-{}", std::process::id()));
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "shmkit-hardening-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.join("shmkit");
         std::fs::copy(BIN, &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        bin.to_string_lossy().into_owned()
-    })
-    .clone()
+        PublicBin(dir)
+    }
+}
+
+impl Drop for PublicBin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Runs `script` with `sh` in a private mount namespace whose /dev/shm is
@@ -41,8 +52,9 @@ fn in_small_shm(script: &str) -> Option<HashMap<String, (i32, String)>> {
         eprintln!("NOT RUN ({OPT_OUT} is set)");
         return None;
     }
-    let bin = public_bin();
-    let dir = std::path::Path::new(&bin).parent().unwrap().to_owned();
+    let public = PublicBin::new();
+    let dir = &public.0;
+    let bin = dir.join("shmkit");
     let prelude = r###"
 mount -t tmpfs -o size=8M shmkit-test /dev/shm || { echo "## mount rc=97"; exit 97; }
 step() { name=$1; shift; out=$("$@" 2>&1); rc=$?; printf '%s\n## %s rc=%s\n' "$out" "$name" "$rc"; }
@@ -52,7 +64,7 @@ fill() { cat /dev/zero > /dev/shm/filler 2>/dev/null; true; }
         .args(["120", "unshare", "-m", "--propagation", "private", "--"])
         .args(["sh", "-c", &format!("{prelude}\n{script}")])
         .env("S", &bin)
-        .env("T", &dir)
+        .env("T", dir)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run unshare ({e}); set {OPT_OUT}=1 to skip"));
