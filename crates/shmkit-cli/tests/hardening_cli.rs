@@ -165,6 +165,7 @@ fn writes_and_sends_into_a_full_dev_shm_never_sigbus() {
         r#"
 $S create seg --size 2MiB
 $S create r --kind ring --capacity 16 --max-message 1KiB
+$S create sp --size 1MiB --sparse
 head -c 2097152 /dev/urandom > $T/in.bin
 fill
 step df df --output=avail /dev/shm
@@ -173,6 +174,8 @@ step read_back sh -c '$S read seg | cmp - $T/in.bin && echo same'
 step send sh -c 'printf "one\ntwo\n" | $S send r'
 step recv $S recv r
 step overflow sh -c 'head -c 2097153 /dev/zero | $S write seg'
+step sparse_read sh -c '$S read sp | wc -c'
+step sparse_write sh -c 'head -c 1048576 /dev/zero | $S write sp'
 "#,
     ) else {
         return;
@@ -183,6 +186,10 @@ step overflow sh -c 'head -c 2097153 /dev/zero | $S write seg'
     step(&s, "send", 0);
     assert_eq!(step(&s, "recv", 0), "one\ntwo\n");
     assert!(step(&s, "overflow", 1).contains("does not fit"));
+    // A sparse segment in a full /dev/shm: reading its holes takes no
+    // memory, and a write that finds no room is an error; neither SIGBUS.
+    assert_eq!(step(&s, "sparse_read", 0).trim(), "1048576");
+    says_no_space(step(&s, "sparse_write", 1));
 }
 
 #[test]
