@@ -222,6 +222,8 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileInfo, Errno> {
     Ok(info_of(&fs::fstat(fd)?))
 }
 
+// `st_nlink` is u64 here but u32 on other Linux targets.
+#[allow(clippy::unnecessary_cast)]
 fn info_of(st: &fs::Stat) -> FileInfo {
     FileInfo {
         id: FileId {
