@@ -363,7 +363,9 @@ impl<'a> SegmentBuilder<'a> {
         }
     }
 
-    /// Opens an existing segment; [`Error::NotFound`] if there is none.
+    /// Opens an existing segment; [`Error::NotFound`] if there is none,
+    /// [`Error::NotASegment`] if the name is a FIFO, directory, socket,
+    /// symbolic link or device (never blocking on it).
     pub fn open(self) -> Result<Segment> {
         validate_name("open", &self.name)?;
         self.open_inner("open")
