@@ -447,7 +447,7 @@ impl<'a> SegmentBuilder<'a> {
             free: space.map(|s| s.free),
             total: space.map(|s| s.total),
         };
-        let fd = shm::create_unnamed(self.mode, total, self.sparse).map_err(|e| match e {
+        let fd = shm::create_unnamed_with(self.mode, total, self.sparse).map_err(|e| match e {
             rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
             rustix::io::Errno::FBIG => Error::FileSizeLimit {
                 op,

@@ -99,7 +99,14 @@ fn dir() -> Result<BorrowedFd<'static>, Errno> {
 /// with its descriptor) instead of with SIGBUS at the first touch of a
 /// page. `EFBIG` if `size` passes `RLIMIT_FSIZE` (checked first, so no
 /// SIGXFSZ is ever raised).
-pub fn create_unnamed(mode: u32, size: u64, sparse: bool) -> Result<OwnedFd, Errno> {
+pub fn create_unnamed(mode: u32, size: u64) -> Result<OwnedFd, Errno> {
+    create_unnamed_with(mode, size, false)
+}
+
+/// [`create_unnamed`], or with `sparse` an unreserved file (`ftruncate`
+/// only: pages are allocated at first touch, and a touch that finds the
+/// file system full is SIGBUS).
+pub fn create_unnamed_with(mode: u32, size: u64, sparse: bool) -> Result<OwnedFd, Errno> {
     check_file_size_limit(size)?;
     let fd = fs::openat(
         dir()?,
