@@ -32,6 +32,25 @@ const SHM_BYTES: u64 = 8 << 20;
 /// `/dev/shm`. Returns true in that inner run (the caller then does the
 /// work), false in the outer one after checking the inner run passed.
 fn in_small_shm(test: &str) -> bool {
+    match run_in_small_shm(test) {
+        None => true,
+        Some((status, out, err)) => {
+            assert!(
+                status.success() && out.contains("1 passed"),
+                "inner run of {test} in a private 8 MiB /dev/shm failed ({status}); \
+                 if unshare -m or mount is not allowed here, set {OPT_OUT}=1 to skip explicitly\n\
+                 --- stdout\n{out}\n--- stderr\n{err}"
+            );
+            false
+        }
+    }
+}
+
+/// The inner run of `test` (see [`in_small_shm`]): `None` in the inner
+/// run itself, else its status and output (also when opted out: a fake
+/// success, after saying so).
+fn run_in_small_shm(test: &str) -> Option<(std::process::ExitStatus, String, String)> {
+    use std::os::unix::process::ExitStatusExt;
     if std::env::var_os(INSIDE).is_some() {
         let space = rustix::fs::statvfs("/dev/shm").expect("statvfs /dev/shm");
         assert_eq!(
@@ -39,11 +58,15 @@ fn in_small_shm(test: &str) -> bool {
             SHM_BYTES,
             "inner run is not on the small tmpfs"
         );
-        return true;
+        return None;
     }
     if std::env::var_os(OPT_OUT).is_some() {
         eprintln!("{test}: NOT RUN ({OPT_OUT} is set)");
-        return false;
+        return Some((
+            std::process::ExitStatus::from_raw(0),
+            "1 passed".into(),
+            String::new(),
+        ));
     }
     let exe = std::env::current_exe().expect("current_exe");
     let mut child = Command::new("unshare")
@@ -78,13 +101,7 @@ fn in_small_shm(test: &str) -> bool {
     // Killed (and the test failed) if anything inside blocks.
     let status = wait_for(&mut child, Duration::from_secs(120));
     let (out, err) = (t_out.join().unwrap(), t_err.join().unwrap());
-    assert!(
-        status.success() && out.contains("1 passed"),
-        "inner run of {test} in a private 8 MiB /dev/shm failed ({status}); \
-         if unshare -m or mount is not allowed here, set {OPT_OUT}=1 to skip explicitly\n\
-         --- stdout\n{out}\n--- stderr\n{err}"
-    );
-    false
+    Some((status, out, err))
 }
 
 /// Names in /dev/shm now.
@@ -298,20 +315,61 @@ fn sparse_opt_out_creates_past_the_free_space() {
     segment::remove("sparse").unwrap();
 }
 
+/// Lowers a soft resource limit of this process, keeping the hard one.
+fn set_soft_limit(resource: rustix::process::Resource, value: u64) {
+    let old = rustix::process::getrlimit(resource);
+    rustix::process::setrlimit(
+        resource,
+        rustix::process::Rlimit {
+            current: Some(value),
+            maximum: old.maximum,
+        },
+    )
+    .unwrap();
+}
+
+/// What `.sparse(true)` documents: its pages are taken at first touch, and
+/// a touch that finds `/dev/shm` full kills the process with SIGBUS. (The
+/// same sequence on a reserved segment is
+/// `writes_and_sends_into_a_full_dev_shm_never_sigbus`.)
+#[test]
+fn sparse_segment_in_a_full_dev_shm_dies_by_sigbus_as_documented() {
+    const TEST: &str = "sparse_segment_in_a_full_dev_shm_dies_by_sigbus_as_documented";
+    match run_in_small_shm(TEST) {
+        None => {
+            let seg = Segment::builder("sparse")
+                .size(1 << 20)
+                .sparse(true)
+                .create()
+                .unwrap();
+            // Nothing to clean up: the namespace's tmpfs goes with us. No
+            // core file for the expected crash.
+            fill_up();
+            set_soft_limit(rustix::process::Resource::Core, 0);
+            let _ = seg.write_at(0, &vec![1u8; 1 << 20]);
+            panic!("the write into a full /dev/shm did not fault");
+        }
+        Some((status, out, err)) => {
+            if std::env::var_os(OPT_OUT).is_some() {
+                return;
+            }
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGBUS),
+                "{status}\n--- stdout\n{out}\n--- stderr\n{err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn file_size_limit_is_an_error_not_sigxfsz() {
     if !in_small_shm("file_size_limit_is_an_error_not_sigxfsz") {
         return;
     }
     // Only this re-executed process gets the limit (ulimit -f 1024 KiB).
-    rustix::process::setrlimit(
-        rustix::process::Resource::Fsize,
-        rustix::process::Rlimit {
-            current: Some(1 << 20),
-            maximum: None,
-        },
-    )
-    .unwrap();
+    set_soft_limit(rustix::process::Resource::Fsize, 1 << 20);
     let e = Segment::create("limited", 2 << 20).unwrap_err();
     assert!(
         matches!(e, Error::FileSizeLimit { limit: Some(l), .. } if l == 1 << 20),
