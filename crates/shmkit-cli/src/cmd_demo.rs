@@ -105,7 +105,7 @@ pub fn demo(a: &DemoArgs) -> CliResult {
             _ => {
                 let _ = writer.wait();
                 return Err(CliError::fail(
-                    "demo: process A failed before writing its data",
+                    "demo: process A failed before writing its data (its error is above)",
                 ));
             }
         }

@@ -16,12 +16,18 @@ use crate::util::{self, human_age, human_size, parse_duration, parse_size, CliEr
 pub struct CreateArgs {
     /// Segment name: letters, digits, '.', '_', '-' (at most 200).
     pub name: String,
-    /// Size of the data area: bytes, or with K/KiB, M/MiB, G/GiB.
+    /// Size of the data area: bytes, K/M/G (powers of 1000) or KiB/MiB/GiB
+    /// (powers of 1024), e.g. 4096, 64MiB, 1.5GiB.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
     /// Permission bits, octal (default 600).
     #[arg(long, value_parser = parse_mode, default_value = "600")]
     pub mode: u32,
+    /// Raw only: do not reserve the memory now. The segment may then be
+    /// larger than the free space in /dev/shm, and any process touching a
+    /// page when /dev/shm is full is killed by SIGBUS.
+    #[arg(long)]
+    pub sparse: bool,
 }
 
 /// Parses an octal mode like `600` or `0640`.
@@ -40,7 +46,11 @@ pub fn create_raw(a: &CreateArgs) -> CliResult {
     let size = a
         .size
         .ok_or_else(|| CliError::usage("create: --size is required for a raw segment"))?;
-    let seg = Segment::builder(&a.name).size(size).mode(a.mode).create()?;
+    let seg = Segment::builder(&a.name)
+        .size(size)
+        .mode(a.mode)
+        .sparse(a.sparse)
+        .create()?;
     seg.detach()?;
     Ok(())
 }
@@ -55,12 +65,61 @@ pub struct WriteArgs {
     pub offset: u64,
     /// Input file (default: standard input).
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// Safety switches shared by `read`, `write` and `attach`.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Accept a segment owned by another user. /dev/shm is world-writable:
+    /// without this, a segment someone else created under the expected
+    /// name (to receive your data, or feed you theirs) is refused.
+    #[arg(long)]
+    pub allow_any_owner: bool,
+    /// Read or write the bytes of a mutex, semaphore, event, ring or
+    /// pub/sub segment too (writing corrupts the object for its users).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Opens `name` for `read`/`write`: raw segments only unless `--force`,
+/// own segments only unless `--allow-any-owner`.
+fn open_for_copy(op: &str, name: &str, t: &TrustArgs, writable: bool) -> CliResult<Segment> {
+    let mut b = Segment::builder(name);
+    if !writable {
+        b = b.read_only();
+    }
+    if t.allow_any_owner {
+        b = b.allow_any_owner();
+    }
+    if !t.force {
+        b = b.kind(segment::Kind::Raw);
+    }
+    b.open().map_err(|e| match e {
+        segment::Error::WrongKind { found, .. } => CliError::fail(format!(
+            "{op} {name:?}: segment holds a {found}, not raw bytes; use its own commands, or --force to {op} its bytes anyway{}",
+            if writable { " (this corrupts it)" } else { "" }
+        )),
+        e => foreign_hint(op, name, e),
+    })
+}
+
+/// The CLI wording of [`segment::Error::ForeignOwner`] (names the flag).
+fn foreign_hint(op: &str, name: &str, e: segment::Error) -> CliError {
+    match e {
+        segment::Error::ForeignOwner { owner, euid, .. } => CliError::fail(format!(
+            "{op} {name:?}: segment is owned by uid {owner}, not by you (uid {euid}); anyone may create names in /dev/shm, so it is refused: pass --allow-any-owner if you trust that user"
+        )),
+        e => e.into(),
+    }
 }
 
 /// Copies FILE or stdin into the segment; nothing is written if it would
-/// not fit.
+/// not fit. Uses `pwrite` on the file, not the mapping: a file truncated
+/// by another process gives an error, not SIGBUS.
 pub fn write(a: &WriteArgs) -> CliResult {
-    let seg = Segment::builder(&a.name).allow_any_owner().open()?;
+    let seg = open_for_copy("write", &a.name, &a.trust, true)?;
     let room = (seg.len() as u64).checked_sub(a.offset).ok_or_else(|| {
         CliError::fail(format!(
             "write {:?}: offset {} is past the end ({} bytes)",
@@ -93,7 +152,7 @@ pub fn write(a: &WriteArgs) -> CliResult {
     }
     let mut progress = Progress::new("write", data.len() as u64);
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
-        seg.write_at(a.offset + (i << 20) as u64, chunk)?;
+        seg.pwrite_at(a.offset + (i << 20) as u64, chunk)?;
         progress.add(chunk.len() as u64);
     }
     progress.finish();
@@ -113,14 +172,15 @@ pub struct ReadArgs {
     pub len: Option<u64>,
     /// Output file (default: standard output).
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
-/// Copies bytes from the segment to FILE or stdout.
+/// Copies bytes from the segment to FILE or stdout, with `pread` on the
+/// file (a truncated file gives an error, not SIGBUS; a sparse segment's
+/// holes read as zeros without taking memory).
 pub fn read(a: &ReadArgs) -> CliResult {
-    let seg = Segment::builder(&a.name)
-        .read_only()
-        .allow_any_owner()
-        .open()?;
+    let seg = open_for_copy("read", &a.name, &a.trust, false)?;
     let size = seg.len() as u64;
     let len = match a.len {
         Some(l) => l,
@@ -148,7 +208,7 @@ pub fn read(a: &ReadArgs) -> CliResult {
     let mut done = 0u64;
     while done < len {
         let n = ((len - done) as usize).min(buf.len());
-        seg.read_at(a.offset + done, &mut buf[..n])?;
+        seg.pread_at(a.offset + done, &mut buf[..n])?;
         out.write_all(&buf[..n])?;
         done += n as u64;
         progress.add(n as u64);
@@ -183,6 +243,18 @@ pub fn ls(a: &LsArgs, describe: Describe) -> CliResult {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|i| {
+            if let Some(what) = i.not_a_segment {
+                return vec![
+                    i.name.clone(),
+                    "not-a-segment".into(),
+                    "-".into(),
+                    format!("{:04o}", i.mode),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("{what} owned by uid {}", i.uid),
+                ];
+            }
             let (kind, size, lifetime, age) = match &i.header {
                 Ok(h) => (
                     h.kind.as_str().to_owned(),
@@ -242,6 +314,15 @@ fn info_json(i: &SegmentInfo, describe: Describe) -> Value {
         "marked_for_removal": i.marked,
         "file_size": i.file_size,
     });
+    if let Some(what) = i.not_a_segment {
+        v["kind"] = json!("not-a-segment");
+        v["size"] = Value::Null;
+        v["lifetime"] = Value::Null;
+        v["error"] = json!(format!("not a shmkit segment: {what}"));
+        return v;
+    }
+    let foreign = foreign_holders(i);
+    v["foreign_pids"] = json!(foreign.iter().map(|(p, _)| *p).collect::<Vec<_>>());
     match &i.header {
         Ok(h) => {
             let created = i
@@ -276,6 +357,21 @@ fn info_json(i: &SegmentInfo, describe: Describe) -> Value {
         }
     }
     v
+}
+
+/// Attached pids whose process belongs to another uid than the segment's
+/// owner, with that uid. Any process that can open the file, even
+/// read-only, can take the locks that count as attachments, so these are
+/// worth a look.
+fn foreign_holders(i: &SegmentInfo) -> Vec<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    i.pids
+        .iter()
+        .filter_map(|&pid| {
+            let uid = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+            (uid != i.uid).then_some((pid, uid))
+        })
+        .collect()
 }
 
 /// `shmkit stat`.
@@ -353,9 +449,13 @@ pub fn stat(a: &StatArgs, describe: Describe) -> CliResult {
             if i.pids.is_empty() {
                 "-".to_owned()
             } else {
+                let foreign = foreign_holders(&i);
                 i.pids
                     .iter()
-                    .map(u32::to_string)
+                    .map(|p| match foreign.iter().find(|(f, _)| f == p) {
+                        Some((_, uid)) => format!("{p} (foreign: uid {uid})"),
+                        None => p.to_string(),
+                    })
                     .collect::<Vec<_>>()
                     .join(" ")
             },
@@ -376,11 +476,18 @@ pub struct AttachArgs {
     /// (SIGINT/SIGTERM detach cleanly).
     #[arg(long = "for", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Accept a segment owned by another user (refused by default).
+    #[arg(long)]
+    pub allow_any_owner: bool,
 }
 
 /// Attaches and stays attached until the duration ends or a signal.
 pub fn attach(a: &AttachArgs) -> CliResult {
-    let seg = Segment::builder(&a.name).allow_any_owner().open()?;
+    let mut b = Segment::builder(&a.name);
+    if a.allow_any_owner {
+        b = b.allow_any_owner();
+    }
+    let seg = b.open().map_err(|e| foreign_hint("attach", &a.name, e))?;
     crate::signals::install_stop_handler();
     eprintln!(
         "shmkit: attached to {:?} ({} bytes) as pid {}",
@@ -442,11 +549,14 @@ pub struct GcArgs {
 
 /// Removes due segments that nobody alive is attached to.
 pub fn gc(a: &GcArgs) -> CliResult {
-    let done = segment::gc(a.dry_run)?;
+    let done = segment::gc_report(a.dry_run)?;
     let mut out = io::stdout().lock();
     let verb = if a.dry_run { "would remove" } else { "removed" };
-    for c in done {
+    for c in done.collected {
         writeln!(out, "{verb} {} ({})", c.name, c.reason)?;
+    }
+    for (name, what) in done.not_segments {
+        writeln!(out, "skipped {name} (not-a-segment: {what})")?;
     }
     Ok(())
 }

@@ -19,9 +19,11 @@ use util::{CliError, CliResult};
 
 /// Shared memory segments, locks and channels between processes.
 ///
-/// Segments live in /dev/shm as shmkit.NAME. Sizes accept bytes or K/KiB,
-/// M/MiB, G/GiB; durations accept 500ms, 5s, 2m. Errors go to stderr as one
-/// line starting "shmkit: "; exit status 1 on failure, 2 on usage errors.
+/// Segments live in /dev/shm as shmkit.NAME. Sizes accept bytes, K/M/G/T
+/// (powers of 1000) and KiB/MiB/GiB/TiB (powers of 1024), fractions too
+/// (1.5GiB); durations accept 500ms, 5s, 2m. Errors go to stderr on a line
+/// starting "shmkit: " (tips may follow); exit status 1 on failure, 2 on
+/// usage errors.
 #[derive(Debug, Parser)]
 #[command(name = "shmkit", version, about, long_about, propagate_version = true)]
 struct Cli {
@@ -75,7 +77,14 @@ fn describe(info: &SegmentInfo) -> Option<(String, Value)> {
 
 fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Create(a) => cmd_channel::create_cmd(&a),
+        Command::Create(a) => {
+            if a.base.sparse && !matches!(a.kind, cmd_channel::CreateKind::Raw) {
+                return Err(CliError::usage(
+                    "create: --sparse is for raw segments (channels reserve their memory)",
+                ));
+            }
+            cmd_channel::create_cmd(&a)
+        }
         Command::Write(a) => cmd_segment::write(&a),
         Command::Read(a) => cmd_segment::read(&a),
         Command::Ls(a) => cmd_segment::ls(&a, describe),
@@ -93,8 +102,60 @@ fn run(cli: Cli) -> CliResult {
     }
 }
 
+/// Makes a write past `ulimit -f` fail with EFBIG instead of killing us
+/// with SIGXFSZ. A handler, not SIG_IGN: handlers are reset by exec, so
+/// commands started by `shmkit lock` get the default back.
+fn handle_sigxfsz() {
+    extern "C" fn ignore(_sig: libc::c_int) {}
+    // SAFETY: `ignore` is an `extern "C" fn(c_int)` that does nothing
+    // (async-signal-safe); the struct is zeroed, then the handler and an
+    // empty mask set; called before any thread starts.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGXFSZ, &sa, std::ptr::null_mut());
+    }
+}
+
+/// clap's rendered error as our message: the first line, with what clap
+/// lists under it (the missing `<NAME>`...) joined to it, then its tips
+/// ("a similar subcommand exists: 'create'") on their own lines.
+fn usage_message(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid usage");
+    let mut first = first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim_end()
+        .to_owned();
+    let mut tips = Vec::new();
+    for line in lines {
+        let t = line.trim();
+        if t.starts_with("Usage:") || t.starts_with("For more information") {
+            break;
+        }
+        if t.is_empty() {
+            continue;
+        }
+        if t.starts_with("tip:") {
+            tips.push(t.to_owned());
+        } else {
+            first.push(' ');
+            first.push_str(t);
+        }
+    }
+    let mut out = format!("{first} (see 'shmkit --help')");
+    for tip in tips {
+        out.push_str("\n  ");
+        out.push_str(&tip);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     signals::default_sigpipe();
+    handle_sigxfsz();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -112,11 +173,9 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            // One line, like every other error; the full usage is in --help.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid usage");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let err = CliError::usage(format!("{first} (see 'shmkit --help')"));
+            // One `shmkit:` line like every other error, then clap's tips;
+            // the full usage is in --help.
+            let err = CliError::usage(usage_message(&e.render().to_string()));
             eprintln!("shmkit: {err}");
             return ExitCode::from(2);
         }

@@ -69,34 +69,55 @@ impl From<std::io::Error> for CliError {
 /// Result of a command.
 pub type CliResult<T = ()> = Result<T, CliError>;
 
-/// Parses a size: plain bytes, or a number with `K`/`KiB`, `M`/`MiB`,
-/// `G`/`GiB` (powers of 1024; `B` and lower case accepted).
+/// Parses a size. One convention, as `numfmt --from=auto` and `df`/`dd`
+/// spell SI units: `K`, `M`, `G`, `T` (also `KB`, `MB`...; any case) are
+/// powers of 1000; `KiB`, `MiB`, `GiB`, `TiB` (also `Ki`, `Mi`...) are
+/// powers of 1024; `B` or nothing is bytes. A fraction is accepted when the
+/// result is a whole number of bytes (`1.5GiB`, `2.5K`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    if num.is_empty() {
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() || frac.contains('.') || (num.contains('.') && frac.is_empty()) {
         return Err(format!(
-            "invalid size {s:?}: expected a number like 4096, 64KiB or 1MiB"
+            "invalid size {s:?}: expected a number like 4096, 64KiB, 1.5GiB or 100M"
         ));
     }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: number too large"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let unit = unit.trim();
+    let mult: u128 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
         _ => {
             return Err(format!(
-                "invalid size {s:?}: unknown unit {unit:?} (use K, M or G, powers of 1024)"
+                "invalid size {s:?}: unknown unit {unit:?} (K, M, G, T are powers of 1000; KiB, MiB, GiB, TiB powers of 1024)"
             ))
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+    let too_large = || format!("invalid size {s:?}: too large");
+    if int.len() + frac.len() > 30 {
+        return Err(too_large());
+    }
+    // Exact arithmetic: value = int.frac * mult, in units of 10^-frac.len().
+    let scale = 10u128.pow(frac.len() as u32);
+    let digits: u128 = format!("{int}{frac}").parse().map_err(|_| too_large())?;
+    let scaled = digits.checked_mul(mult).ok_or_else(too_large)?;
+    if scaled % scale != 0 {
+        return Err(format!(
+            "invalid size {s:?}: not a whole number of bytes ({} bytes)",
+            scaled as f64 / scale as f64
+        ));
+    }
+    u64::try_from(scaled / scale).map_err(|_| too_large())
 }
 
 /// Parses a duration: `500ms`, `5s`, `2m`, `1h`, `250us`; a bare number is
@@ -195,15 +216,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
+    fn sizes_follow_one_convention_si_and_binary() {
         assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("4096B").unwrap(), 4096);
+        // K/M/G/T (and KB/MB, any case) are powers of 1000.
+        assert_eq!(parse_size("4K").unwrap(), 4_000);
+        assert_eq!(parse_size("64mb").unwrap(), 64_000_000);
+        assert_eq!(parse_size("64MB").unwrap(), 64_000_000);
+        assert_eq!(parse_size("1G").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("2T").unwrap(), 2_000_000_000_000);
+        // KiB/MiB/GiB/TiB (and Ki/Mi...) are powers of 1024.
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
         assert_eq!(parse_size("2gib").unwrap(), 2 << 30);
-        for bad in ["", "MiB", "12XB", "-1", "99999999999999999999"] {
+        assert_eq!(parse_size("4Ki").unwrap(), 4096);
+        assert_eq!(parse_size("100TiB").unwrap(), 100 << 40);
+        // Fractions that give whole bytes.
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2.5K").unwrap(), 2_500);
+        assert_eq!(parse_size("0.5 MiB").unwrap(), 512 << 10);
+        for bad in [
+            "",
+            "MiB",
+            "12XB",
+            "-1",
+            "99999999999999999999",
+            "20000000TiB",
+            "1.",
+            ".5K",
+            "1.2.3K",
+            "1.1B",
+            "0.1KiB",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+        let e = parse_size("0.1KiB").unwrap_err();
+        assert!(e.contains("whole number of bytes"), "{e}");
+        let e = parse_size("5parsecs").unwrap_err();
+        assert!(
+            e.contains("powers of 1000") && e.contains("powers of 1024"),
+            "{e}"
+        );
     }
 
     #[test]

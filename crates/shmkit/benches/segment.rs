@@ -1,8 +1,14 @@
 //! Segment life cycle: create → attach → detach → delete of a 4 KiB and a
 //! 64 MiB segment, next to the bare syscall sequence that does the same
-//! without shmkit (`shm_open(O_CREAT|O_EXCL)` + `ftruncate` + `mmap`, a
-//! second `shm_open` + `mmap` for the attach, `munmap` ×2, `shm_unlink`),
-//! measured in the same run. Goal: shmkit ≤ 1.5× the bare sequence.
+//! work without shmkit (`shm_open(O_CREAT|O_EXCL)` + `posix_fallocate` +
+//! `mmap`, a second `shm_open` + `mmap` for the attach, `munmap` ×2,
+//! `shm_unlink`), measured in the same run. Goal: shmkit ≤ 1.5× the bare
+//! sequence.
+//!
+//! shmkit reserves a new segment's memory (`fallocate`), so the baseline
+//! `bare` does too (`posix_fallocate` instead of `ftruncate`): same work.
+//! `bare_sparse` (`ftruncate`, memory taken at first touch) and
+//! `shmkit_sparse` (`.sparse(true)`) show what the reservation costs.
 //!
 //! ```text
 //! cargo bench -p shmkit --bench segment
@@ -36,7 +42,7 @@ fn unique(tag: &str) -> String {
 
 /// The bare POSIX sequence; panics on any failure (a benchmark, not a
 /// library).
-fn bare_cycle(size: usize) {
+fn bare_cycle(size: usize, reserve: bool) {
     let name = CString::new(format!("/shmkit.{}", unique("bare"))).expect("no NUL");
     let map = |fd: libc::c_int| {
         // SAFETY: plain mmap of a shm fd of at least `size` bytes; checked.
@@ -63,7 +69,12 @@ fn bare_cycle(size: usize) {
             0o600,
         );
         assert!(fd >= 0, "shm_open create");
-        assert_eq!(libc::ftruncate(fd, size as libc::off_t), 0, "ftruncate");
+        if reserve {
+            let r = libc::posix_fallocate(fd, 0, size as libc::off_t);
+            assert_eq!(r, 0, "posix_fallocate");
+        } else {
+            assert_eq!(libc::ftruncate(fd, size as libc::off_t), 0, "ftruncate");
+        }
         let a = map(fd);
         let fd2 = libc::shm_open(name.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0);
         assert!(fd2 >= 0, "shm_open attach");
@@ -77,10 +88,11 @@ fn bare_cycle(size: usize) {
     }
 }
 
-fn shmkit_remove_cycle(size: usize) {
+fn shmkit_remove_cycle(size: usize, sparse: bool) {
     let name = unique("rm");
     let created = Segment::builder(&name)
         .size(size as u64)
+        .sparse(sparse)
         .create()
         .expect("create");
     let attached = Segment::open(&name).expect("attach");
@@ -110,15 +122,21 @@ fn lifecycle(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3));
         g.bench_function(BenchmarkId::from_parameter("bare"), |b| {
-            b.iter(|| bare_cycle(size))
+            b.iter(|| bare_cycle(size, true))
         });
         g.bench_function(BenchmarkId::from_parameter("shmkit_remove"), |b| {
-            b.iter(|| shmkit_remove_cycle(size))
+            b.iter(|| shmkit_remove_cycle(size, false))
         });
         g.bench_function(
             BenchmarkId::from_parameter("shmkit_until_last_detach"),
             |b| b.iter(|| shmkit_until_last_detach_cycle(size)),
         );
+        g.bench_function(BenchmarkId::from_parameter("bare_sparse"), |b| {
+            b.iter(|| bare_cycle(size, false))
+        });
+        g.bench_function(BenchmarkId::from_parameter("shmkit_sparse"), |b| {
+            b.iter(|| shmkit_remove_cycle(size, true))
+        });
         g.finish();
     }
 }

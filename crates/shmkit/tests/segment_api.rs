@@ -289,7 +289,10 @@ fn symlinks_under_our_prefix_are_not_followed() {
     let _t = Segment::create(&target, 64).unwrap();
     let link = Name::new("link");
     std::os::unix::fs::symlink(target.path(), link.path()).unwrap();
-    assert!(matches!(Segment::open(&link), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        Segment::open(&link),
+        Err(Error::NotASegment { .. })
+    ));
 }
 
 /// `/dev/shm` is world-writable: a segment another user created under the

@@ -59,7 +59,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use error::{Error, Result};
 pub use header::Header;
 pub use name::{file_name, validate as validate_name, MAX_NAME_LEN, PREFIX};
-pub use registry::{gc, list, remove, remove_when_unused, stat, Collected, SegmentInfo};
+pub use registry::{
+    gc, gc_report, list, remove, remove_when_unused, stat, Collected, GcReport, SegmentInfo,
+};
 
 use crate::sys::{flock, mmap::Mapping, process, shm};
 
@@ -236,6 +238,7 @@ pub struct SegmentBuilder<'a> {
     init: Option<InitFn<'a>>,
     open_timeout: Duration,
     any_owner: bool,
+    sparse: bool,
 }
 
 impl std::fmt::Debug for SegmentBuilder<'_> {
@@ -246,6 +249,7 @@ impl std::fmt::Debug for SegmentBuilder<'_> {
             .field("mode", &format_args!("{:o}", self.mode))
             .field("lifetime", &self.lifetime)
             .field("kind", &self.kind)
+            .field("sparse", &self.sparse)
             .finish_non_exhaustive()
     }
 }
@@ -301,10 +305,25 @@ impl<'a> SegmentBuilder<'a> {
     /// is world-writable, so another user could create the name first, and
     /// whoever can write a segment can corrupt the objects in it. Pass this
     /// only when you trust that user (for example, processes of several
-    /// users sharing a group-writable segment). Raw byte copies
-    /// (`read_at`/`write_at`) are safe either way.
+    /// users sharing a group-writable segment). Raw bytes are not safe
+    /// either: the owner of a segment you write into reads your data, and
+    /// the owner of one you read from chose what you read.
     pub fn allow_any_owner(mut self) -> Self {
         self.any_owner = true;
+        self
+    }
+
+    /// Do not reserve the memory at creation (default `false`).
+    ///
+    /// By default `create` allocates every page of a new segment with
+    /// `fallocate` before giving it its name, so a full `/dev/shm` fails
+    /// at once with [`Error::NoSpace`]. A sparse segment takes memory only
+    /// when a page is first touched, which lets one create segments larger
+    /// than the free space; but then **any process touching a page when
+    /// `/dev/shm` is full is killed by SIGBUS**, in the middle of a write,
+    /// a lock or a send. Use it only when you control the space.
+    pub fn sparse(mut self, sparse: bool) -> Self {
+        self.sparse = sparse;
         self
     }
 
@@ -323,19 +342,30 @@ impl<'a> SegmentBuilder<'a> {
         self
     }
 
-    /// Creates a new segment; [`Error::AlreadyExists`] if the name is taken.
+    /// Creates a new segment; [`Error::AlreadyExists`] if the name is taken
+    /// ([`Error::NotASegment`] if it is taken by something that is not a
+    /// regular file), [`Error::NoSpace`] if `/dev/shm` has no room for it.
     pub fn create(self) -> Result<Segment> {
         validate_name("create", &self.name)?;
         match self.create_inner("create")? {
             Ok(seg) => Ok(seg),
-            Err(builder) => Err(Error::AlreadyExists {
-                op: "create",
-                name: builder.name,
-            }),
+            Err(builder) => {
+                if let Ok(info) = shm::lstat(&file_name(&builder.name)) {
+                    if let Some(e) = Error::not_regular("create", &builder.name, info.file_type) {
+                        return Err(e);
+                    }
+                }
+                Err(Error::AlreadyExists {
+                    op: "create",
+                    name: builder.name,
+                })
+            }
         }
     }
 
-    /// Opens an existing segment; [`Error::NotFound`] if there is none.
+    /// Opens an existing segment; [`Error::NotFound`] if there is none,
+    /// [`Error::NotASegment`] if the name is a FIFO, directory, socket,
+    /// symbolic link or device (never blocking on it).
     pub fn open(self) -> Result<Segment> {
         validate_name("open", &self.name)?;
         self.open_inner("open")
@@ -410,8 +440,34 @@ impl<'a> SegmentBuilder<'a> {
                 name: name.clone(),
                 reason: format!("size {data_len} is too large"),
             })?;
-        let fd = shm::create_unnamed(self.mode, total).map_err(err)?;
-        let map = Mapping::new(fd.as_fd(), total as usize, true).map_err(err)?;
+        let no_space = |space: Option<shm::Space>| Error::NoSpace {
+            op,
+            name: name.clone(),
+            asked: Some(total),
+            free: space.map(|s| s.free),
+            total: space.map(|s| s.total),
+        };
+        let fd = shm::create_unnamed_with(self.mode, total, self.sparse).map_err(|e| match e {
+            rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
+            rustix::io::Errno::FBIG => Error::FileSizeLimit {
+                op,
+                name: name.clone(),
+                asked: Some(total),
+                limit: shm::file_size_limit(),
+            },
+            e => err(e),
+        })?;
+        let map = Mapping::new(fd.as_fd(), total as usize, true).map_err(|e| match e {
+            rustix::io::Errno::NOMEM => Error::InvalidArgument {
+                op,
+                name: name.clone(),
+                reason: format!(
+                    "{} does not fit in this process's address space (mmap refused it)",
+                    error::human(total)
+                ),
+            },
+            e => err(e),
+        })?;
         let created_at_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -491,7 +547,7 @@ impl<'a> SegmentBuilder<'a> {
         let deadline = Instant::now() + self.open_timeout;
         let mut pause = Duration::from_micros(50);
         loop {
-            let fd = shm::open(&file, self.writable).map_err(err)?;
+            let (fd, _) = open_file(op, name, self.writable)?;
             // Alone (exclusive) or one of many (shared)? Exclusive first so a
             // due segment whose holders all died is collected right here.
             let alone = flock::try_exclusive(fd.as_fd()).map_err(err)?;
@@ -587,6 +643,32 @@ impl<'a> SegmentBuilder<'a> {
     }
 }
 
+/// Opens the file of segment `name` without blocking or following links,
+/// and refuses anything that is not a regular file with
+/// [`Error::NotASegment`]: `/dev/shm` is world-writable, so the name may be
+/// a FIFO, a directory or a socket made by another user.
+pub(crate) fn open_file(
+    op: &'static str,
+    name: &str,
+    writable: bool,
+) -> Result<(OwnedFd, shm::FileInfo)> {
+    let err = |e| Error::from_errno(op, name, e);
+    let fd = shm::open(&file_name(name), writable).map_err(|e| {
+        // ELOOP, ENXIO, EISDIR...: say exactly what the name is.
+        match shm::lstat(&file_name(name)) {
+            Ok(info) if e != rustix::io::Errno::NOENT => {
+                Error::not_regular(op, name, info.file_type).unwrap_or_else(|| err(e))
+            }
+            _ => err(e),
+        }
+    })?;
+    let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
+    match Error::not_regular(op, name, info.file_type) {
+        Some(e) => Err(e),
+        None => Ok((fd, info)),
+    }
+}
+
 /// Reads and validates the header with `pread`: a short or hostile file
 /// gives an error, never a SIGBUS.
 pub(crate) fn read_header(
@@ -636,6 +718,7 @@ impl Segment {
             init: None,
             open_timeout: Duration::from_secs(2),
             any_owner: false,
+            sparse: false,
         }
     }
 
@@ -644,7 +727,13 @@ impl Segment {
         Segment::builder(name).size(size).create()
     }
 
-    /// Opens an existing segment read-write.
+    /// Opens an existing segment read-write, whatever its kind: this is
+    /// also the way to reach the raw bytes of a mutex, ring or other
+    /// object (what the CLI's `read`/`write --force` do). Writing those
+    /// bytes corrupts the object for every process using it; to open an
+    /// object, use its own type (`NamedMutex::open`, `Sender::open`...),
+    /// which checks the kind. Pass [`Kind::Raw`] to
+    /// [`SegmentBuilder::kind`] to accept raw segments only.
     pub fn open(name: &str) -> Result<Segment> {
         Segment::builder(name).open()
     }
@@ -755,6 +844,55 @@ impl Segment {
         // SAFETY: as in `read_at`, with the mapping writable (checked).
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.as_ptr().add(at), buf.len()) };
         Ok(())
+    }
+
+    /// Like [`read_at`](Segment::read_at), but with `pread` on the file
+    /// instead of the mapping: if another process truncated the file, this
+    /// fails with [`Error::Corrupt`] where touching the mapping would kill
+    /// the process with SIGBUS. Slower (a system call and a copy through
+    /// the kernel); for tools that copy bytes of untrusted segments.
+    pub fn pread_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let at = self.check_range("read", offset, buf.len())? as u64;
+        let n = shm::read_at(self.fd.as_fd(), buf, header::HEADER_SIZE + at)
+            .map_err(|e| Error::from_errno("read", &self.name, e))?;
+        if n < buf.len() {
+            return Err(self.truncated("read"));
+        }
+        Ok(())
+    }
+
+    /// Like [`write_at`](Segment::write_at), but with `pwrite` on the
+    /// file: a file truncated by another process gives [`Error::Corrupt`],
+    /// never SIGBUS (see [`pread_at`](Segment::pread_at)).
+    pub fn pwrite_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::PermissionDenied {
+                op: "write",
+                name: self.name.clone(),
+            });
+        }
+        let at = self.check_range("write", offset, buf.len())? as u64;
+        let err = |e| Error::from_errno("write", &self.name, e);
+        // pwrite past the end would grow a truncated file back silently:
+        // check the size first (a truncation racing with this call is
+        // harmless, the write just lands in a file that is no longer whole).
+        let full = header::HEADER_SIZE + self.len() as u64;
+        if shm::stat_fd(self.fd.as_fd()).map_err(err)?.size < full {
+            return Err(self.truncated("write"));
+        }
+        shm::write_at(self.fd.as_fd(), buf, header::HEADER_SIZE + at).map_err(err)
+    }
+
+    fn truncated(&self, op: &'static str) -> Error {
+        let now = shm::stat_fd(self.fd.as_fd()).map(|i| i.size).unwrap_or(0);
+        Error::corrupt(
+            op,
+            &self.name,
+            format!(
+                "the file was truncated to {now} bytes by another process (it should be {})",
+                header::HEADER_SIZE + self.len() as u64
+            ),
+        )
     }
 
     /// The segment's file descriptor, for layers that lock byte ranges of

@@ -12,8 +12,9 @@ pub const PREFIX: &str = "shmkit.";
 pub const MAX_NAME_LEN: usize = 200;
 
 /// Checks a key: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits, `.`,
-/// `_` and `-`, not `.`-only path components (`.`, `..`) and no `..`
-/// anywhere. Called before any system call.
+/// `_` and `-`, starting with a letter or a digit (a key like `-rf` or
+/// `.x` is a trap in a shell), and no `..` anywhere. Called before any
+/// system call.
 pub fn validate(op: &'static str, name: &str) -> Result<()> {
     let bad = |reason| {
         Err(Error::InvalidName {
@@ -37,6 +38,9 @@ pub fn validate(op: &'static str, name: &str) -> Result<()> {
             '\0' => bad("contains a NUL byte"),
             _ => bad("only letters, digits, '.', '_' and '-' are allowed"),
         };
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("must start with a letter or a digit");
     }
     if name.contains("..") {
         return bad("contains '..'");
@@ -77,6 +81,10 @@ mod tests {
             "space here",
             "é",
             "a*",
+            "-rf",
+            "--help",
+            ".hidden",
+            "_x",
             &long,
         ] {
             let e = validate("test", bad).unwrap_err();

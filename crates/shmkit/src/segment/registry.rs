@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::header::{self, Header};
 use super::name::{self, file_name, PREFIX};
-use super::{read_header, Error, Lifetime, Result};
+use super::{open_file, read_header, Error, Lifetime, Result};
 use crate::sys::{flock, mmap::Mapping, process, shm};
 
 /// What `list` and `stat` know about one segment.
@@ -29,6 +29,10 @@ pub struct SegmentInfo {
     pub attached: usize,
     /// Attached pids, sorted, one per process.
     pub pids: Vec<u32>,
+    /// `Some("a FIFO")` etc. when the name is not a regular file, so not a
+    /// segment at all (made by someone else in the world-writable
+    /// `/dev/shm`); `header` then says so too.
+    pub not_a_segment: Option<&'static str>,
 }
 
 impl SegmentInfo {
@@ -71,14 +75,9 @@ enum Probe {
 }
 
 fn probe(op: &'static str, name: &str) -> Probe {
-    let file = file_name(name);
-    let fd = match shm::open(&file, false) {
-        Ok(fd) => fd,
-        Err(e) => return Probe::Gone(Error::from_errno(op, name, e)),
-    };
-    let info = match shm::stat_fd(fd.as_fd()) {
-        Ok(i) => i,
-        Err(e) => return Probe::Gone(Error::from_errno(op, name, e)),
+    let (fd, info) = match open_file(op, name, false) {
+        Ok(x) => x,
+        Err(e) => return Probe::Gone(e),
     };
     let header = read_header(op, name, &fd, info.size);
     match flock::try_exclusive(fd.as_fd()) {
@@ -135,12 +134,32 @@ fn info_of(
         marked,
         attached,
         pids,
+        not_a_segment: None,
     }
+}
+
+/// The entry for a name that is not a regular file, from `lstat` (never
+/// opened, so never blocked on); `None` if it vanished.
+fn not_a_segment_info(name: &str, what: &'static str) -> Option<SegmentInfo> {
+    let info = shm::lstat(&file_name(name)).ok()?;
+    Some(SegmentInfo {
+        name: name.to_owned(),
+        file_size: info.size,
+        mode: info.mode,
+        uid: info.uid,
+        header: Err(format!("not a shmkit segment: {what}")),
+        marked: false,
+        attached: 0,
+        pids: Vec::new(),
+        not_a_segment: Some(what),
+    })
 }
 
 /// Every shmkit segment, sorted by name. Segments that are due and have
 /// nobody alive attached are removed on the way and not listed; segments
-/// with a damaged header are listed with the reason in `header`.
+/// with a damaged header are listed with the reason in `header`; names
+/// that are not regular files (FIFOs, directories...) are listed with
+/// [`SegmentInfo::not_a_segment`] set, without being opened for real.
 pub fn list() -> Result<Vec<SegmentInfo>> {
     const OP: &str = "list";
     let names =
@@ -153,6 +172,9 @@ pub fn list() -> Result<Vec<SegmentInfo>> {
             continue;
         }
         match probe(OP, name) {
+            Probe::Gone(Error::NotASegment { what, .. }) => {
+                out.extend(not_a_segment_info(name, what));
+            }
             Probe::Gone(_) => {}
             Probe::Alone(fd, info, Ok((h, flags))) if due_reason(&h, flags).is_some() => {
                 let _ = shm::unlink_if_same(&file, info.id);
@@ -168,6 +190,7 @@ pub fn list() -> Result<Vec<SegmentInfo>> {
     for (name, info, header) in probed {
         out.push(info_of(&name, info, header, &holders));
     }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
@@ -210,9 +233,17 @@ pub fn remove_when_unused(name: &str) -> Result<bool> {
     name::validate(OP, name)?;
     let err = |e| Error::from_errno(OP, name, e);
     let file = file_name(name);
-    let fd = shm::open(&file, true).map_err(err)?;
-    let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
+    let (fd, info) = open_file(OP, name, true)?;
     read_header(OP, name, &fd, info.size)?;
+    // The mark makes the owner's next detach or `ls` delete the segment:
+    // only someone who may delete it now may set it. Checked before the
+    // mark, so a refusal changes nothing.
+    if !may_unlink(&info) {
+        return Err(Error::PermissionDenied {
+            op: OP,
+            name: name.to_owned(),
+        });
+    }
     let page = Mapping::new(fd.as_fd(), header::HEADER_SIZE as usize, true).map_err(err)?;
     // The file is at least HEADER_SIZE bytes (checked by read_header).
     let flags = super::flags_word(&page);
@@ -227,6 +258,34 @@ pub fn remove_when_unused(name: &str) -> Result<bool> {
     Ok(false)
 }
 
+/// Whether this process may delete the name of the file `info` from the
+/// shm directory (`unlink(2)` rules: write permission on the directory
+/// and, in a sticky directory like `/dev/shm`, owning the file or the
+/// directory, or being privileged).
+fn may_unlink(info: &shm::FileInfo) -> bool {
+    if !shm::dir_writable() {
+        return false;
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    match shm::dir_owner_and_sticky() {
+        Ok((_, false)) => true,
+        // Root stands for CAP_FOWNER here: an unprivileged process with
+        // that capability is refused (it can still use `remove`).
+        Ok((dir_uid, true)) => euid == 0 || euid == info.uid || euid == dir_uid,
+        Err(_) => false,
+    }
+}
+
+/// What [`gc_report`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Segments removed (or that would be, on a dry run).
+    pub collected: Vec<Collected>,
+    /// Names under the prefix that are not regular files, so not segments
+    /// (key, what it is: "a FIFO"...). Left alone.
+    pub not_segments: Vec<(String, &'static str)>,
+}
+
 /// Removes every segment that is due (lifetime
 /// [`Lifetime::UntilLastDetach`] or marked for removal) and that nobody
 /// alive is attached to. With `dry_run`, only reports them. Never touches
@@ -236,26 +295,38 @@ pub fn remove_when_unused(name: &str) -> Result<bool> {
 /// segment has no name until it is fully initialised (see the module
 /// docs), so there is nothing of that kind to collect.
 pub fn gc(dry_run: bool) -> Result<Vec<Collected>> {
+    gc_report(dry_run).map(|r| r.collected)
+}
+
+/// [`gc`], also reporting the names it skipped because they are not
+/// segments at all.
+pub fn gc_report(dry_run: bool) -> Result<GcReport> {
     const OP: &str = "gc";
     let names =
         shm::names_with_prefix(PREFIX).map_err(|e| Error::from_errno(OP, shm::SHM_DIR, e))?;
-    let mut out = Vec::new();
+    let mut out = GcReport::default();
     for file in names {
         let name = &file[PREFIX.len()..];
         if name::validate(OP, name).is_err() {
             continue;
         }
-        if let Probe::Alone(fd, info, Ok((h, flags))) = probe(OP, name) {
-            if let Some(reason) = due_reason(&h, flags) {
-                let removed = dry_run || shm::unlink_if_same(&file, info.id).unwrap_or(false);
-                if removed {
-                    out.push(Collected {
-                        name: name.to_owned(),
-                        reason,
-                    });
+        match probe(OP, name) {
+            Probe::Alone(fd, info, Ok((h, flags))) => {
+                if let Some(reason) = due_reason(&h, flags) {
+                    let removed = dry_run || shm::unlink_if_same(&file, info.id).unwrap_or(false);
+                    if removed {
+                        out.collected.push(Collected {
+                            name: name.to_owned(),
+                            reason,
+                        });
+                    }
                 }
+                drop(fd);
             }
-            drop(fd);
+            Probe::Gone(Error::NotASegment { what, .. }) => {
+                out.not_segments.push((name.to_owned(), what));
+            }
+            _ => {}
         }
     }
     Ok(out)

@@ -38,6 +38,42 @@ pub struct FileInfo {
     pub uid: u32,
     /// Number of names (0 once the segment was removed).
     pub nlink: u64,
+    /// Regular file, FIFO, directory, socket... (only regular files can
+    /// be segments).
+    pub file_type: fs::FileType,
+}
+
+/// Free and total bytes of the shm file system (`statvfs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes an unprivileged user may still allocate (`f_bavail`).
+    pub free: u64,
+    /// Size of the file system (`f_blocks`); 0 for an unlimited tmpfs.
+    pub total: u64,
+}
+
+/// How much room the shm file system has now.
+pub fn space() -> Result<Space, Errno> {
+    let v = fs::fstatvfs(dir()?)?;
+    Ok(Space {
+        free: v.f_bavail.saturating_mul(v.f_frsize),
+        total: v.f_blocks.saturating_mul(v.f_frsize),
+    })
+}
+
+/// Fails with `EFBIG` when a file of `size` bytes would pass this
+/// process's `RLIMIT_FSIZE` (`ulimit -f`): growing past it would raise
+/// SIGXFSZ, which kills by default, so the library never tries.
+pub fn check_file_size_limit(size: u64) -> Result<(), Errno> {
+    match rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
+        Some(limit) if size > limit => Err(Errno::FBIG),
+        _ => Ok(()),
+    }
+}
+
+/// This process's `RLIMIT_FSIZE` soft limit in bytes, if any.
+pub fn file_size_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Fsize).current
 }
 
 fn dir() -> Result<BorrowedFd<'static>, Errno> {
@@ -57,7 +93,21 @@ fn dir() -> Result<BorrowedFd<'static>, Errno> {
 
 /// Creates an unnamed shm file with exactly `mode` (umask does not apply)
 /// and size `size`. Zero-filled, as tmpfs always is.
+///
+/// Unless `sparse`, the memory is reserved now with `fallocate`: a full
+/// `/dev/shm` fails here with `ENOSPC` (and the unnamed file vanishes
+/// with its descriptor) instead of with SIGBUS at the first touch of a
+/// page. `EFBIG` if `size` passes `RLIMIT_FSIZE` (checked first, so no
+/// SIGXFSZ is ever raised).
 pub fn create_unnamed(mode: u32, size: u64) -> Result<OwnedFd, Errno> {
+    create_unnamed_with(mode, size, false)
+}
+
+/// [`create_unnamed`], or with `sparse` an unreserved file (`ftruncate`
+/// only: pages are allocated at first touch, and a touch that finds the
+/// file system full is SIGBUS).
+pub fn create_unnamed_with(mode: u32, size: u64, sparse: bool) -> Result<OwnedFd, Errno> {
+    check_file_size_limit(size)?;
     let fd = fs::openat(
         dir()?,
         ".",
@@ -66,8 +116,31 @@ pub fn create_unnamed(mode: u32, size: u64) -> Result<OwnedFd, Errno> {
     )?;
     // The umask trimmed the mode given to open: set exactly what was asked.
     fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-    fs::ftruncate(&fd, size)?;
+    if sparse {
+        fs::ftruncate(&fd, size)?;
+    } else {
+        reserve(fd.as_fd(), size)?;
+    }
     Ok(fd)
+}
+
+/// Allocates `size` bytes of the file from offset 0 (and sets its size).
+/// tmpfs undoes a partial allocation when it fails, so an error leaves
+/// nothing charged. A file system without `fallocate` gets `ftruncate`
+/// (sparse) instead.
+fn reserve(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
+    loop {
+        match fs::fallocate(fd, fs::FallocateFlags::empty(), 0, size) {
+            Ok(()) => return Ok(()),
+            // tmpfs checks for signals between pages and undoes the
+            // unfinished part: start again.
+            Err(Errno::INTR) => continue,
+            Err(Errno::OPNOTSUPP) => return fs::ftruncate(fd, size),
+            // tmpfs says ENOMEM when the machine, not the mount, is full.
+            Err(Errno::NOMEM) => return Err(Errno::NOSPC),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Gives the unnamed file `fd` the name `file_name`. Fails with `EEXIST`
@@ -89,8 +162,11 @@ pub fn publish(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
     }
 }
 
-/// Opens the named shm file, read-write or read-only. Never follows a
-/// symbolic link.
+/// Opens the named shm file, read-write or read-only, never blocking and
+/// never following a symbolic link (`ELOOP`). The name may be anything
+/// another user put there: the caller must check with [`stat_fd`] that it
+/// is a regular file before using it (`O_NONBLOCK` makes opening a FIFO
+/// return at once; it changes nothing for regular files).
 pub fn open(file_name: &str, writable: bool) -> Result<OwnedFd, Errno> {
     let access = if writable {
         OFlags::RDWR
@@ -100,24 +176,73 @@ pub fn open(file_name: &str, writable: bool) -> Result<OwnedFd, Errno> {
     fs::openat(
         dir()?,
         file_name,
-        access | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )
 }
 
+/// What the name is, without opening or following it (`lstat`).
+pub fn lstat(file_name: &str) -> Result<FileInfo, Errno> {
+    Ok(info_of(&fs::statat(
+        dir()?,
+        file_name,
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?))
+}
+
+/// Owner uid and whether the shm directory is sticky (`/dev/shm` is
+/// `1777`: only a file's owner, the directory's owner or a privileged
+/// process may delete it).
+pub fn dir_owner_and_sticky() -> Result<(u32, bool), Errno> {
+    let st = fs::fstat(dir()?)?;
+    Ok((st.st_uid, st.st_mode & 0o1000 != 0))
+}
+
+/// Whether this process may create and delete names in the shm directory
+/// at all (write and search permission, effective ids).
+pub fn dir_writable() -> bool {
+    fs::accessat(
+        fs::CWD,
+        SHM_DIR,
+        fs::Access::WRITE_OK | fs::Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )
+    .is_ok()
+}
+
+/// Writes all of `buf` at `offset`.
+pub fn write_at(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pwrite(fd, &buf[done..], offset + done as u64) {
+            Ok(0) => return Err(Errno::NOSPC),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// `fstat` of an open segment file.
 pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileInfo, Errno> {
-    let st = fs::fstat(fd)?;
-    Ok(FileInfo {
+    Ok(info_of(&fs::fstat(fd)?))
+}
+
+// `st_nlink` is u64 here but u32 on other Linux targets.
+#[allow(clippy::unnecessary_cast)]
+fn info_of(st: &fs::Stat) -> FileInfo {
+    FileInfo {
         id: FileId {
             dev: st.st_dev,
             ino: st.st_ino,
         },
-        size: st.st_size as u64,
+        size: st.st_size.max(0) as u64,
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         nlink: st.st_nlink as u64,
-    })
+        file_type: fs::FileType::from_raw_mode(st.st_mode),
+    }
 }
 
 /// Identity of whatever the name points to now (no symlink following).
