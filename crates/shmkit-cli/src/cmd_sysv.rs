@@ -59,7 +59,11 @@ fn key_from(spec: &str) -> CliResult<i32> {
     })?;
     let proj = match proj.parse::<u32>() {
         Ok(n) if (1..=255).contains(&n) => n as u8,
-        Ok(_) => return Err(CliError::usage(format!("--key-from {spec:?}: PROJ must be 1 to 255"))),
+        Ok(_) => {
+            return Err(CliError::usage(format!(
+                "--key-from {spec:?}: PROJ must be 1 to 255"
+            )))
+        }
         Err(_) => match proj.as_bytes() {
             [c] if *c != 0 => *c,
             _ => {
@@ -264,9 +268,15 @@ fn stat(a: &StatArgs) -> CliResult {
     let rows = vec![
         vec!["key".into(), sysv::key_hex(i.key)],
         vec!["shmid".into(), i.id.to_string()],
-        vec!["owner".into(), format!("{} (uid {})", user_name(i.uid), i.uid)],
+        vec![
+            "owner".into(),
+            format!("{} (uid {})", user_name(i.uid), i.uid),
+        ],
         vec!["mode".into(), format!("{:04o}", i.mode)],
-        vec!["size".into(), format!("{} ({})", i.size, human_size(i.size))],
+        vec![
+            "size".into(),
+            format!("{} ({})", i.size, human_size(i.size)),
+        ],
         vec!["nattch".into(), i.nattch.to_string()],
         vec!["creator pid".into(), i.cpid.to_string()],
         vec!["last pid".into(), i.lpid.to_string()],
@@ -372,7 +382,11 @@ fn create(a: &CreateArgs) -> CliResult {
     let key = match (&a.key, &a.key_from) {
         (Some(k), _) => *k,
         (None, Some(spec)) => key_from(spec)?,
-        (None, None) => return Err(CliError::usage("sysv create: a KEY or --key-from is required")),
+        (None, None) => {
+            return Err(CliError::usage(
+                "sysv create: a KEY or --key-from is required",
+            ))
+        }
     };
     let seg = SysvSegment::create(key, a.size, a.mode)?;
     // Print the id: the only handle on an IPC_PRIVATE segment.

@@ -240,15 +240,16 @@ impl SysvSegment {
             name: name.clone(),
             reason: "size too large".into(),
         })?;
-        let id = sys::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode as i32)
-            .map_err(|e| match e {
+        let id = sys::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode as i32).map_err(
+            |e| match e {
                 rustix::io::Errno::INVAL => Error::InvalidArgument {
                     op: "create",
                     name: name.clone(),
                     reason: format!("the kernel refused a size of {size} bytes (SHMMIN/SHMMAX)"),
                 },
                 e => Error::from_errno("create", &name, e),
-            })?;
+            },
+        )?;
         match Self::attach(id, true) {
             Ok(s) => Ok(s),
             Err(e) => {
@@ -261,7 +262,8 @@ impl SysvSegment {
 
     fn attach(id: i32, writable: bool) -> Result<SysvSegment> {
         let st = sys::stat(id).map_err(|e| errno_for_id("open", id, e))?;
-        let len = usize::try_from(st.size).map_err(|_| Error::corrupt("open", &id_name(id), "size"))?;
+        let len =
+            usize::try_from(st.size).map_err(|_| Error::corrupt("open", &id_name(id), "size"))?;
         let ptr = sys::shmat(id, writable).map_err(|e| errno_for_id("open", id, e))?;
         // The size cannot change after creation (System V has no resize):
         // the `shm_segsz` read before attaching bounds the attachment.

@@ -10,7 +10,11 @@ use std::path::Path;
 use rustix::io::Errno;
 
 fn last_errno() -> Errno {
-    Errno::from_raw_os_error(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    Errno::from_raw_os_error(
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
 }
 
 /// `shmget(key, size, flags)`: the segment id.
