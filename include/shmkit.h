@@ -246,8 +246,9 @@ int shmkit_sub_release(struct shmkit_subscriber *s, const struct shmkit_sample *
 // Leaves the channel, releasing every sample still held.
 int shmkit_sub_close(struct shmkit_subscriber *s);
 
-// Creates the ring `name` holding up to `capacity` messages (a power of
-// two) of at most `max_message` bytes each, and takes the sender role.
+// Creates the ring `name` holding up to `capacity` messages (rounded up
+// to a power of two) of at most `max_message` bytes each, and takes the
+// sender role. SHMKIT_EINVAL if either is 0 or too large.
 //
 // # Safety
 //

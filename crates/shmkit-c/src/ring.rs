@@ -20,7 +20,8 @@ pub struct shmkit_ring_receiver {
 
 /// Called by shmkit_ring_recv_with with the message in place in shared
 /// memory (`len` bytes at `data`, valid only during the call).
-pub type shmkit_recv_fn = Option<unsafe extern "C" fn(user: *mut c_void, data: *const u8, len: usize)>;
+pub type shmkit_recv_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, data: *const u8, len: usize)>;
 
 struct RecvState {
     rx: Receiver,
@@ -47,8 +48,9 @@ pub(crate) fn exclusive<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, Error> {
     }
 }
 
-/// Creates the ring `name` holding up to `capacity` messages (a power of
-/// two) of at most `max_message` bytes each, and takes the sender role.
+/// Creates the ring `name` holding up to `capacity` messages (rounded up
+/// to a power of two) of at most `max_message` bytes each, and takes the
+/// sender role. SHMKIT_EINVAL if either is 0 or too large.
 ///
 /// # Safety
 ///
@@ -296,7 +298,9 @@ pub unsafe extern "C" fn shmkit_ring_recv(
                 unsafe { len.write(need) };
                 Err(Error::new(
                     shmkit_status::SHMKIT_EBUFFER,
-                    format!("the message is {need} bytes, the buffer {cap}; kept for the next call"),
+                    format!(
+                        "the message is {need} bytes, the buffer {cap}; kept for the next call"
+                    ),
                 ))
             }
         }
@@ -327,9 +331,9 @@ pub unsafe extern "C" fn shmkit_ring_recv_with(
         // the slice is valid for the duration of the call.
         match st.stash.take() {
             Some(m) => unsafe { cb(user, m.as_ptr(), m.len()) },
-            None => st
-                .rx
-                .recv_with(wait_of(timeout_ns), |m| unsafe { cb(user, m.as_ptr(), m.len()) })?,
+            None => st.rx.recv_with(wait_of(timeout_ns), |m| unsafe {
+                cb(user, m.as_ptr(), m.len())
+            })?,
         }
         Ok(())
     })
