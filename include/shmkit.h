@@ -486,9 +486,9 @@ int shmkit_mutex_consistent(struct shmkit_mutex *m);
 // Unlocks. SHMKIT_EPERM if this thread does not hold the lock.
 int shmkit_mutex_unlock(struct shmkit_mutex *m);
 
-// Closes the handle (unlocking first if this thread holds the lock).
-// Close a mutex only when no other thread of yours holds it through this
-// handle: that lock stays held until that thread unlocks.
+// Closes the handle (unlocking first if this thread holds the lock). A
+// thread of yours that holds the lock through this handle can still
+// unlock it (and mark it consistent) with the closed handle.
 int shmkit_mutex_close(struct shmkit_mutex *m);
 
 // Creates the semaphore `name` with count `value`.

@@ -327,13 +327,14 @@ pub unsafe extern "C" fn shmkit_ring_recv_with(
         let r = RECEIVERS.get(rx)?;
         let cb = cb.ok_or_else(|| Error::null("cb"))?;
         let mut st = exclusive(&r)?;
-        // SAFETY (both calls): `cb` is a valid function per the contract;
-        // the slice is valid for the duration of the call.
+        let deliver = |m: &[u8]| {
+            // SAFETY: `cb` is a valid function per the contract; the slice
+            // is valid for the duration of the call.
+            unsafe { cb(user, m.as_ptr(), m.len()) }
+        };
         match st.stash.take() {
-            Some(m) => unsafe { cb(user, m.as_ptr(), m.len()) },
-            None => st.rx.recv_with(wait_of(timeout_ns), |m| unsafe {
-                cb(user, m.as_ptr(), m.len())
-            })?,
+            Some(m) => deliver(&m),
+            None => st.rx.recv_with(wait_of(timeout_ns), deliver)?,
         }
         Ok(())
     })

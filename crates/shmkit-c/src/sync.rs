@@ -224,14 +224,20 @@ pub extern "C" fn shmkit_mutex_timedlock(m: *mut shmkit_mutex, timeout_ns: u64) 
 #[no_mangle]
 pub extern "C" fn shmkit_mutex_consistent(m: *mut shmkit_mutex) -> c_int {
     call(|| {
-        MUTEXES.get(m)?;
-        HELD.with(|h| match h.borrow_mut().get_mut(&(m as usize)) {
-            Some(held) => {
-                held.guard.mark_consistent();
-                Ok(())
+        // The lock this thread holds is found even if another thread closed
+        // the handle meanwhile: it can still be repaired and released.
+        let done = HELD.with(|h| {
+            h.borrow_mut()
+                .get_mut(&(m as usize))
+                .map(|held| held.guard.mark_consistent())
+        });
+        match done {
+            Some(()) => Ok(()),
+            None => {
+                MUTEXES.get(m)?;
+                Err(not_held())
             }
-            None => Err(not_held()),
-        })
+        }
     })
 }
 
@@ -245,9 +251,12 @@ fn not_held() -> Error {
 /// Unlocks. SHMKIT_EPERM if this thread does not hold the lock.
 #[no_mangle]
 pub extern "C" fn shmkit_mutex_unlock(m: *mut shmkit_mutex) -> c_int {
-    call(|| {
-        MUTEXES.get(m)?;
-        unlock_held(m as usize).ok_or_else(not_held)
+    call(|| match unlock_held(m as usize) {
+        Some(()) => Ok(()),
+        None => {
+            MUTEXES.get(m)?;
+            Err(not_held())
+        }
     })
 }
 
@@ -264,9 +273,9 @@ fn unlock_held(key: usize) -> Option<()> {
     Some(())
 }
 
-/// Closes the handle (unlocking first if this thread holds the lock).
-/// Close a mutex only when no other thread of yours holds it through this
-/// handle: that lock stays held until that thread unlocks.
+/// Closes the handle (unlocking first if this thread holds the lock). A
+/// thread of yours that holds the lock through this handle can still
+/// unlock it (and mark it consistent) with the closed handle.
 #[no_mangle]
 pub extern "C" fn shmkit_mutex_close(m: *mut shmkit_mutex) -> c_int {
     call(|| {
@@ -346,10 +355,11 @@ pub extern "C" fn shmkit_sem_trywait(s: *mut shmkit_sem) -> c_int {
 pub extern "C" fn shmkit_sem_timedwait(s: *mut shmkit_sem, timeout_ns: u64) -> c_int {
     call(|| {
         let sem = SEMS.get(s)?;
-        Ok(match duration(timeout_ns) {
+        match duration(timeout_ns) {
             Some(t) => sem.wait_timeout(t)?,
             None => sem.wait()?,
-        })
+        }
+        Ok(())
     })
 }
 
@@ -451,11 +461,12 @@ pub extern "C" fn shmkit_event_wait(e: *mut shmkit_event) -> c_int {
 pub extern "C" fn shmkit_event_timedwait(e: *mut shmkit_event, timeout_ns: u64) -> c_int {
     call(|| {
         let ev = EVENTS.get(e)?;
-        Ok(match duration(timeout_ns) {
+        match duration(timeout_ns) {
             Some(Duration::ZERO) => ev.try_wait()?,
             Some(t) => ev.wait_timeout(t)?,
             None => ev.wait()?,
-        })
+        }
+        Ok(())
     })
 }
 

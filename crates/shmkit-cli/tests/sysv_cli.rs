@@ -189,7 +189,7 @@ fn ls_agrees_with_ipcs_and_rm_defers_to_the_last_detach() {
         assert_eq!(ipcs.get(6).map(String::as_str) == Some("dest"), dest);
         assert_eq!(row["size"], 8192);
         assert_eq!(row["nattch"], 1);
-        assert_eq!(row["cpid"].as_i64().unwrap() > 0, true);
+        assert!(row["cpid"].as_i64().unwrap() > 0);
         row
     };
     let row = compare(false);

@@ -127,6 +127,23 @@ static void *other_thread(void *p) {
     return NULL;
 }
 
+struct closearg {
+    shmkit_mutex *m;
+    pthread_barrier_t *b;
+    int lock_rc, unlock_rc, unlock2_rc;
+};
+
+/* Locks, lets main close the handle, then unlocks through the closed one. */
+static void *unlock_after_close(void *p) {
+    struct closearg *a = p;
+    a->lock_rc = shmkit_mutex_lock(a->m);
+    pthread_barrier_wait(a->b);
+    pthread_barrier_wait(a->b);
+    a->unlock_rc = shmkit_mutex_unlock(a->m);
+    a->unlock2_rc = shmkit_mutex_unlock(a->m);
+    return NULL;
+}
+
 /* A child that takes the lock and exits without unlocking. */
 static void die_holding(const char *name) {
     pid_t p = fork();
@@ -167,6 +184,24 @@ static void test_mutex(void) {
     EQ(shmkit_mutex_unlock(m2), SHMKIT_OK);
     EQ(shmkit_mutex_timedlock(m, SHMKIT_FOREVER), SHMKIT_OK);
     EQ(shmkit_mutex_close(m), SHMKIT_OK); /* closing unlocks */
+    EQ(shmkit_mutex_trylock(m2), SHMKIT_OK);
+    EQ(shmkit_mutex_unlock(m2), SHMKIT_OK);
+
+    /* Another thread closes the handle while this one holds the lock. */
+    EQ(shmkit_mutex_open(nm("mx"), &m3), SHMKIT_OK);
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, 2);
+    struct closearg ca = {m3, &bar, 1, 1, 1};
+    pthread_create(&t, NULL, unlock_after_close, &ca);
+    pthread_barrier_wait(&bar);
+    EQ(shmkit_mutex_close(m3), SHMKIT_OK);
+    EQ(shmkit_mutex_trylock(m2), SHMKIT_EAGAIN);
+    pthread_barrier_wait(&bar);
+    pthread_join(t, NULL);
+    pthread_barrier_destroy(&bar);
+    EQ(ca.lock_rc, SHMKIT_OK);
+    EQ(ca.unlock_rc, SHMKIT_OK);
+    EQ(ca.unlock2_rc, SHMKIT_EBADHANDLE);
     EQ(shmkit_mutex_trylock(m2), SHMKIT_OK);
     EQ(shmkit_mutex_unlock(m2), SHMKIT_OK);
 
