@@ -39,9 +39,9 @@ enum SysvCmd {
 /// Which segment: a key (`0x1234abcd` or decimal), `--id`, or `--key-from`.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// The key: 0x-prefixed hex (as `ipcs` prints it) or decimal.
-    #[arg(value_parser = sysv::parse_key, required_unless_present_any = ["id", "key_from"], conflicts_with_all = ["id", "key_from"])]
-    key: Option<i32>,
+    /// The key: 0x-prefixed hex (as `ipcs` prints it) or decimal. Omitted
+    /// with --id or --key-from.
+    key: Option<String>,
     /// The segment id (shmid), e.g. for a segment whose key is 0.
     #[arg(long, conflicts_with = "key_from")]
     id: Option<i32>,
@@ -76,21 +76,34 @@ fn key_from(spec: &str) -> CliResult<i32> {
     Ok(sysv::ftok(path, proj)?)
 }
 
-/// Key, when the target names one.
-fn target_key(t: &Target) -> CliResult<Option<i32>> {
-    match (&t.key, &t.key_from) {
-        (Some(k), _) => Ok(Some(*k)),
-        (None, Some(spec)) => key_from(spec).map(Some),
-        (None, None) => Ok(None),
-    }
+/// Resolves the target to a segment id. `file` is the optional FILE
+/// positional of `read`/`write`: with --id or --key-from the first
+/// positional is the FILE (`sysv read --id 5 out.bin`), as in
+/// `shmkit read NAME FILE`.
+fn resolve(t: &Target, file_ok: bool, file: Option<&PathBuf>) -> CliResult<(i32, Option<PathBuf>)> {
+    let named = t.id.is_some() || t.key_from.is_some();
+    let (key, file) = match (&t.key, named) {
+        (Some(k), false) => (Some(k.as_str()), file.cloned()),
+        (Some(k), true) if file.is_none() && file_ok => (None, Some(PathBuf::from(k))),
+        (Some(k), true) => {
+            return Err(CliError::usage(format!(
+                "unexpected argument {k:?}: the segment is already given by --id/--key-from"
+            )))
+        }
+        (None, _) => (None, file.cloned()),
+    };
+    let id = match (t.id, &t.key_from, key) {
+        (Some(id), None, None) => id,
+        (None, Some(spec), None) => sysv::id_of(key_from(spec)?)?,
+        (None, None, Some(k)) => sysv::id_of(sysv::parse_key(k).map_err(CliError::usage)?)?,
+        (None, None, None) => return Err(CliError::usage("a KEY, --id or --key-from is required")),
+        _ => return Err(CliError::usage("give only one of KEY, --id and --key-from")),
+    };
+    Ok((id, file))
 }
 
 fn target_id(t: &Target) -> CliResult<i32> {
-    match (t.id, target_key(t)?) {
-        (Some(id), _) => Ok(id),
-        (None, Some(k)) => Ok(sysv::id_of(k)?),
-        (None, None) => Err(CliError::usage("a KEY, --id or --key-from is required")),
-    }
+    resolve(t, false, None).map(|(id, _)| id)
 }
 
 /// `sysv ls`.
@@ -123,8 +136,7 @@ struct ReadArgs {
     #[arg(long, value_parser = parse_size)]
     len: Option<u64>,
     /// Output file (default: standard output).
-    #[arg(long, short)]
-    output: Option<PathBuf>,
+    file: Option<PathBuf>,
 }
 
 /// `sysv write`.
@@ -136,8 +148,7 @@ struct WriteArgs {
     #[arg(long, default_value = "0", value_parser = parse_size)]
     offset: u64,
     /// Input file (default: standard input).
-    #[arg(long, short)]
-    input: Option<PathBuf>,
+    file: Option<PathBuf>,
 }
 
 /// `sysv create`.
@@ -299,7 +310,8 @@ fn stat(a: &StatArgs) -> CliResult {
 }
 
 fn read(a: &ReadArgs) -> CliResult {
-    let seg = SysvSegment::open_id(target_id(&a.target)?, false)?;
+    let (id, file) = resolve(&a.target, true, a.file.as_ref())?;
+    let seg = SysvSegment::open_id(id, false)?;
     let size = seg.len() as u64;
     let name = seg.name().to_owned();
     let len = match a.len {
@@ -317,7 +329,7 @@ fn read(a: &ReadArgs) -> CliResult {
             a.offset
         )));
     }
-    let mut out: Box<dyn Write> = match &a.output {
+    let mut out: Box<dyn Write> = match &file {
         Some(p) => {
             Box::new(File::create(p).map_err(|e| CliError::fail(format!("{}: {e}", p.display())))?)
         }
@@ -339,7 +351,8 @@ fn read(a: &ReadArgs) -> CliResult {
 }
 
 fn write(a: &WriteArgs) -> CliResult {
-    let seg = SysvSegment::open_id(target_id(&a.target)?, true)?;
+    let (id, file) = resolve(&a.target, true, a.file.as_ref())?;
+    let seg = SysvSegment::open_id(id, true)?;
     let name = seg.name().to_owned();
     let room = (seg.len() as u64).checked_sub(a.offset).ok_or_else(|| {
         CliError::fail(format!(
@@ -348,7 +361,7 @@ fn write(a: &WriteArgs) -> CliResult {
             seg.len()
         ))
     })?;
-    let mut input: Box<dyn Read> = match &a.input {
+    let mut input: Box<dyn Read> = match &file {
         Some(p) => {
             Box::new(File::open(p).map_err(|e| CliError::fail(format!("{}: {e}", p.display())))?)
         }

@@ -229,13 +229,16 @@ fn key_from_uses_ftok_everywhere() {
     let id: i32 = ok(&out).trim().parse().unwrap();
     let _g = Rmid(id);
     assert_eq!(sysv::stat_id(id).unwrap().key, key);
-    let mut child = Command::new(BIN)
-        .args(["sysv", "write", "--key-from", &spec])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"ftok!").unwrap();
-    assert!(child.wait().unwrap().success());
+    let input = dir.join(format!("ftok-in-{}", std::process::id()));
+    std::fs::write(&input, b"ftok!").unwrap();
+    ok(&shmkit(&[
+        "sysv",
+        "write",
+        "--key-from",
+        &spec,
+        input.to_str().unwrap(),
+    ]));
+    let _ = std::fs::remove_file(&input);
     let r = shmkit(&["sysv", "read", "--key-from", &spec, "--len", "5"]);
     ok(&r);
     assert_eq!(r.stdout, b"ftok!");
@@ -247,7 +250,9 @@ fn key_from_uses_ftok_everywhere() {
     // Usage errors exit 2.
     for args in [
         vec!["sysv", "read"],
-        vec!["sysv", "read", "0x1", "--id", "3"],
+        vec!["sysv", "stat", "0x1", "--id", "3"],
+        vec!["sysv", "read", "0x1", "--id", "3", "out"],
+        vec!["sysv", "read", "--id", "3", "--key-from", "/:1"],
         vec!["sysv", "rm", "--key-from", "nocolon"],
         vec!["sysv", "rm", "notakey"],
     ] {
