@@ -117,6 +117,38 @@ pub(crate) unsafe fn clear<T>(p: *mut *mut T) {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+
+    fn last() -> String {
+        // SAFETY: shmkit_last_error never returns NULL and the string
+        // lives until the next call on this thread.
+        unsafe { CStr::from_ptr(shmkit_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_not_an_unwind() {
+        let r = call(|| panic!("boom {}", 42));
+        assert_eq!(r, shmkit_status::SHMKIT_EPANIC as std::ffi::c_int);
+        assert_eq!(last(), "internal error (panic): boom 42");
+        let r = call(|| Err(Error::new(shmkit_status::SHMKIT_EBUSY, "busy\0cut")));
+        assert_eq!(r, shmkit_status::SHMKIT_EBUSY as std::ffi::c_int);
+        assert_eq!(last(), "busy", "an interior NUL ends the message");
+        assert_eq!(call(|| Ok(())), 0);
+        assert_eq!(last(), "busy", "success leaves the last error alone");
+    }
+
+    #[test]
+    fn wait_of_maps_the_special_timeouts() {
+        use shmkit::channel::Wait;
+        assert_eq!(wait_of(SHMKIT_FOREVER), Wait::Forever);
+        assert_eq!(wait_of(0), Wait::No);
+        assert!(matches!(wait_of(1), Wait::Until(_)));
+    }
+
     #[test]
     fn version_constants_match_the_package() {
         let v = format!(
