@@ -9,6 +9,10 @@ echo "=== Rust workspace: cargo test --workspace"
 cargo test --workspace
 
 # --- C ABI and System V (issue 10): section added by that work ---
+# Nothing to add: these are cargo integration tests that invoke cc, make,
+# pkg-config, valgrind and ipcs, run above by `cargo test --workspace`:
+# crates/shmkit-c/tests/{c_api,header}.rs, crates/shmkit/tests/sysv.rs,
+# crates/shmkit-cli/tests/sysv_cli.rs.
 
 # --- Python package (issue 9): section added by that work ---
 

@@ -6,6 +6,7 @@ mod cmd_channel;
 mod cmd_demo;
 mod cmd_segment;
 mod cmd_sync;
+mod cmd_sysv;
 mod signals;
 mod util;
 
@@ -68,6 +69,8 @@ enum Command {
     DemoPeer(cmd_demo::DemoPeerArgs),
     #[command(flatten)]
     Sync(cmd_sync::SyncCommand),
+    /// System V shared memory (shmget keys): ls, stat, read, write, rm, create.
+    Sysv(cmd_sysv::SysvArgs),
 }
 
 /// Kind-specific state for `ls`/`stat`.
@@ -99,6 +102,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Demo(a) => cmd_demo::demo(&a),
         Command::DemoPeer(a) => cmd_demo::demo_peer(&a),
         Command::Sync(c) => cmd_sync::run(c),
+        Command::Sysv(a) => cmd_sysv::run(&a),
     }
 }
 

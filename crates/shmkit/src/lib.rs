@@ -8,6 +8,7 @@
 //!   crash-safe attach tracking and three ways to delete.
 //! - [`sync`]: process-shared primitives that live inside a segment.
 //! - [`channel`]: ring buffers and zero-copy publish/subscribe.
+//! - [`sysv`]: System V segments (`shmget`/`shmat`) of legacy programs.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -17,3 +18,4 @@ pub mod channel;
 pub mod segment;
 pub mod sync;
 pub mod sys;
+pub mod sysv;

@@ -18,3 +18,4 @@ pub mod ofd_lock;
 pub mod process;
 pub mod robust_mutex;
 pub mod shm;
+pub mod sysv;
