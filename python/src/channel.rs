@@ -68,6 +68,20 @@ impl PySender {
         Ok(PySender { tx: Some(tx), name: name.to_owned() })
     }
 
+    /// Creates a ring of `capacity` messages of at most `max_message`
+    /// bytes and becomes its sender.
+    #[staticmethod]
+    #[pyo3(signature = (name, capacity=1024, max_message=65536, mode=0o600, lifetime="until-last-detach"))]
+    fn create(py: Python<'_>, name: &str, capacity: u64, max_message: u64, mode: u32, lifetime: &str) -> PyResult<PySender> {
+        PySender::new(py, name, "create", capacity, max_message, mode, lifetime)
+    }
+
+    /// Becomes the sender of an existing ring.
+    #[staticmethod]
+    fn open(py: Python<'_>, name: &str) -> PyResult<PySender> {
+        PySender::new(py, name, "open", 0, 0, 0o600, "persistent")
+    }
+
     /// The key.
     #[getter]
     fn name(&self) -> &str {
@@ -178,6 +192,20 @@ impl PyReceiver {
         }
         .map_err(|e| errors::open(py, e))?;
         Ok(PyReceiver { rx: Some(rx), name: name.to_owned() })
+    }
+
+    /// Creates a ring of `capacity` messages of at most `max_message`
+    /// bytes and becomes its receiver.
+    #[staticmethod]
+    #[pyo3(signature = (name, capacity=1024, max_message=65536, mode=0o600, lifetime="until-last-detach"))]
+    fn create(py: Python<'_>, name: &str, capacity: u64, max_message: u64, mode: u32, lifetime: &str) -> PyResult<PyReceiver> {
+        PyReceiver::new(py, name, "create", capacity, max_message, mode, lifetime)
+    }
+
+    /// Becomes the receiver of an existing ring.
+    #[staticmethod]
+    fn open(py: Python<'_>, name: &str) -> PyResult<PyReceiver> {
+        PyReceiver::new(py, name, "open", 0, 0, 0o600, "persistent")
     }
 
     /// The key.
