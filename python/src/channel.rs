@@ -366,6 +366,8 @@ fn open_seg(py: Python<'_>, name: &str) -> PyResult<Segment> {
 #[pyclass(module = "shmkit._shmkit", name = "Publisher", unsendable)]
 pub(crate) struct PyPublisher {
     core: Option<Arc<PubCore>>,
+    /// Publications on the channel (readable while a loan holds `&mut`).
+    published: u64,
     name: String,
     slot_size: usize,
     slots: usize,
@@ -409,6 +411,7 @@ impl PyPublisher {
         let p = crate::wait::unlocked(py, || Publisher::from_segment(seg))
             .map_err(|e: OpenError| errors::open(py, e))?;
         Ok(PyPublisher {
+            published: p.published(),
             name: name.to_owned(),
             slot_size: p.slot_size(),
             slots: p.slots(),
@@ -440,12 +443,11 @@ impl PyPublisher {
 
     /// Messages published so far on this channel.
     #[getter]
-    fn published(&self, py: Python<'_>) -> PyResult<u64> {
-        let core = self.core(py)?;
-        Ok(self.with_publisher(py, &core, |p| p.published())?)
+    fn published(&self) -> u64 {
+        self.published
     }
 
-    /// Live subscribers now.
+    /// Live subscribers now (an error while a loan is outstanding).
     #[getter]
     fn subscribers(&self, py: Python<'_>) -> PyResult<usize> {
         let core = self.core(py)?;
@@ -509,7 +511,7 @@ impl PyPublisher {
     /// all). The buffer then refuses writable exports; views taken from
     /// it stay mapped but show whatever the slot holds later.
     #[pyo3(signature = (buffer, nbytes=None))]
-    fn publish(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, nbytes: Option<usize>) -> PyResult<()> {
+    fn publish(&mut self, py: Python<'_>, buffer: &Bound<'_, PyAny>, nbytes: Option<usize>) -> PyResult<()> {
         let inner = buffer::inner_of(buffer)?;
         let core = self.core.clone();
         let payload = inner
@@ -527,6 +529,7 @@ impl PyPublisher {
                 loan.truncate(n);
             }
             loan.publish();
+            self.published += 1;
         }
         drop(payload);
         inner.freeze();
@@ -543,7 +546,7 @@ impl PyPublisher {
 
     /// Copies `data` (bytes-like) into a slot and publishes it.
     #[pyo3(signature = (data, timeout=None))]
-    fn send(&self, py: Python<'_>, data: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<()> {
+    fn send(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<()> {
         let dl = deadline(timeout)?;
         let core = self.core(py)?;
         let buf = Acquired::new(data, false)?;
@@ -565,7 +568,9 @@ impl PyPublisher {
         );
         core.loaned.store(false, Ordering::Release);
         drop(buf);
-        r?.map_err(|e| errors::send(py, e))
+        r?.map_err(|e| errors::send(py, e))?;
+        self.published += 1;
+        Ok(())
     }
 
     /// Whether a loan is outstanding.
