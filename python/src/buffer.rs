@@ -36,7 +36,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-use crate::ffi::{RawBuffer, PyBuffer_FillInfo, PYBUF_WRITABLE, PY_BF_GETBUFFER, PY_BF_RELEASEBUFFER};
+use crate::ffi::{
+    PyBuffer_FillInfo, RawBuffer, PYBUF_WRITABLE, PY_BF_GETBUFFER, PY_BF_RELEASEBUFFER,
+};
 
 /// A second mapping of shared pages (Linux `mremap(old, 0, len,
 /// MREMAP_MAYMOVE)` of a shared mapping maps the same pages again), so
@@ -167,7 +169,10 @@ impl Inner {
     }
 
     /// Takes the payload out if it is a `T` that `accept` accepts.
-    pub(crate) fn take_payload_if<T: 'static>(&self, accept: impl FnOnce(&T) -> bool) -> Option<Box<T>> {
+    pub(crate) fn take_payload_if<T: 'static>(
+        &self,
+        accept: impl FnOnce(&T) -> bool,
+    ) -> Option<Box<T>> {
         let mut p = self.payload.borrow_mut();
         match p.as_ref().and_then(|b| b.downcast_ref::<T>()) {
             Some(t) if accept(t) => p.take().and_then(|b| b.downcast::<T>().ok()),
@@ -210,7 +215,11 @@ unsafe fn set_error(exc: *mut ffi::PyObject, msg: &std::ffi::CStr) {
     unsafe { ffi::PyErr_SetString(exc, msg.as_ptr()) }
 }
 
-unsafe extern "C" fn getbuffer(obj: *mut ffi::PyObject, view: *mut RawBuffer, flags: c_int) -> c_int {
+unsafe extern "C" fn getbuffer(
+    obj: *mut ffi::PyObject,
+    view: *mut RawBuffer,
+    flags: c_int,
+) -> c_int {
     // SAFETY: CPython calls this slot with the GIL held on an instance of
     // our type (or a subclass), whose layout starts with `BufferObject`.
     let inner = unsafe { (*obj.cast::<BufferObject>()).inner };
@@ -361,7 +370,9 @@ pub(crate) fn inner_of<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a Inner> {
     // BufferObject; `inner` is null or a live Box freed only in dealloc,
     // which cannot run while `obj` (a strong reference) lives.
     let inner = unsafe { (*obj.as_ptr().cast::<BufferObject>()).inner.as_ref() };
-    inner.ok_or_else(|| pyo3::exceptions::PyValueError::new_err("shmkit: object is not bound to shared memory"))
+    inner.ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err("shmkit: object is not bound to shared memory")
+    })
 }
 
 /// Binds an unbound instance (of `Buffer` or a subclass) to `inner`.

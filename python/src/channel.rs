@@ -56,23 +56,43 @@ impl PySender {
     /// `max_message` bytes); `"open"` joins an existing one.
     #[new]
     #[pyo3(signature = (name, how="open", capacity=1024, max_message=65536, mode=0o600, lifetime="persistent"))]
-    fn new(py: Python<'_>, name: &str, how: &str, capacity: u64, max_message: u64, mode: u32, lifetime: &str) -> PyResult<PySender> {
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        how: &str,
+        capacity: u64,
+        max_message: u64,
+        mode: u32,
+        lifetime: &str,
+    ) -> PyResult<PySender> {
         check_how(how)?;
-        let opts = RingOptions::new(capacity, max_message).mode(mode).lifetime(crate::segment::lifetime(lifetime)?);
+        let opts = RingOptions::new(capacity, max_message)
+            .mode(mode)
+            .lifetime(crate::segment::lifetime(lifetime)?);
         let tx = if how == "create" {
             crate::wait::unlocked(py, || Sender::create(name, &opts))
         } else {
             crate::wait::unlocked(py, || Sender::open(name))
         }
         .map_err(|e| errors::open(py, e))?;
-        Ok(PySender { tx: Some(tx), name: name.to_owned() })
+        Ok(PySender {
+            tx: Some(tx),
+            name: name.to_owned(),
+        })
     }
 
     /// Creates a ring of `capacity` messages of at most `max_message`
     /// bytes and becomes its sender.
     #[staticmethod]
     #[pyo3(signature = (name, capacity=1024, max_message=65536, mode=0o600, lifetime="until-last-detach"))]
-    fn create(py: Python<'_>, name: &str, capacity: u64, max_message: u64, mode: u32, lifetime: &str) -> PyResult<PySender> {
+    fn create(
+        py: Python<'_>,
+        name: &str,
+        capacity: u64,
+        max_message: u64,
+        mode: u32,
+        lifetime: &str,
+    ) -> PyResult<PySender> {
         PySender::new(py, name, "create", capacity, max_message, mode, lifetime)
     }
 
@@ -109,11 +129,19 @@ impl PySender {
     /// most `timeout` seconds for room (`None`: for ever). Raises
     /// `Timeout`, `Disconnected` (the receiver left or died), `TooLarge`.
     #[pyo3(signature = (data, timeout=None))]
-    fn send(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<()> {
+    fn send(
+        &mut self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
         let dl = deadline(timeout)?;
         let buf = Acquired::new(data, false)?;
         let name = self.name.clone();
-        let tx = self.tx.as_mut().ok_or_else(|| closed(py, "sender", &name))?;
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or_else(|| closed(py, "sender", &name))?;
         let msg = SameThread((buf.as_ptr(), buf.len()));
         let r = sliced(
             py,
@@ -136,7 +164,10 @@ impl PySender {
     fn try_send(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
         let buf = Acquired::new(data, false)?;
         let name = self.name.clone();
-        let tx = self.tx.as_mut().ok_or_else(|| closed(py, "sender", &name))?;
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or_else(|| closed(py, "sender", &name))?;
         // SAFETY: acquired above, released after the copy.
         let m = unsafe { std::slice::from_raw_parts(buf.as_ptr(), buf.len()) };
         match tx.try_send(m) {
@@ -165,7 +196,9 @@ impl PySender {
 
 impl PySender {
     fn tx(&self, py: Python<'_>) -> PyResult<&Sender> {
-        self.tx.as_ref().ok_or_else(|| closed(py, "sender", &self.name))
+        self.tx
+            .as_ref()
+            .ok_or_else(|| closed(py, "sender", &self.name))
     }
 }
 
@@ -182,23 +215,43 @@ impl PyReceiver {
     /// As `Sender(...)`.
     #[new]
     #[pyo3(signature = (name, how="open", capacity=1024, max_message=65536, mode=0o600, lifetime="persistent"))]
-    fn new(py: Python<'_>, name: &str, how: &str, capacity: u64, max_message: u64, mode: u32, lifetime: &str) -> PyResult<PyReceiver> {
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        how: &str,
+        capacity: u64,
+        max_message: u64,
+        mode: u32,
+        lifetime: &str,
+    ) -> PyResult<PyReceiver> {
         check_how(how)?;
-        let opts = RingOptions::new(capacity, max_message).mode(mode).lifetime(crate::segment::lifetime(lifetime)?);
+        let opts = RingOptions::new(capacity, max_message)
+            .mode(mode)
+            .lifetime(crate::segment::lifetime(lifetime)?);
         let rx = if how == "create" {
             crate::wait::unlocked(py, || Receiver::create(name, &opts))
         } else {
             crate::wait::unlocked(py, || Receiver::open(name))
         }
         .map_err(|e| errors::open(py, e))?;
-        Ok(PyReceiver { rx: Some(rx), name: name.to_owned() })
+        Ok(PyReceiver {
+            rx: Some(rx),
+            name: name.to_owned(),
+        })
     }
 
     /// Creates a ring of `capacity` messages of at most `max_message`
     /// bytes and becomes its receiver.
     #[staticmethod]
     #[pyo3(signature = (name, capacity=1024, max_message=65536, mode=0o600, lifetime="until-last-detach"))]
-    fn create(py: Python<'_>, name: &str, capacity: u64, max_message: u64, mode: u32, lifetime: &str) -> PyResult<PyReceiver> {
+    fn create(
+        py: Python<'_>,
+        name: &str,
+        capacity: u64,
+        max_message: u64,
+        mode: u32,
+        lifetime: &str,
+    ) -> PyResult<PyReceiver> {
         PyReceiver::new(py, name, "create", capacity, max_message, mode, lifetime)
     }
 
@@ -229,18 +282,34 @@ impl PyReceiver {
     /// ever). Raises `Timeout`, `Disconnected` (sender closed, all
     /// received) or `SenderDied`.
     #[pyo3(signature = (timeout=None))]
-    fn recv<'py>(&mut self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn recv<'py>(
+        &mut self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let dl = deadline(timeout)?;
         let name = self.name.clone();
-        let rx = self.rx.as_mut().ok_or_else(|| closed(py, "receiver", &name))?;
-        let r = sliced(py, dl, |d| rx.recv_timeout(d), |e| matches!(e, RecvError::Timeout))?;
-        r.map(|v| PyBytes::new(py, &v)).map_err(|e| errors::recv(py, e))
+        let rx = self
+            .rx
+            .as_mut()
+            .ok_or_else(|| closed(py, "receiver", &name))?;
+        let r = sliced(
+            py,
+            dl,
+            |d| rx.recv_timeout(d),
+            |e| matches!(e, RecvError::Timeout),
+        )?;
+        r.map(|v| PyBytes::new(py, &v))
+            .map_err(|e| errors::recv(py, e))
     }
 
     /// The next message if one is waiting, else `None`.
     fn try_recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let name = self.name.clone();
-        let rx = self.rx.as_mut().ok_or_else(|| closed(py, "receiver", &name))?;
+        let rx = self
+            .rx
+            .as_mut()
+            .ok_or_else(|| closed(py, "receiver", &name))?;
         match rx.try_recv() {
             Ok(v) => Ok(Some(PyBytes::new(py, &v))),
             Err(RecvError::Empty) => Ok(None),
@@ -252,11 +321,19 @@ impl PyReceiver {
     /// object) and returns its length. A message longer than `buffer` is
     /// not lost: `TooLarge` is raised with it as the `message` attribute.
     #[pyo3(signature = (buffer, timeout=None))]
-    fn recv_into(&mut self, py: Python<'_>, buffer: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<usize> {
+    fn recv_into(
+        &mut self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<usize> {
         let dl = deadline(timeout)?;
         let out = Acquired::new(buffer, true)?;
         let name = self.name.clone();
-        let rx = self.rx.as_mut().ok_or_else(|| closed(py, "receiver", &name))?;
+        let rx = self
+            .rx
+            .as_mut()
+            .ok_or_else(|| closed(py, "receiver", &name))?;
         let dst = SameThread((out.as_mut_ptr(), out.len()));
         let r = sliced(
             py,
@@ -282,7 +359,11 @@ impl PyReceiver {
                 let e = errors::new(
                     py,
                     "TooLarge",
-                    format!("message of {} bytes does not fit in a buffer of {}", msg.len(), dst.0 .1),
+                    format!(
+                        "message of {} bytes does not fit in a buffer of {}",
+                        msg.len(),
+                        dst.0 .1
+                    ),
                 );
                 e.value(py).setattr("message", PyBytes::new(py, &msg))?;
                 Err(e)
@@ -298,7 +379,12 @@ impl PyReceiver {
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         match self.recv(py, None) {
             Ok(b) => Ok(Some(b)),
-            Err(e) if e.is_instance(py, &errors::class(py, "Disconnected")?) && !e.is_instance(py, &errors::class(py, "SenderDied")?) => Ok(None),
+            Err(e)
+                if e.is_instance(py, &errors::class(py, "Disconnected")?)
+                    && !e.is_instance(py, &errors::class(py, "SenderDied")?) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -321,7 +407,9 @@ impl PyReceiver {
 
 impl PyReceiver {
     fn rx_ref(&self, py: Python<'_>) -> PyResult<&Receiver> {
-        self.rx.as_ref().ok_or_else(|| closed(py, "receiver", &self.name))
+        self.rx
+            .as_ref()
+            .ok_or_else(|| closed(py, "receiver", &self.name))
     }
 }
 
@@ -344,7 +432,7 @@ struct LoanPayload {
 
 impl Drop for LoanPayload {
     fn drop(&mut self) {
-        drop(self.loan.take());
+        self.loan = None;
         // Release: the loan's use of the publisher happens-before the next
         // `loan`/`send`, which checks the flag with Acquire.
         self.core.loaned.store(false, Ordering::Release);
@@ -397,7 +485,11 @@ impl PyPublisher {
             let policy = match policy {
                 "block" => Policy::Block,
                 "drop-oldest" | "drop_oldest" => Policy::DropOldest,
-                _ => return Err(PyValueError::new_err("policy must be \"block\" or \"drop-oldest\"")),
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "policy must be \"block\" or \"drop-oldest\"",
+                    ))
+                }
             };
             let opts = PubSubOptions::new(slots, slot_size, max_subscribers)
                 .policy(policy)
@@ -415,6 +507,10 @@ impl PyPublisher {
             name: name.to_owned(),
             slot_size: p.slot_size(),
             slots: p.slots(),
+            // An Arc although the endpoint is unsendable: buffers holding a
+            // clone may be freed by whichever thread drops their last
+            // reference (with the GIL), so the count must be atomic.
+            #[allow(clippy::arc_with_non_send_sync)]
             core: Some(Arc::new(PubCore {
                 p: UnsafeCell::new(p),
                 loaned: AtomicBool::new(false),
@@ -451,14 +547,19 @@ impl PyPublisher {
     #[getter]
     fn subscribers(&self, py: Python<'_>) -> PyResult<usize> {
         let core = self.core(py)?;
-        Ok(self.with_publisher(py, &core, |p| p.subscribers())?)
+        self.with_publisher(py, &core, |p| p.subscribers())
     }
 
     /// Borrows a slot for `nbytes` bytes, waiting at most `timeout`
     /// seconds for one (`None`: for ever). Returns an unpublished loan as
     /// a writable `Buffer`; `publish` or `discard` it.
     #[pyo3(signature = (nbytes, timeout=None))]
-    fn loan<'py>(&self, py: Python<'py>, nbytes: usize, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    fn loan<'py>(
+        &self,
+        py: Python<'py>,
+        nbytes: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let dl = deadline(timeout)?;
         let core = self.core(py)?;
         // Acquire: pairs with the Release in `LoanPayload::drop`.
@@ -494,16 +595,25 @@ impl PyPublisher {
         let ptr = match ptr {
             Ok(p) => p,
             Err(e) => {
-                drop(loan);
+                let _ = loan;
                 core.loaned.store(false, Ordering::Release);
                 return Err(e);
             }
         };
         let len = loan.len();
-        let payload = LoanPayload { loan: Some(loan), core: core.clone() };
+        let payload = LoanPayload {
+            loan: Some(loan),
+            core: core.clone(),
+        };
         buffer::new_buffer(
             py,
-            Inner::new(ptr, len, true, Some(Box::new(payload)), Box::new(core.shadow.clone())),
+            Inner::new(
+                ptr,
+                len,
+                true,
+                Some(Box::new(payload)),
+                Box::new(core.shadow.clone()),
+            ),
         )
     }
 
@@ -511,11 +621,18 @@ impl PyPublisher {
     /// all). The buffer then refuses writable exports; views taken from
     /// it stay mapped but show whatever the slot holds later.
     #[pyo3(signature = (buffer, nbytes=None))]
-    fn publish(&mut self, py: Python<'_>, buffer: &Bound<'_, PyAny>, nbytes: Option<usize>) -> PyResult<()> {
+    fn publish(
+        &mut self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        nbytes: Option<usize>,
+    ) -> PyResult<()> {
         let inner = buffer::inner_of(buffer)?;
         let core = self.core.clone();
         let payload = inner
-            .take_payload_if::<LoanPayload>(|l| core.as_ref().is_some_and(|c| Arc::ptr_eq(c, &l.core)))
+            .take_payload_if::<LoanPayload>(|l| {
+                core.as_ref().is_some_and(|c| Arc::ptr_eq(c, &l.core))
+            })
             .ok_or_else(|| errors::new(py, "Error", "not an unpublished loan of this publisher"))?;
         let mut payload = payload;
         if let Some(mut loan) = payload.loan.take() {
@@ -546,7 +663,12 @@ impl PyPublisher {
 
     /// Copies `data` (bytes-like) into a slot and publishes it.
     #[pyo3(signature = (data, timeout=None))]
-    fn send(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<()> {
+    fn send(
+        &mut self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
         let dl = deadline(timeout)?;
         let core = self.core(py)?;
         let buf = Acquired::new(data, false)?;
@@ -576,7 +698,9 @@ impl PyPublisher {
     /// Whether a loan is outstanding.
     #[getter]
     fn loaned(&self) -> bool {
-        self.core.as_ref().is_some_and(|c| c.loaned.load(Ordering::Acquire))
+        self.core
+            .as_ref()
+            .is_some_and(|c| c.loaned.load(Ordering::Acquire))
     }
 
     /// Stops publishing (subscribers get every message, then
@@ -606,10 +730,17 @@ fn loan_busy(py: Python<'_>, name: &str) -> PyErr {
 
 impl PyPublisher {
     fn core(&self, py: Python<'_>) -> PyResult<Arc<PubCore>> {
-        self.core.clone().ok_or_else(|| closed(py, "publisher", &self.name))
+        self.core
+            .clone()
+            .ok_or_else(|| closed(py, "publisher", &self.name))
     }
 
-    fn with_publisher<R>(&self, py: Python<'_>, core: &PubCore, f: impl FnOnce(&Publisher) -> R) -> PyResult<R> {
+    fn with_publisher<R>(
+        &self,
+        py: Python<'_>,
+        core: &PubCore,
+        f: impl FnOnce(&Publisher) -> R,
+    ) -> PyResult<R> {
         if core.loaned.load(Ordering::Acquire) {
             return Err(loan_busy(py, &self.name));
         }
@@ -655,6 +786,8 @@ impl PySubscriber {
         let s = crate::wait::unlocked(py, || Subscriber::from_segment(seg))
             .map_err(|e| errors::open(py, e))?;
         Ok(PySubscriber {
+            // An Arc: see `PyPublisher::new`.
+            #[allow(clippy::arc_with_non_send_sync)]
             core: Some(Arc::new(SubCore { s, shadow })),
             name: name.to_owned(),
         })
@@ -675,35 +808,63 @@ impl PySubscriber {
     /// the slot, held until `release_sample(buffer)` and its last view
     /// are gone. Raises `Timeout`, `Disconnected`, `SenderDied`.
     #[pyo3(signature = (timeout=None))]
-    fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<(Bound<'py, PyAny>, u64)> {
+    fn recv<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<(Bound<'py, PyAny>, u64)> {
         let dl = deadline(timeout)?;
         let core = self.core(py)?;
         let s: &Subscriber = &core.s;
-        let r = sliced(py, dl, |d| s.recv_timeout(d), |e| matches!(e, RecvError::Timeout))?;
+        let r = sliced(
+            py,
+            dl,
+            |d| s.recv_timeout(d),
+            |e| matches!(e, RecvError::Timeout),
+        )?;
         let sample = r.map_err(|e| errors::recv(py, e))?;
         let missed = sample.missed();
         let ptr = core.shadow.translate(sample.as_ptr(), sample.len())?;
         let len = sample.len();
         // SAFETY: the sample borrows `core.s`; the payload keeps the Arc
         // that owns it and drops the sample first.
-        let sample: Sample<'static> = unsafe { std::mem::transmute::<Sample<'_>, Sample<'static>>(sample) };
-        let payload = SamplePayload { sample: Some(sample), _core: core.clone() };
+        let sample: Sample<'static> =
+            unsafe { std::mem::transmute::<Sample<'_>, Sample<'static>>(sample) };
+        let payload = SamplePayload {
+            sample: Some(sample),
+            _core: core.clone(),
+        };
         let b = buffer::new_buffer(
             py,
-            Inner::new(ptr, len, false, Some(Box::new(payload)), Box::new(core.shadow.clone())),
+            Inner::new(
+                ptr,
+                len,
+                false,
+                Some(Box::new(payload)),
+                Box::new(core.shadow.clone()),
+            ),
         )?;
         Ok((b, missed))
     }
 
     /// The next message, copied (the slot is released at once).
     #[pyo3(signature = (timeout=None))]
-    fn recv_bytes<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn recv_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let dl = deadline(timeout)?;
         let core = self.core(py)?;
         let s: &Subscriber = &core.s;
         let mut v = Vec::new();
         let out = &mut v;
-        let r = sliced(py, dl, |d| s.recv_into(Wait::timeout(d), out), |e| matches!(e, RecvError::Timeout))?;
+        let r = sliced(
+            py,
+            dl,
+            |d| s.recv_into(Wait::timeout(d), out),
+            |e| matches!(e, RecvError::Timeout),
+        )?;
         r.map_err(|e| errors::recv(py, e))?;
         Ok(PyBytes::new(py, &v))
     }
@@ -727,7 +888,9 @@ impl PySubscriber {
 
 impl PySubscriber {
     fn core(&self, py: Python<'_>) -> PyResult<Arc<SubCore>> {
-        self.core.clone().ok_or_else(|| closed(py, "subscriber", &self.name))
+        self.core
+            .clone()
+            .ok_or_else(|| closed(py, "subscriber", &self.name))
     }
 }
 

@@ -29,7 +29,10 @@ pub(crate) fn new(py: Python<'_>, class: &str, msg: impl Into<String>) -> PyErr 
 /// the OS, or the library's own no-space variant when it has one).
 fn is_no_space(e: &segment::Error) -> bool {
     if let segment::Error::Io { source, .. } = e {
-        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EFBIG)) {
+        if matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EFBIG)
+        ) {
             return true;
         }
     }

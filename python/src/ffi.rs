@@ -41,8 +41,11 @@ pub(crate) const PY_BF_GETBUFFER: c_int = 1;
 pub(crate) const PY_BF_RELEASEBUFFER: c_int = 2;
 
 extern "C" {
-    pub(crate) fn PyObject_GetBuffer(obj: *mut PyObject, view: *mut RawBuffer, flags: c_int)
-        -> c_int;
+    pub(crate) fn PyObject_GetBuffer(
+        obj: *mut PyObject,
+        view: *mut RawBuffer,
+        flags: c_int,
+    ) -> c_int;
     pub(crate) fn PyBuffer_Release(view: *mut RawBuffer);
     pub(crate) fn PyBuffer_FillInfo(
         view: *mut RawBuffer,

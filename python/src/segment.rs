@@ -54,12 +54,21 @@ impl SegmentHandle {
         let g = self.seg.lock().unwrap_or_else(|p| p.into_inner());
         match g.as_ref() {
             Some(s) => Ok(f(s)),
-            None => Err(errors::new(py, "Closed", format!("segment {:?} is closed", self.name))),
+            None => Err(errors::new(
+                py,
+                "Closed",
+                format!("segment {:?} is closed", self.name),
+            )),
         }
     }
 }
 
-fn builder<'a>(name: &str, mode: u32, life: &str, read_only: bool) -> PyResult<segment::SegmentBuilder<'a>> {
+fn builder<'a>(
+    name: &str,
+    mode: u32,
+    life: &str,
+    read_only: bool,
+) -> PyResult<segment::SegmentBuilder<'a>> {
     let mut b = Segment::builder(name).mode(mode).lifetime(lifetime(life)?);
     if read_only {
         b = b.read_only();
@@ -70,7 +79,13 @@ fn builder<'a>(name: &str, mode: u32, life: &str, read_only: bool) -> PyResult<s
 /// Creates a segment of `size` bytes (`AlreadyExists` if the name is taken).
 #[pyfunction]
 #[pyo3(signature = (name, size, mode=0o600, lifetime="persistent"))]
-pub(crate) fn segment_create(py: Python<'_>, name: &str, size: u64, mode: u32, lifetime: &str) -> PyResult<SegmentHandle> {
+pub(crate) fn segment_create(
+    py: Python<'_>,
+    name: &str,
+    size: u64,
+    mode: u32,
+    lifetime: &str,
+) -> PyResult<SegmentHandle> {
     let b = builder(name, mode, lifetime, false)?.size(size);
     let seg = crate::wait::unlocked(py, || b.create()).map_err(|e| errors::segment(py, e))?;
     SegmentHandle::new(seg)
@@ -88,9 +103,16 @@ pub(crate) fn segment_open(py: Python<'_>, name: &str, read_only: bool) -> PyRes
 /// Opens `name`, creating it with these parameters if it does not exist.
 #[pyfunction]
 #[pyo3(signature = (name, size, mode=0o600, lifetime="persistent"))]
-pub(crate) fn segment_open_or_create(py: Python<'_>, name: &str, size: u64, mode: u32, lifetime: &str) -> PyResult<SegmentHandle> {
+pub(crate) fn segment_open_or_create(
+    py: Python<'_>,
+    name: &str,
+    size: u64,
+    mode: u32,
+    lifetime: &str,
+) -> PyResult<SegmentHandle> {
     let b = builder(name, mode, lifetime, false)?.size(size);
-    let seg = crate::wait::unlocked(py, || b.open_or_create()).map_err(|e| errors::segment(py, e))?;
+    let seg =
+        crate::wait::unlocked(py, || b.open_or_create()).map_err(|e| errors::segment(py, e))?;
     SegmentHandle::new(seg)
 }
 
@@ -165,7 +187,8 @@ pub(crate) fn remove(py: Python<'_>, name: &str) -> PyResult<()> {
 /// Marks `name` for deletion by its last detach; `True` if it went now.
 #[pyfunction]
 pub(crate) fn remove_when_unused(py: Python<'_>, name: &str) -> PyResult<bool> {
-    crate::wait::unlocked(py, || segment::remove_when_unused(name)).map_err(|e| errors::segment(py, e))
+    crate::wait::unlocked(py, || segment::remove_when_unused(name))
+        .map_err(|e| errors::segment(py, e))
 }
 
 /// Every shmkit segment, as dicts (the fields of `shmkit ls --json`).

@@ -5,7 +5,9 @@ use std::thread::ThreadId;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use shmkit::sync::{EventMode, LockError, MutexGuard, NamedEvent, NamedMutex, NamedSemaphore, WaitError};
+use shmkit::sync::{
+    EventMode, LockError, MutexGuard, NamedEvent, NamedMutex, NamedSemaphore, WaitError,
+};
 
 use crate::errors;
 use crate::segment::lifetime;
@@ -40,7 +42,12 @@ pub(crate) struct PyMutex {
 
 impl Drop for PyMutex {
     fn drop(&mut self) {
-        if let Some(h) = self.held.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .held
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             if h.thread == std::thread::current().id() {
                 drop(h.guard);
             } else {
@@ -55,13 +62,7 @@ impl Drop for PyMutex {
     }
 }
 
-fn named_mutex(
-    py: Python<'_>,
-    name: &str,
-    how: &str,
-    mode: u32,
-    life: &str,
-) -> PyResult<RawNamed> {
+fn named_mutex(py: Python<'_>, name: &str, how: &str, mode: u32, life: &str) -> PyResult<RawNamed> {
     use shmkit::segment::Segment;
     let b = || -> PyResult<_> { Ok(Segment::builder(name).mode(mode).lifetime(lifetime(life)?)) };
     let r = match how {
@@ -85,7 +86,9 @@ impl PyMutex {
     #[pyo3(signature = (name, how="open_or_create", mode=0o600, lifetime="persistent"))]
     fn new(py: Python<'_>, name: &str, how: &str, mode: u32, lifetime: &str) -> PyResult<PyMutex> {
         if !matches!(how, "create" | "open" | "open_or_create") {
-            return Err(PyValueError::new_err("how must be create, open or open_or_create"));
+            return Err(PyValueError::new_err(
+                "how must be create, open or open_or_create",
+            ));
         }
         Ok(PyMutex {
             m: Arc::new(named_mutex(py, name, how, mode, lifetime)?),
@@ -111,14 +114,23 @@ impl PyMutex {
         let tid = std::thread::current().id();
         if let Some(h) = me.held.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             if h.thread == tid {
-                return Err(errors::new(py, "Error", format!("mutex {:?}: this thread already holds it", me.name)));
+                return Err(errors::new(
+                    py,
+                    "Error",
+                    format!("mutex {:?}: this thread already holds it", me.name),
+                ));
             }
         }
         let dl = deadline(if blocking { timeout } else { Some(0.0) })?;
         // SAFETY: the guard borrows the mutex inside `me.m`, an Arc that
         // `me` keeps until after `held` (field order, and Drop) is emptied.
         let m: &'static RawNamed = unsafe { &*Arc::as_ptr(&me.m) };
-        let r = sliced(py, dl, |slice| m.lock_timeout(slice), |e| matches!(e, LockError::Timeout))?;
+        let r = sliced(
+            py,
+            dl,
+            |slice| m.lock_timeout(slice),
+            |e| matches!(e, LockError::Timeout),
+        )?;
         let store = |guard| {
             *me.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Held { thread: tid, guard });
         };
@@ -144,7 +156,11 @@ impl PyMutex {
                 format!("mutex {:?}: {}", me.name, LockError::<()>::Unrecoverable),
             )),
             Err(LockError::Corrupt(c)) => Err(errors::corrupt(py, c)),
-            Err(e) => Err(errors::new(py, "Error", format!("mutex {:?}: {e}", me.name))),
+            Err(e) => Err(errors::new(
+                py,
+                "Error",
+                format!("mutex {:?}: {e}", me.name),
+            )),
         }
     }
 
@@ -157,8 +173,12 @@ impl PyMutex {
                 drop(g.take());
                 Ok(())
             }
-            Some(_) => Err(PyRuntimeError::new_err("release of a shmkit.Mutex held by another thread")),
-            None => Err(PyRuntimeError::new_err("release of an unlocked shmkit.Mutex")),
+            Some(_) => Err(PyRuntimeError::new_err(
+                "release of a shmkit.Mutex held by another thread",
+            )),
+            None => Err(PyRuntimeError::new_err(
+                "release of an unlocked shmkit.Mutex",
+            )),
         }
     }
 
@@ -170,7 +190,9 @@ impl PyMutex {
                 h.guard.mark_consistent();
                 Ok(())
             }
-            _ => Err(PyRuntimeError::new_err("mark_consistent() needs the lock, held by this thread")),
+            _ => Err(PyRuntimeError::new_err(
+                "mark_consistent() needs the lock, held by this thread",
+            )),
         }
     }
 
@@ -208,17 +230,35 @@ pub(crate) struct PySemaphore {
 impl PySemaphore {
     #[new]
     #[pyo3(signature = (name, value=1, how="open_or_create", mode=0o600, lifetime="persistent"))]
-    fn new(py: Python<'_>, name: &str, value: u32, how: &str, mode: u32, lifetime: &str) -> PyResult<PySemaphore> {
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        value: u32,
+        how: &str,
+        mode: u32,
+        lifetime: &str,
+    ) -> PyResult<PySemaphore> {
         use shmkit::segment::Segment;
-        let b = Segment::builder(name).mode(mode).lifetime(crate::segment::lifetime(lifetime)?);
+        let b = Segment::builder(name)
+            .mode(mode)
+            .lifetime(crate::segment::lifetime(lifetime)?);
         let s = match how {
             "create" => crate::wait::unlocked(py, || NamedSemaphore::create_with(b, value)),
             "open" => crate::wait::unlocked(py, || NamedSemaphore::open(name)),
-            "open_or_create" => crate::wait::unlocked(py, || NamedSemaphore::open_or_create_with(b, value)),
-            _ => return Err(PyValueError::new_err("how must be create, open or open_or_create")),
+            "open_or_create" => {
+                crate::wait::unlocked(py, || NamedSemaphore::open_or_create_with(b, value))
+            }
+            _ => {
+                return Err(PyValueError::new_err(
+                    "how must be create, open or open_or_create",
+                ))
+            }
         }
         .map_err(|e| errors::segment(py, e))?;
-        Ok(PySemaphore { s, name: name.to_owned() })
+        Ok(PySemaphore {
+            s,
+            name: name.to_owned(),
+        })
     }
 
     /// The key.
@@ -240,7 +280,12 @@ impl PySemaphore {
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
         let dl = deadline(if blocking { timeout } else { Some(0.0) })?;
         let s = &*self.s;
-        match sliced(py, dl, |d| s.wait_timeout(d), |e| matches!(e, WaitError::Timeout))? {
+        match sliced(
+            py,
+            dl,
+            |d| s.wait_timeout(d),
+            |e| matches!(e, WaitError::Timeout),
+        )? {
             Ok(()) => Ok(true),
             Err(WaitError::Timeout | WaitError::WouldBlock) => Ok(false),
             Err(e) => Err(errors::wait(py, e)),
@@ -256,7 +301,9 @@ impl PySemaphore {
     /// Adds `n` units, waking waiters.
     #[pyo3(signature = (n=1))]
     fn release(&self, py: Python<'_>, n: u32) -> PyResult<()> {
-        self.s.post_n(n).map_err(|e| errors::new(py, "Error", format!("semaphore {:?}: {e}", self.name)))
+        self.s
+            .post_n(n)
+            .map_err(|e| errors::new(py, "Error", format!("semaphore {:?}: {e}", self.name)))
     }
 
     /// Same as `release(n)`.
@@ -287,18 +334,38 @@ pub(crate) struct PyEvent {
 impl PyEvent {
     #[new]
     #[pyo3(signature = (name, manual_reset=true, how="open_or_create", mode=0o600, lifetime="persistent"))]
-    fn new(py: Python<'_>, name: &str, manual_reset: bool, how: &str, mode: u32, lifetime: &str) -> PyResult<PyEvent> {
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        manual_reset: bool,
+        how: &str,
+        mode: u32,
+        lifetime: &str,
+    ) -> PyResult<PyEvent> {
         use shmkit::segment::Segment;
-        let m = if manual_reset { EventMode::ManualReset } else { EventMode::AutoReset };
-        let b = Segment::builder(name).mode(mode).lifetime(crate::segment::lifetime(lifetime)?);
+        let m = if manual_reset {
+            EventMode::ManualReset
+        } else {
+            EventMode::AutoReset
+        };
+        let b = Segment::builder(name)
+            .mode(mode)
+            .lifetime(crate::segment::lifetime(lifetime)?);
         let e = match how {
             "create" => crate::wait::unlocked(py, || NamedEvent::create_with(b, m)),
             "open" => crate::wait::unlocked(py, || NamedEvent::open(name)),
             "open_or_create" => crate::wait::unlocked(py, || NamedEvent::open_or_create_with(b, m)),
-            _ => return Err(PyValueError::new_err("how must be create, open or open_or_create")),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "how must be create, open or open_or_create",
+                ))
+            }
         }
         .map_err(|e| errors::segment(py, e))?;
-        Ok(PyEvent { e, name: name.to_owned() })
+        Ok(PyEvent {
+            e,
+            name: name.to_owned(),
+        })
     }
 
     /// The key.
@@ -328,7 +395,12 @@ impl PyEvent {
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let dl = deadline(timeout)?;
         let e = &*self.e;
-        match sliced(py, dl, |d| e.wait_timeout(d), |e| matches!(e, WaitError::Timeout))? {
+        match sliced(
+            py,
+            dl,
+            |d| e.wait_timeout(d),
+            |e| matches!(e, WaitError::Timeout),
+        )? {
             Ok(()) => Ok(true),
             Err(WaitError::Timeout | WaitError::WouldBlock) => Ok(false),
             Err(e) => Err(errors::wait(py, e)),
