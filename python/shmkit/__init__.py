@@ -52,6 +52,18 @@ __all__ = [
 ]
 
 
+_np: Any = None
+
+
+def _numpy() -> Any:
+    """numpy, imported on first use (it is optional)."""
+    global _np
+    if _np is None:
+        import numpy
+        _np = numpy
+    return _np
+
+
 class Segment(_core.Buffer):
     """A named shared memory segment; its data area is its buffer.
 
@@ -261,11 +273,10 @@ class Loan:
         if self._shape is None:
             self._view = memoryview(self._buf)
         else:
-            import numpy as np
             # ndarray(buffer=...) releases its buffer export at once and
             # keeps our object as its base: the object's lifetime keeps the
             # memory mapped, and freezing it stops `writeable = True`.
-            self._view = np.ndarray(self._shape, dtype=self._dtype, buffer=self._buf)
+            self._view = _numpy().ndarray(self._shape, self._dtype, self._buf)
         return self._view
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -341,8 +352,7 @@ class Sample:
 
     def array(self, dtype: Any = "uint8", shape: Optional[Sequence[int]] = None) -> Any:
         """A read-only numpy array over the sample (it keeps the slot)."""
-        import numpy as np
-        a = np.frombuffer(self._buf, dtype=dtype)
+        a = _numpy().frombuffer(self._buf, dtype=dtype)
         return a if shape is None else a.reshape(shape)
 
     def release(self) -> None:
@@ -413,10 +423,14 @@ class Publisher:
                    timeout: Optional[float] = None) -> Loan:
         """Borrows a slot as a numpy array: ``with pub.loan_array((h, w, 3),
         numpy.uint8) as frame: frame[...] = ...``."""
-        import numpy as np
+        np = _numpy()
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        dt = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
+        nbytes = dt.itemsize
+        for d in shape:
+            if d < 0:
+                raise ValueError(f"negative dimension in shape {shape}")
+            nbytes *= d
         return Loan(self, self._h.loan(nbytes, timeout), nbytes, shape, dt)
 
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
