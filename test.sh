@@ -20,7 +20,7 @@ venv="$PWD/target/venv"
 "$venv/bin/python" -c 'import maturin, numpy, pytest' 2>/dev/null \
   || "$venv/bin/pip" install -q maturin numpy pytest
 (cd python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --release -q)
-SHMKIT_BIN="$PWD/target/debug/shmkit" "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
+"$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
 
 # --- Zenoh bridge (issue 11): section added by that work ---
 
