@@ -628,7 +628,7 @@ impl PyPublisher {
         nbytes: Option<usize>,
     ) -> PyResult<()> {
         let inner = buffer::inner_of(buffer)?;
-        let core = self.core.clone();
+        let core = Some(self.core(py)?);
         let payload = inner
             .take_payload_if::<LoanPayload>(|l| {
                 core.as_ref().is_some_and(|c| Arc::ptr_eq(c, &l.core))

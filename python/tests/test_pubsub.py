@@ -291,3 +291,16 @@ def test_cli_send_into_python_subscriber(name, cli):
             assert [bytes(s._buf) for s in sub] == [b"a\n", b"bb\n", b"ccc\n"]
     finally:
         shmkit.remove(name)
+
+
+def test_publisher_closed_during_a_loan(name):
+    pub = shmkit.Publisher.create(name, slots=1, slot_size=16)
+    sub = shmkit.Subscriber(name)
+    with pytest.raises(shmkit.Closed):
+        with pub.loan(4) as buf:
+            buf[:] = b"late"
+            pub.close()          # the loan keeps the role until it goes
+    gc.collect()
+    with pytest.raises(shmkit.Disconnected):
+        sub.recv(timeout=5)      # nothing was published; the publisher is gone
+    sub.close()

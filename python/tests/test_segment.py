@@ -173,3 +173,23 @@ def test_buffer_type_is_not_usable_unbound():
     b = core.Buffer()
     with pytest.raises(ValueError):
         memoryview(b)
+
+
+def _open_or_create(name: str, q) -> None:
+    seg = shmkit.Segment.open_or_create(name, 4096, lifetime="persistent")
+    q.put(seg.created)
+    seg.close()
+
+
+def test_open_or_create_race_exactly_one_creator(name):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=_open_or_create, args=(name, q)) for _ in range(4)]
+    for p in ps:
+        p.start()
+    created = [q.get(timeout=60) for _ in ps]
+    for p in ps:
+        p.join(60)
+        assert p.exitcode == 0
+    shmkit.remove(name)
+    assert created.count(True) == 1
