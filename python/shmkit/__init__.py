@@ -347,9 +347,6 @@ class Sample:
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    def __buffer__(self, flags: int) -> memoryview:  # Python >= 3.12
-        return memoryview(self._buf)
-
     def array(self, dtype: Any = "uint8", shape: Optional[Sequence[int]] = None) -> Any:
         """A read-only numpy array over the sample (it keeps the slot)."""
         a = _numpy().frombuffer(self._buf, dtype=dtype)
