@@ -583,10 +583,12 @@ impl PyPublisher {
         let loan = match r {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
+                // Release: our use of the publisher happens-before the next claim (Acquire swap).
                 core.loaned.store(false, Ordering::Release);
                 return Err(errors::send(py, e));
             }
             Err(e) => {
+                // Release: our use of the publisher happens-before the next claim (Acquire swap).
                 core.loaned.store(false, Ordering::Release);
                 return Err(e);
             }
@@ -596,6 +598,7 @@ impl PyPublisher {
             Ok(p) => p,
             Err(e) => {
                 let _ = loan;
+                // Release: our use of the publisher happens-before the next claim (Acquire swap).
                 core.loaned.store(false, Ordering::Release);
                 return Err(e);
             }
@@ -672,6 +675,7 @@ impl PyPublisher {
         let dl = deadline(timeout)?;
         let core = self.core(py)?;
         let buf = Acquired::new(data, false)?;
+        // Acquire: pairs with the Release store that ended the previous claim.
         if core.loaned.swap(true, Ordering::Acquire) {
             return Err(loan_busy(py, &self.name));
         }
@@ -688,6 +692,7 @@ impl PyPublisher {
             },
             |e| matches!(e, SendError::Timeout),
         );
+        // Release: our use of the publisher happens-before the next claim (Acquire swap).
         core.loaned.store(false, Ordering::Release);
         drop(buf);
         r?.map_err(|e| errors::send(py, e))?;
@@ -700,6 +705,7 @@ impl PyPublisher {
     fn loaned(&self) -> bool {
         self.core
             .as_ref()
+            // Acquire: pairs with the Release store ending a claim.
             .is_some_and(|c| c.loaned.load(Ordering::Acquire))
     }
 
@@ -741,6 +747,8 @@ impl PyPublisher {
         core: &PubCore,
         f: impl FnOnce(&Publisher) -> R,
     ) -> PyResult<R> {
+        // Acquire: pairs with the Release store ending a claim; a false
+        // means no `&mut` exists (only this thread can make one).
         if core.loaned.load(Ordering::Acquire) {
             return Err(loan_busy(py, &self.name));
         }
