@@ -199,10 +199,9 @@ class SharedMemory:
         self._buf: Optional[memoryview] = memoryview(self._seg)
 
     @property
-    def buf(self) -> memoryview:
-        """A memoryview of the contents."""
-        if self._buf is None:
-            raise ValueError("operation forbidden on a closed SharedMemory")
+    def buf(self) -> Optional[memoryview]:
+        """A memoryview of the contents (``None`` after ``close()``, as in
+        the standard library)."""
         return self._buf
 
     @property

@@ -119,9 +119,11 @@ def test_errors_match_the_stdlib_types(name):
         with pytest.raises(BufferError):  # like the stdlib: an export is alive
             shm.close()
         del arr
+        buf = shm.buf
         shm.close()
+        assert shm.buf is None          # as the standard library does
         with pytest.raises(ValueError):
-            shm.buf
+            buf[0]                      # the old view is released
     finally:
         shm.unlink()
     shm.unlink()  # a second unlink is harmless
