@@ -115,11 +115,11 @@ def test_errors_match_the_stdlib_types(name):
         with pytest.raises(FileExistsError):
             shmkit.SharedMemory(name, create=True, size=100)
         assert shm.size == 100 and len(shm.buf) == 100
-        arr = np.frombuffer(shm.buf, dtype=np.uint8)
+        buf = shm.buf
+        arr = np.frombuffer(buf, dtype=np.uint8)
         with pytest.raises(BufferError):  # like the stdlib: an export is alive
             shm.close()
         del arr
-        buf = shm.buf
         shm.close()
         assert shm.buf is None          # as the standard library does
         with pytest.raises(ValueError):
