@@ -170,14 +170,16 @@ class SharedMemory:
     that another process still uses; ``unlink()`` is explicit), the name is
     a shmkit key (``/dev/shm/shmkit.NAME``, listed by ``shmkit ls``), a
     zero or negative size is an error, sizes are exact, and a full
-    ``/dev/shm`` is ``NoSpace`` at creation instead of SIGBUS later. With
-    ``track=False`` (default) a created segment is persistent, as in the
-    standard library; ``until_last_detach=True`` deletes it when the last
-    process detaches instead.
+    ``/dev/shm`` is ``NoSpace`` at creation (where the segment layer
+    detects it) instead of SIGBUS later. A created segment is persistent,
+    as in the standard library; ``until_last_detach=True`` deletes it when
+    the last process detaches or dies instead. ``track`` (Python 3.13's
+    parameter) is accepted and has no effect: there is no tracker.
     """
 
     def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0,
-                 *, until_last_detach: bool = False, mode: int = 0o600) -> None:
+                 *, track: bool = True, until_last_detach: bool = False,
+                 mode: int = 0o600) -> None:
         lifetime = "until-last-detach" if until_last_detach else "persistent"
         if create:
             if size <= 0:

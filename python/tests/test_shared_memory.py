@@ -165,6 +165,12 @@ def test_until_last_detach_goes_with_its_last_user(name):
     assert not os.path.exists(f"/dev/shm/shmkit.{name}")
 
 
+def test_track_parameter_is_accepted(name):
+    shm = shmkit.SharedMemory(name, create=True, size=8, track=False)
+    shm.close()
+    shm.unlink()
+
+
 def test_pickles_by_name(name):
     import pickle
     shm = shmkit.SharedMemory(name, create=True, size=16)
