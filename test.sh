@@ -14,7 +14,17 @@ cargo test --workspace
 # crates/shmkit-c/tests/{c_api,header}.rs, crates/shmkit/tests/sysv.rs,
 # crates/shmkit-cli/tests/sysv_cli.rs.
 
-# --- Python package (issue 9): section added by that work ---
+# --- Python package (issue 9) ---
+# Builds the extension into a venv (target/venv, made here if missing) and
+# runs python/tests. pytest exits 5 when it collects no test: with set -e
+# that fails the run too.
+echo "=== Python package: maturin develop --release, pytest python/tests"
+venv="$PWD/target/venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import maturin, numpy, pytest' 2>/dev/null \
+  || "$venv/bin/pip" install -q maturin numpy pytest
+(cd python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --release -q)
+"$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
 
 # --- Zenoh bridge (issue 11): section added by that work ---
 
