@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// What an attach attempt found.
+enum Attach {
+    /// Attached (our shared lock is held) and mapped.
+    Mapped(Mapping),
+    /// Someone holds the exclusive lock: retry shortly.
+    Busy,
+    /// Deleted between our `openat` and our lock: retry.
+    Unlinked,
+}
+
 type InitFn<'a> = Box<dyn FnOnce(&mut [u8]) -> Result<()> + 'a>;
 
 /// Options for creating or opening a segment. Start with
@@ -230,16 +240,17 @@ impl<'a> SegmentBuilder<'a> {
             free: space.map(|s| s.free),
             total: space.map(|s| s.total),
         };
-        let fd = shm::create_unnamed_with(self.mode, total, self.sparse).map_err(|e| match e {
-            rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
-            rustix::io::Errno::FBIG => Error::FileSizeLimit {
-                op,
-                name: name.clone(),
-                asked: Some(total),
-                limit: shm::file_size_limit(),
-            },
-            e => err(e),
-        })?;
+        let (fd, info) =
+            shm::create_unnamed_with(self.mode, total, self.sparse).map_err(|e| match e {
+                rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
+                rustix::io::Errno::FBIG => Error::FileSizeLimit {
+                    op,
+                    name: name.clone(),
+                    asked: Some(total),
+                    limit: shm::file_size_limit(),
+                },
+                e => err(e),
+            })?;
         let map = Mapping::new(fd.as_fd(), total as usize, true).map_err(|e| match e {
             rustix::io::Errno::NOMEM => Error::InvalidArgument {
                 op,
@@ -292,7 +303,6 @@ impl<'a> SegmentBuilder<'a> {
             return Err(Error::corrupt(op, &name, "fresh unnamed file was locked"));
         }
         let file = file_name(&name);
-        let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
         // linkat is a full barrier for our stores: any process that finds
         // the name (a later syscall) sees the header and object written.
         match shm::publish(fd.as_fd(), &file) {
@@ -325,43 +335,21 @@ impl<'a> SegmentBuilder<'a> {
 
     fn open_inner(&self, op: &'static str) -> Result<Segment> {
         let name = &self.name;
-        let file = file_name(name);
-        let err = |e| Error::from_errno(op, name, e);
         let deadline = Instant::now() + self.open_timeout;
         let mut pause = Duration::from_micros(50);
+        let mut busy = |what: Error| -> Result<()> {
+            if Instant::now() >= deadline {
+                return Err(what);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+            Ok(())
+        };
         loop {
-            let (fd, _) = open_file(op, name, self.writable)?;
-            // Alone (exclusive) or one of many (shared)? Exclusive first so a
-            // due segment whose holders all died is collected right here.
-            let alone = flock::try_exclusive(fd.as_fd()).map_err(err)?;
-            if !alone && !flock::try_shared(fd.as_fd()).map_err(err)? {
-                // Someone holds it exclusively: a detacher deleting it, `gc`,
-                // or another opener about to downgrade. Brief; wait.
-                if Instant::now() >= deadline {
-                    return Err(Error::Busy {
-                        op,
-                        name: name.clone(),
-                    });
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(10));
-                continue;
-            }
-            let info = shm::stat_fd(fd.as_fd()).map_err(err)?;
-            // Holding our lock (taken before this fstat), make
-            // sure the file still has its name: a deleter may have won the
-            // race before we locked. Unlinked means nlink == 0; no extra
-            // system call needed.
-            if info.nlink == 0 {
-                if Instant::now() >= deadline {
-                    return Err(Error::NotFound {
-                        op,
-                        name: name.clone(),
-                    });
-                }
-                continue;
-            }
-            let (header, flags) = read_header(op, name, &fd, info.size)?;
+            let (fd, info) = open_file(op, name, self.writable)?;
+            // Everything before the flags word is immutable once the name
+            // exists, so the header may be read before we hold a lock.
+            let (header, _) = read_header(op, name, &fd, info.size)?;
             let euid = rustix::process::geteuid().as_raw();
             if !self.any_owner && info.uid != euid {
                 return Err(Error::ForeignOwner {
@@ -371,26 +359,28 @@ impl<'a> SegmentBuilder<'a> {
                     euid,
                 });
             }
-            let due =
-                header.lifetime == Lifetime::UntilLastDetach || flags & header::FLAG_MARKED != 0;
-            if alone && due {
-                // Nobody alive is attached to a segment that is due: it is
-                // garbage. Remove it and report it absent.
-                shm::unlink_if_same(&file, info.id).map_err(err)?;
-                return Err(Error::NotFound {
-                    op,
-                    name: name.clone(),
-                });
-            }
-            if flags & header::FLAG_MARKED != 0 {
-                return Err(Error::MarkedForRemoval {
-                    op,
-                    name: name.clone(),
-                });
-            }
-            if alone && !flock::try_shared(fd.as_fd()).map_err(err)? {
-                continue;
-            }
+            let attached = if header.lifetime == Lifetime::Persistent {
+                self.attach_persistent(op, &fd, &info)?
+            } else {
+                self.attach_until_last_detach(op, &fd, &info)?
+            };
+            let map = match attached {
+                Attach::Mapped(map) => map,
+                Attach::Busy => {
+                    busy(Error::Busy {
+                        op,
+                        name: name.clone(),
+                    })?;
+                    continue;
+                }
+                Attach::Unlinked => {
+                    busy(Error::NotFound {
+                        op,
+                        name: name.clone(),
+                    })?;
+                    continue;
+                }
+            };
             if let Some(kind) = self.kind {
                 if kind != header.kind {
                     return Err(Error::WrongKind {
@@ -411,7 +401,6 @@ impl<'a> SegmentBuilder<'a> {
                     });
                 }
             }
-            let map = Mapping::new(fd.as_fd(), info.size as usize, self.writable).map_err(err)?;
             return Ok(Segment {
                 name: name.clone(),
                 fd,
@@ -423,6 +412,90 @@ impl<'a> SegmentBuilder<'a> {
                 detached: false,
             });
         }
+    }
+
+    /// Attaches to a persistent segment: one shared `flock`, no exclusive
+    /// probe (only a *marked* persistent segment can be due, and the mark
+    /// is read under our lock). No `nlink` re-check either: a `remove`
+    /// that unlinks the name after our `openat` is ordered after this open
+    /// (as `shm_unlink` after `shm_open`), and the handle stays valid.
+    fn attach_persistent(
+        &self,
+        op: &'static str,
+        fd: &OwnedFd,
+        info: &shm::FileInfo,
+    ) -> Result<Attach> {
+        let name = &self.name;
+        let err = |e| Error::from_errno(op, name, e);
+        if !flock::try_shared(fd.as_fd()).map_err(err)? {
+            // An exclusive holder: `gc` or a detacher collecting a marked
+            // segment, for microseconds.
+            return Ok(Attach::Busy);
+        }
+        let map = Mapping::new(fd.as_fd(), info.size as usize, self.writable).map_err(err)?;
+        // Acquire: pairs with the SeqCst fetch_or in `remove_when_unused`.
+        // Read under our shared lock: a marker whose exclusive attempt
+        // failed because of us leaves the deletion to the last detacher.
+        if flags_word(&map).load(Ordering::Acquire) & header::FLAG_MARKED == 0 {
+            return Ok(Attach::Mapped(map));
+        }
+        drop(map);
+        // Marked (rare): if nobody else is attached it is garbage; collect
+        // it. A failed upgrade drops our shared lock, which is fine: we
+        // are refusing the open.
+        if flock::try_exclusive(fd.as_fd()).map_err(err)? {
+            shm::unlink_if_same(&file_name(name), info.id).map_err(err)?;
+            return Err(Error::NotFound {
+                op,
+                name: name.clone(),
+            });
+        }
+        Err(Error::MarkedForRemoval {
+            op,
+            name: name.clone(),
+        })
+    }
+
+    /// Attaches to an until-last-detach segment: exclusive probe first, so
+    /// that one whose holders all died is collected here, then shared; and
+    /// under the lock, make sure a last detacher did not delete it between
+    /// our `openat` and our lock (`nlink == 0`), or we would be attached to
+    /// a segment nobody else can find.
+    fn attach_until_last_detach(
+        &self,
+        op: &'static str,
+        fd: &OwnedFd,
+        info: &shm::FileInfo,
+    ) -> Result<Attach> {
+        let name = &self.name;
+        let err = |e| Error::from_errno(op, name, e);
+        let alone = flock::try_exclusive(fd.as_fd()).map_err(err)?;
+        if !alone && !flock::try_shared(fd.as_fd()).map_err(err)? {
+            // Someone holds it exclusively: a detacher deleting it, `gc`,
+            // or another opener about to downgrade. Brief; wait.
+            return Ok(Attach::Busy);
+        }
+        if shm::stat_fd(fd.as_fd()).map_err(err)?.nlink == 0 {
+            return Ok(Attach::Unlinked);
+        }
+        if alone {
+            // Nobody alive is attached to a segment that is due: it is
+            // garbage. Remove it and report it absent.
+            shm::unlink_if_same(&file_name(name), info.id).map_err(err)?;
+            return Err(Error::NotFound {
+                op,
+                name: name.clone(),
+            });
+        }
+        let map = Mapping::new(fd.as_fd(), info.size as usize, self.writable).map_err(err)?;
+        // Acquire: as in `attach_persistent`.
+        if flags_word(&map).load(Ordering::Acquire) & header::FLAG_MARKED != 0 {
+            return Err(Error::MarkedForRemoval {
+                op,
+                name: name.clone(),
+            });
+        }
+        Ok(Attach::Mapped(map))
     }
 }
 

@@ -78,7 +78,9 @@ use crate::sys::{flock, mmap::Mapping, process, shm};
 #[derive(Debug)]
 pub struct Segment {
     name: String,
-    /// Holds our shared `flock`: the proof that we are attached.
+    /// Holds our shared `flock`: the proof that we are attached. (The
+    /// mapping holds the same open file description, so the lock outlives
+    /// a `close` until the unmap: detach unlocks explicitly.)
     fd: OwnedFd,
     /// Header page + data area. Invariant: `map.len() == HEADER_SIZE +
     /// header.data_len`, checked against the file size at open.
@@ -321,7 +323,7 @@ impl Segment {
             self.id,
             self.header.lifetime,
         )
-        // `self` drops here: unmaps, then closes the fd (releasing the lock).
+        // `self` drops here: closes the fd and unmaps.
     }
 }
 
@@ -355,7 +357,8 @@ pub(crate) fn flags_word(map: &Mapping) -> &AtomicU32 {
     unsafe { &*(map.as_ptr().add(header::FLAGS_OFFSET) as *const AtomicU32) }
 }
 
-/// The detach protocol (the mapping and fd are released by the caller).
+/// The detach protocol (the caller then closes the fd and unmaps).
+/// Returns whether it deleted the segment.
 fn detach_protocol(
     name: &str,
     fd: &OwnedFd,
@@ -365,22 +368,29 @@ fn detach_protocol(
 ) -> Result<bool> {
     const OP: &str = "detach";
     let err = |e| Error::from_errno(OP, name, e);
-    // Upgrade: succeeds only if no other handle, in any process, is
-    // attached. A failed upgrade leaves us holding nothing, which is fine:
-    // we are leaving, and whoever is still attached will do this check.
+    if lifetime == Lifetime::Persistent {
+        // A persistent segment is due only if marked, so no exclusive
+        // probe in the common case: our attachment ends here.
+        flock::unlock(fd.as_fd()).map_err(err)?;
+        // Then the mark. Acquire: pairs with the SeqCst fetch_or in
+        // `remove_when_unused`, which stores the mark *before* its own
+        // exclusive attempt. If that attempt failed because of our shared
+        // lock, it came before our unlock in the kernel's order of lock
+        // operations on this file, so we see the mark here and do the
+        // collection it left to the last detacher. If it came after our
+        // unlock, it saw us gone and deleted the segment itself (our
+        // collection then finds nothing, or another file under the name).
+        if flags_word(map).load(Ordering::Acquire) & header::FLAG_MARKED == 0 {
+            return Ok(false);
+        }
+        return registry::collect_if_same(name, id);
+    }
+    // Until last detach. Upgrade: succeeds only if no other handle, in any
+    // process, is attached. A failed upgrade leaves us holding nothing,
+    // which is fine: we are leaving, and whoever is still attached will do
+    // this check.
     if !flock::try_exclusive(fd.as_fd()).map_err(err)? {
         return Ok(false);
     }
-    // Read the flags only after the exclusive lock: `remove_when_unused`
-    // sets the bit before its own flock attempt, and the kernel's lock
-    // list is serialised, so if its attempt failed because of us, we see
-    // the bit here.
-    // Acquire: pairs with the SeqCst fetch_or in `remove_when_unused`
-    // (the flock syscalls between them order the two processes).
-    let marked = flags_word(map).load(Ordering::Acquire) & header::FLAG_MARKED != 0;
-    if lifetime == Lifetime::UntilLastDetach || marked {
-        return shm::unlink_if_same(&file_name(name), id).map_err(err);
-    }
-    let _ = flock::unlock(fd.as_fd());
-    Ok(false)
+    shm::unlink_if_same(&file_name(name), id).map_err(err)
 }

@@ -111,6 +111,21 @@ pub(crate) fn collect_if_due(name: &str) -> Result<bool> {
     }
 }
 
+/// Removes `name` if it is still the file `id` and nobody is attached:
+/// the last detacher of a segment marked for removal, which has already
+/// closed its own descriptor (see `Segment::release`). Returns whether it
+/// removed it.
+pub(crate) fn collect_if_same(name: &str, id: shm::FileId) -> Result<bool> {
+    const OP: &str = "detach";
+    match probe(OP, name) {
+        Probe::Alone(_fd, info, _) if info.id == id => {
+            // We hold the exclusive lock until `_fd` drops, after unlink.
+            shm::unlink_if_same(&file_name(name), id).map_err(|e| Error::from_errno(OP, name, e))
+        }
+        _ => Ok(false),
+    }
+}
+
 fn info_of(
     name: &str,
     info: shm::FileInfo,

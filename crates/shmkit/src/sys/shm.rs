@@ -100,13 +100,18 @@ fn dir() -> Result<BorrowedFd<'static>, Errno> {
 /// page. `EFBIG` if `size` passes `RLIMIT_FSIZE` (checked first, so no
 /// SIGXFSZ is ever raised).
 pub fn create_unnamed(mode: u32, size: u64) -> Result<OwnedFd, Errno> {
-    create_unnamed_with(mode, size, false)
+    Ok(create_unnamed_with(mode, size, false)?.0)
 }
 
 /// [`create_unnamed`], or with `sparse` an unreserved file (`ftruncate`
 /// only: pages are allocated at first touch, and a touch that finds the
-/// file system full is SIGBUS).
-pub fn create_unnamed_with(mode: u32, size: u64, sparse: bool) -> Result<OwnedFd, Errno> {
+/// file system full is SIGBUS). Also returns the file's identity (its
+/// size in the returned info is 0: it is taken before the reservation).
+pub fn create_unnamed_with(
+    mode: u32,
+    size: u64,
+    sparse: bool,
+) -> Result<(OwnedFd, FileInfo), Errno> {
     check_file_size_limit(size)?;
     let fd = fs::openat(
         dir()?,
@@ -114,14 +119,19 @@ pub fn create_unnamed_with(mode: u32, size: u64, sparse: bool) -> Result<OwnedFd
         OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
         Mode::from_raw_mode(mode),
     )?;
-    // The umask trimmed the mode given to open: set exactly what was asked.
-    fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    // The umask may have trimmed the mode given to open: set exactly what
+    // was asked, but only then (the fstat is needed anyway, for the id).
+    let mut info = stat_fd(fd.as_fd())?;
+    if info.mode != mode & 0o7777 {
+        fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        info.mode = mode & 0o7777;
+    }
     if sparse {
         fs::ftruncate(&fd, size)?;
     } else {
         reserve(fd.as_fd(), size)?;
     }
-    Ok(fd)
+    Ok((fd, info))
 }
 
 /// Allocates `size` bytes of the file from offset 0 (and sets its size).
