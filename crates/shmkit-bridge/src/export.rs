@@ -8,7 +8,10 @@ use shmkit::channel::pubsub::Subscriber;
 use shmkit::channel::ring::Receiver;
 use shmkit::channel::{RecvError, Wait};
 use tokio::sync::mpsc;
+use zenoh::handlers::{FifoChannel, FifoChannelHandler};
+use zenoh::pubsub::Subscriber as ZSubscriber;
 use zenoh::qos::CongestionControl;
+use zenoh::sample::Sample;
 use zenoh::Session;
 
 use crate::wire::{Header, Kind};
@@ -161,6 +164,14 @@ pub async fn export_with(
         })?;
 
     let stream = crate::stream_id();
+    // The importer acknowledges the end of the stream once it delivered
+    // everything: closing the session earlier could discard data still
+    // queued in Zenoh.
+    let ack = session
+        .declare_subscriber(crate::wire::ack_key(stream))
+        .with(FifoChannel::new(4))
+        .await
+        .map_err(|e| Error::Zenoh(format!("declaring the end-of-stream subscriber: {e}")))?;
     let mut seq = 0u64;
     tracing::info!(channel = %name, key, stream = format_args!("{stream:016x}"), "exporting");
     let result = loop {
@@ -204,8 +215,14 @@ pub async fn export_with(
                 Stats::add(&opts.stats.messages, 1);
                 Stats::add(&opts.stats.bytes, len);
             }
-            Kind::End => break Ok(Ended::Closed),
-            Kind::Died => break Ok(Ended::SenderDied),
+            Kind::End | Kind::Died => {
+                wait_for_ack(&ack, &matching, &opts.shutdown, key).await;
+                break Ok(if kind == Kind::End {
+                    Ended::Closed
+                } else {
+                    Ended::SenderDied
+                });
+            }
         }
     };
     // Stop and join the reader so the local endpoint is closed on return.
@@ -219,6 +236,42 @@ pub async fn export_with(
         Err(e) => tracing::error!(channel = %name, key, error = %e, "export failed"),
     }
     result
+}
+
+/// How long the exporter waits for an importer to acknowledge the end.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until an importer acknowledges the end of the stream, no
+/// importer matches any more, shutdown, or [`ACK_TIMEOUT`].
+async fn wait_for_ack(
+    ack: &ZSubscriber<FifoChannelHandler<Sample>>,
+    matching: &AtomicBool,
+    shutdown: &Shutdown,
+    key: &str,
+) {
+    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+    loop {
+        tokio::select! {
+            r = ack.recv_async() => {
+                if r.is_ok() {
+                    tracing::debug!(key, "an importer acknowledged the end of the stream");
+                }
+                return;
+            }
+            _ = shutdown.triggered() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                // Acquire: pairs with the listener's Release (plain flag).
+                if !matching.load(Ordering::Acquire) {
+                    tracing::warn!(key, "no importer left to acknowledge the end of the stream");
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(key, "no importer acknowledged the end of the stream within {ACK_TIMEOUT:?}");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The reading thread: local channel → bounded queue. Takes a message only

@@ -10,7 +10,7 @@ use shmkit::channel::{SendError, Wait};
 use zenoh::bytes::ZBytes;
 use zenoh::handlers::FifoChannel;
 use zenoh::sample::Sample;
-use zenoh::Session;
+use zenoh::{Session, Wait as _};
 
 use crate::wire::{Header, Kind};
 use crate::{Ended, Error, Shutdown, Stats, StopOnDrop};
@@ -104,8 +104,9 @@ pub async fn import_with(
         let stop = stop.clone();
         let stats = opts.stats.clone();
         let once = opts.once;
+        let session = session.clone();
         tokio::task::spawn_blocking(move || {
-            let mut d = Deliver::new(sink, stats, stop);
+            let mut d = Deliver::new(sink, session, stats, stop);
             loop {
                 if d.stop.load(Ordering::Relaxed) {
                     break Ok(Ended::Shutdown);
@@ -153,10 +154,11 @@ struct Deliver {
     stop: Arc<AtomicBool>,
     /// (stream id, next expected sequence number).
     stream: Option<(u64, u64)>,
+    session: Session,
 }
 
 impl Deliver {
-    fn new(sink: Sink, stats: Arc<Stats>, stop: Arc<AtomicBool>) -> Deliver {
+    fn new(sink: Sink, session: Session, stats: Arc<Stats>, stop: Arc<AtomicBool>) -> Deliver {
         let kind = match &sink {
             Sink::Ring(_) => SinkKind::Ring,
             Sink::PubSub(_, p) => SinkKind::PubSub(*p),
@@ -168,6 +170,7 @@ impl Deliver {
             stats,
             stop,
             stream: None,
+            session,
         }
     }
 
@@ -197,6 +200,15 @@ impl Deliver {
                     // Dropping the producer closes the channel: local
                     // receivers end after the last message.
                     self.sink = None;
+                    // Everything before the end is delivered: let the
+                    // exporter close its session.
+                    if let Err(e) = self
+                        .session
+                        .put(crate::wire::ack_key(h.stream), Vec::<u8>::new())
+                        .wait()
+                    {
+                        tracing::warn!(channel = %self.name, error = %e, "acknowledging the end of the stream");
+                    }
                     return Ok(Some(end));
                 }
             }

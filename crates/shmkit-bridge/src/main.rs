@@ -249,6 +249,7 @@ fn init_logging(v: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -322,6 +323,9 @@ async fn run(cmd: Command) -> Result<Ended, Fail> {
         Command::Export(a) => {
             let sopts = session_options(&a.zenoh)?;
             let seg = open_channel(&a.channel)?;
+            // The session first: a bridge that cannot connect leaves the
+            // local channel's roles untouched.
+            let session = sopts.open().await?;
             let (source, default_cc): (shmkit_bridge::Source, _) = match seg.kind() {
                 Kind::Ring => (Receiver::from_segment(seg)?.into(), Congestion::Block),
                 _ => {
@@ -340,7 +344,6 @@ async fn run(cmd: Command) -> Result<Ended, Fail> {
                 Some(CongestionArg::Drop) => Congestion::Drop,
                 None => default_cc,
             };
-            let session = sopts.open().await?;
             stats_ticker(
                 a.zenoh.stats,
                 format!("export {}", a.channel),
@@ -365,8 +368,9 @@ async fn run(cmd: Command) -> Result<Ended, Fail> {
         }
         Command::Import(a) => {
             let sopts = session_options(&a.zenoh)?;
-            let sink = open_or_create_sink(&a)?;
+            let seg = open_or_create(&a)?;
             let session = sopts.open().await?;
+            let sink = sink_of(seg, &a.into)?;
             stats_ticker(a.zenoh.stats, format!("import {}", a.into), stats.clone())?;
             let opts = ImportOptions {
                 once: a.once,
@@ -399,12 +403,15 @@ fn open_channel(name: &str) -> Result<Segment, Fail> {
     }
 }
 
-fn open_or_create_sink(a: &ImportArgs) -> Result<Sink, Fail> {
-    let seg = match Segment::open(&a.into) {
-        Ok(seg) => seg,
-        Err(e) if e.is_not_found() => create_channel(a)?,
-        Err(e) => return Err(Fail::Run(e.to_string())),
-    };
+fn open_or_create(a: &ImportArgs) -> Result<Segment, Fail> {
+    match Segment::open(&a.into) {
+        Ok(seg) => Ok(seg),
+        Err(e) if e.is_not_found() => create_channel(a),
+        Err(e) => Err(Fail::Run(e.to_string())),
+    }
+}
+
+fn sink_of(seg: Segment, name: &str) -> Result<Sink, Fail> {
     match seg.kind() {
         Kind::Ring => Ok(Sink::Ring(Sender::from_segment(seg)?)),
         Kind::PubSub => {
@@ -414,8 +421,7 @@ fn open_or_create_sink(a: &ImportArgs) -> Result<Sink, Fail> {
             Ok(Sink::PubSub(Publisher::from_segment(seg)?, policy))
         }
         k => Err(Fail::Run(format!(
-            "{:?} is a {k} segment, not a channel (ring or pubsub)",
-            a.into
+            "{name:?} is a {k} segment, not a channel (ring or pubsub)"
         ))),
     }
 }

@@ -10,7 +10,16 @@
 //!
 //! The importer uses the sequence numbers to count messages lost on the
 //! way (congestion control `Drop`, or a bridge killed with messages in
-//! flight) and the kind to close its local channel when the stream ends.
+//! flight) and the kind to close its local channel when the stream ends;
+//! then it puts an empty sample on [`ack_key`] of the stream.
+
+/// The key on which an importer acknowledges the end of `stream` (after
+/// delivering every message before it); the exporter waits for it before
+/// closing its session, which could otherwise discard queued data. A
+/// verbatim (`@`) chunk: `**` subscriptions do not see it.
+pub fn ack_key(stream: u64) -> String {
+    format!("@shmkit-bridge/ack/{stream:016x}")
+}
 
 /// What a sample means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
