@@ -7,12 +7,13 @@ use std::time::Duration;
 use shmkit::channel::pubsub::Subscriber;
 use shmkit::channel::ring::Receiver;
 use shmkit::channel::{RecvError, Wait};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use zenoh::handlers::{FifoChannel, FifoChannelHandler};
+use zenoh::pubsub::Publisher;
 use zenoh::pubsub::Subscriber as ZSubscriber;
 use zenoh::qos::CongestionControl;
 use zenoh::sample::Sample;
-use zenoh::Session;
+use zenoh::{Session, Wait as _};
 
 use crate::wire::{Header, Kind};
 use crate::{Ended, Error, Shutdown, Stats, StopOnDrop};
@@ -87,13 +88,6 @@ impl Default for ExportOptions {
     }
 }
 
-enum Item {
-    /// A message and how many the local pub/sub reported missed before it.
-    Msg(Vec<u8>, u64),
-    End(Ended),
-    Failed(String),
-}
-
 /// Forwards every message of `source` to Zenoh under `key` until the local
 /// sender closes ([`Ended::Closed`]) or dies ([`Ended::SenderDied`]); the
 /// end is forwarded too. Blocking congestion control, waits for an
@@ -106,9 +100,14 @@ pub async fn export(
     export_with(session, source, key, ExportOptions::default()).await
 }
 
-/// [`export`] with options. Cancelling the future stops the reading thread
-/// within 100 ms; [`Shutdown::trigger`] also waits for it, so the local
-/// endpoint is closed cleanly when this returns.
+/// [`export`] with options.
+///
+/// The forwarding runs on a thread of its own (a `Block` put can block for
+/// as long as the far side is slow, and Zenoh's put blocks its caller).
+/// [`Shutdown::trigger`] stops it between messages (at most a 100 ms
+/// receive slice) and waits up to 2 s for it, so the local endpoint is
+/// closed when this returns; a thread still stuck in a blocked put after
+/// that is left to finish on its own. Dropping the future also stops it.
 pub async fn export_with(
     session: &Session,
     source: impl Into<Source>,
@@ -127,12 +126,14 @@ pub async fn export_with(
         .await
         .map_err(|e| Error::Zenoh(format!("declaring publisher {key:?}: {e}")))?;
 
-    // Whether an importer listens, kept current by a matching listener.
+    // Whether an importer listens, kept current by a matching listener
+    // that lives as long as the publisher.
     let matching = Arc::new(AtomicBool::new(false));
     let m2 = matching.clone();
-    let _listener = publisher
+    publisher
         .matching_listener()
         .callback(move |s| m2.store(s.matching(), Ordering::Release))
+        .background()
         .await
         .map_err(|e| Error::Zenoh(format!("matching listener {key:?}: {e}")))?;
     let now = publisher
@@ -140,28 +141,8 @@ pub async fn export_with(
         .await
         .map_err(|e| Error::Zenoh(format!("matching status {key:?}: {e}")))?
         .matching();
-    // Release/Acquire: plain flag; the listener may have stored a newer
-    // value already, in which case both agree or the listener's wins soon.
+    // Release: a plain flag, as the listener's stores.
     matching.fetch_or(now, Ordering::Release);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_on_drop = StopOnDrop(stop.clone());
-    let (tx, mut rx) = mpsc::channel::<Item>(2);
-    let gate = if opts.wait_for_importer {
-        Some(matching.clone())
-    } else {
-        None
-    };
-    let reader = std::thread::Builder::new()
-        .name(format!("export {name}"))
-        .spawn({
-            let stop = stop.clone();
-            move || read_loop(source, tx, stop, gate)
-        })
-        .map_err(|e| Error::Local {
-            name: name.clone(),
-            msg: format!("spawning the reader thread: {e}"),
-        })?;
 
     let stream = crate::stream_id();
     // The importer acknowledges the end of the stream once it delivered
@@ -172,63 +153,51 @@ pub async fn export_with(
         .with(FifoChannel::new(4))
         .await
         .map_err(|e| Error::Zenoh(format!("declaring the end-of-stream subscriber: {e}")))?;
-    let mut seq = 0u64;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let (done_tx, mut done_rx) = oneshot::channel();
+    let fwd = Forwarder {
+        source,
+        publisher,
+        stream,
+        stop: stop.clone(),
+        gate: opts.wait_for_importer.then(|| matching.clone()),
+        stats: opts.stats.clone(),
+        key: key.to_owned(),
+    };
+    std::thread::Builder::new()
+        .name(format!("export {name}"))
+        .spawn(move || {
+            let _ = done_tx.send(fwd.run());
+        })
+        .map_err(|e| Error::Local {
+            name: name.clone(),
+            msg: format!("spawning the forwarding thread: {e}"),
+        })?;
     tracing::info!(channel = %name, key, stream = format_args!("{stream:016x}"), "exporting");
-    let result = loop {
-        let item = tokio::select! {
-            item = rx.recv() => item,
-            _ = opts.shutdown.triggered() => break Ok(Ended::Shutdown),
-        };
-        let (payload, kind) = match item {
-            Some(Item::Msg(m, missed)) => {
-                if missed > 0 {
-                    Stats::add(&opts.stats.missed_local, missed);
-                    tracing::warn!(channel = %name, missed, "the local channel dropped messages before the bridge read them");
-                }
-                (m, Kind::Data)
+
+    let result = tokio::select! {
+        r = &mut done_rx => r.unwrap_or_else(|_| Err(Error::Local {
+            name: name.clone(),
+            msg: "the forwarding thread stopped unexpectedly".into(),
+        })),
+        _ = opts.shutdown.triggered() => {
+            // Relaxed: a plain stop request, polled by the thread.
+            stop.store(true, Ordering::Relaxed);
+            if tokio::time::timeout(Duration::from_secs(2), &mut done_rx).await.is_err() {
+                tracing::warn!(channel = %name, "the forwarding thread is blocked in Zenoh; not waiting for it");
             }
-            Some(Item::End(Ended::Closed)) => (Vec::new(), Kind::End),
-            Some(Item::End(_)) => (Vec::new(), Kind::Died),
-            Some(Item::Failed(msg)) => {
-                break Err(Error::Local {
-                    name: name.clone(),
-                    msg,
-                })
-            }
-            None => {
-                break Err(Error::Local {
-                    name: name.clone(),
-                    msg: "the reader thread stopped unexpectedly".into(),
-                })
-            }
-        };
-        let len = payload.len() as u64;
-        let header = Header { stream, seq, kind }.encode();
-        publisher
-            .put(payload)
-            .attachment(header.to_vec())
-            .await
-            .map_err(|e| Error::Zenoh(format!("put {key:?}: {e}")))?;
-        seq += 1;
-        match kind {
-            Kind::Data => {
-                Stats::add(&opts.stats.messages, 1);
-                Stats::add(&opts.stats.bytes, len);
-            }
-            Kind::End | Kind::Died => {
-                wait_for_ack(&ack, &matching, &opts.shutdown, key).await;
-                break Ok(if kind == Kind::End {
-                    Ended::Closed
-                } else {
-                    Ended::SenderDied
-                });
-            }
+            Ok(Ended::Shutdown)
         }
     };
-    // Stop and join the reader so the local endpoint is closed on return.
-    stop.store(true, Ordering::Relaxed);
-    drop(rx);
-    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    let result = match result {
+        Ok(end @ (Ended::Closed | Ended::SenderDied)) => {
+            wait_for_ack(&ack, &matching, &opts.shutdown, key).await;
+            Ok(end)
+        }
+        r => r,
+    };
     match &result {
         Ok(e) => {
             tracing::info!(channel = %name, key, ended = ?e, stats = %opts.stats.line(), "export finished")
@@ -274,53 +243,97 @@ async fn wait_for_ack(
     }
 }
 
-/// The reading thread: local channel → bounded queue. Takes a message only
-/// when the gate (an importer matches) is open.
-fn read_loop(
-    mut source: Source,
-    tx: mpsc::Sender<Item>,
+/// The forwarding thread's state: local channel → Zenoh put.
+struct Forwarder {
+    source: Source,
+    publisher: Publisher<'static>,
+    stream: u64,
     stop: Arc<AtomicBool>,
+    /// Open while an importer matches (when waiting for one).
     gate: Option<Arc<AtomicBool>>,
-) {
-    let mut logged = false;
-    loop {
+    stats: Arc<Stats>,
+    key: String,
+}
+
+impl Forwarder {
+    fn stopping(&self) -> bool {
         // Relaxed: a plain stop request, polled.
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Some(g) = &gate {
-            // Acquire: pairs with the listener's Release (a plain flag).
-            if !g.load(Ordering::Acquire) {
-                if !logged {
-                    tracing::info!("no importer matches the key yet: holding the local channel");
-                    logged = true;
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Takes a message only when the gate is open, puts it, until the
+    /// local sender closes or dies, or stop.
+    fn run(mut self) -> Result<Ended, Error> {
+        let mut seq = 0u64;
+        let mut held = false;
+        let mut buf = Vec::new();
+        loop {
+            if self.stopping() {
+                return Ok(Ended::Shutdown);
+            }
+            if let Some(g) = &self.gate {
+                // Acquire: pairs with the listener's Release (plain flag).
+                if !g.load(Ordering::Acquire) {
+                    if !held {
+                        tracing::info!(key = %self.key, "no importer matches the key: holding the local channel");
+                        held = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+                if held {
+                    tracing::info!(key = %self.key, "an importer matches: forwarding");
+                    held = false;
+                }
             }
-            if logged {
-                tracing::info!("an importer matches: forwarding");
-                logged = false;
+            let r = match &mut self.source {
+                Source::Ring(r) => r.recv_timeout(SLICE).map(|m| (m, 0)),
+                Source::PubSub(s) => s
+                    .recv_into(Wait::timeout(SLICE), &mut buf)
+                    .map(|missed| (std::mem::take(&mut buf), missed)),
+            };
+            let (payload, kind) = match r {
+                Ok((m, missed)) => {
+                    if missed > 0 {
+                        Stats::add(&self.stats.missed_local, missed);
+                        tracing::warn!(
+                            missed,
+                            "the local channel dropped messages before the bridge read them"
+                        );
+                    }
+                    (m, Kind::Data)
+                }
+                Err(RecvError::Timeout) | Err(RecvError::Empty) => continue,
+                Err(RecvError::Disconnected) => (Vec::new(), Kind::End),
+                Err(RecvError::SenderDied) => (Vec::new(), Kind::Died),
+                Err(e) => {
+                    return Err(Error::Local {
+                        name: self.source.name(),
+                        msg: e.to_string(),
+                    })
+                }
+            };
+            let len = payload.len() as u64;
+            let header = Header {
+                stream: self.stream,
+                seq,
+                kind,
             }
-        }
-        let r = match &mut source {
-            Source::Ring(r) => r.recv_timeout(SLICE).map(|m| (m, 0)),
-            Source::PubSub(s) => {
-                let mut buf = Vec::new();
-                s.recv_into(Wait::timeout(SLICE), &mut buf)
-                    .map(|missed| (buf, missed))
+            .encode();
+            self.publisher
+                .put(payload)
+                .attachment(header.to_vec())
+                .wait()
+                .map_err(|e| Error::Zenoh(format!("put {:?}: {e}", self.key)))?;
+            seq += 1;
+            match kind {
+                Kind::Data => {
+                    Stats::add(&self.stats.messages, 1);
+                    Stats::add(&self.stats.bytes, len);
+                }
+                Kind::End => return Ok(Ended::Closed),
+                Kind::Died => return Ok(Ended::SenderDied),
             }
-        };
-        let item = match r {
-            Ok((m, missed)) => Item::Msg(m, missed),
-            Err(RecvError::Timeout) | Err(RecvError::Empty) => continue,
-            Err(RecvError::Disconnected) => Item::End(Ended::Closed),
-            Err(RecvError::SenderDied) => Item::End(Ended::SenderDied),
-            Err(e) => Item::Failed(e.to_string()),
-        };
-        let last = !matches!(item, Item::Msg(..));
-        if tx.blocking_send(item).is_err() || last {
-            return;
         }
     }
 }

@@ -262,7 +262,7 @@ fn session_options(z: &ZenohArgs) -> Result<SessionOptions, Fail> {
                 "--connect-timeout {t}: not a duration"
             )))
         }
-        Some(t) if t == 0.0 => None,
+        Some(0.0) => None,
         Some(t) => Some(Duration::from_secs_f64(t)),
         None if !z.connect.is_empty() => Some(Duration::from_secs(10)),
         None => None,
@@ -294,6 +294,13 @@ fn on_signals(shutdown: Shutdown) -> Result<(), Fail> {
         }
         tracing::info!("signal received: shutting down");
         shutdown.trigger();
+        // A backstop: the bridge stops within ~100 ms unless a thread is
+        // stuck inside Zenoh (a blocked put); do not hang for ever then.
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(10));
+            eprintln!("shmkit-bridge: did not stop within 10 s of the signal; exiting");
+            std::process::exit(1);
+        });
     });
     Ok(())
 }

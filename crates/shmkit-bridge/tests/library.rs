@@ -249,9 +249,10 @@ fn importer_counts_sequence_gaps_in_log_and_stats_line() {
     b.clean();
 }
 
-/// A pub/sub sink with drop-oldest never waits for a local subscriber.
+/// A pub/sub sink with drop-oldest never waits for a local subscriber;
+/// a sample larger than the slots is refused and counted.
 #[test]
-fn drop_oldest_sink_does_not_wait_for_subscribers() {
+fn drop_oldest_sink_does_not_wait_and_oversized_samples_are_counted() {
     let name = unique("dropsink");
     let p = Publisher::create(
         &name,
@@ -301,9 +302,20 @@ fn drop_oldest_sink_does_not_wait_for_subscribers() {
                 .await
                 .unwrap();
         }
+        // Larger than the 64-byte slots: refused, counted, logged.
         let h = Header {
             stream: 9,
             seq: 10,
+            kind: Kind::Data,
+        }
+        .encode();
+        publ.put(vec![0u8; 100])
+            .attachment(h.to_vec())
+            .await
+            .unwrap();
+        let h = Header {
+            stream: 9,
+            seq: 11,
             kind: Kind::End,
         }
         .encode();
@@ -315,10 +327,9 @@ fn drop_oldest_sink_does_not_wait_for_subscribers() {
             .await
             .expect("import stuck");
         assert_eq!(r.unwrap().unwrap(), Ended::Closed);
-        assert!(
-            stats.line().starts_with("messages=10 bytes=160 dropped=0"),
-            "{}",
-            stats.line()
+        assert_eq!(
+            stats.line(),
+            "messages=10 bytes=160 dropped=0 missed_local=0 rejected=1"
         );
         let _ = zenoh::Session::close(&sa).await;
     });

@@ -262,7 +262,8 @@ fn sixteen_mib_frames_pass_whole() {
             .stdout(File::create(&output).unwrap());
         p.b.spawn("recv", cmd)
     };
-    let mut exp = p.exporter(&[]);
+    // The exporter as a Zenoh client of the importer (a peer).
+    let mut exp = p.exporter(&["--mode", "client"]);
     let mut send = p.a.spawn("send", {
         let mut c = p.a.command(shmkit_bin());
         c.arg("send")

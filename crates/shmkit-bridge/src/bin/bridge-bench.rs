@@ -92,13 +92,13 @@ impl Meter {
     }
 
     fn print(&self) {
+        std::hint::black_box(self.sink);
         println!(
-            "{} {} {} {} {}",
+            "{} {} {} {}",
             self.count,
             self.last,
             self.h.value_at_quantile(0.5),
             self.h.value_at_quantile(0.99),
-            self.sink & 0
         );
     }
 }
