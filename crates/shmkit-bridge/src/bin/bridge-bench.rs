@@ -2,7 +2,7 @@
 //! direct shmkit, in the same run.
 //!
 //! ```text
-//! cargo run --release --manifest-path crates/shmkit-bridge/Cargo.toml --bin bridge-bench [-- --quick]
+//! cargo run --release --manifest-path crates/shmkit-bridge/Cargo.toml --bin bridge-bench [-- --quick] [--rounds N]
 //! ```
 //!
 //! Three paths, each process to process on this machine:
@@ -18,6 +18,8 @@
 //! and the last byte (not every byte) and reports the arrival time of
 //! the last message. Throughput = bytes / (last arrival - first send);
 //! latency = arrival - stamp, one way, paced at 1 message per 500 µs.
+//! Each case runs `--rounds` times (default 3; 1 with `--quick`), paths
+//! alternating, and the median round is shown.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -333,15 +335,18 @@ fn run_bridge(case: Case, tag: &str) -> (u64, Result) {
         .create(&b)
         .expect("ring b");
     let quiet = ["--no-multicast-scouting", "--no-gossip"];
+    // Errors only from the bridges (Zenoh warns that gossip is off).
     let _imp = Kid::spawn(
         Command::new(&bridge)
             .args(["import", &key, "--into", &b, "--listen", &ep(port)])
-            .args(quiet),
+            .args(quiet)
+            .env("RUST_LOG", "error"),
     );
     let _exp = Kid::spawn(
         Command::new(&bridge)
             .args(["export", &a, "--key", &key, "--connect", &ep(port)])
-            .args(quiet),
+            .args(quiet)
+            .env("RUST_LOG", "error"),
     );
     let mut kid = Kid::spawn(
         Command::new(me())
@@ -371,6 +376,12 @@ fn main() {
         _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .map(|r| r.parse().expect("--rounds N"))
+        .unwrap_or(if quick { 1 } else { 3 });
     let k = if quick { 10 } else { 1 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -412,46 +423,80 @@ fn main() {
         ),
     ];
     println!(
-        "bridge-bench: loopback, {} (load average {})",
+        "bridge-bench: loopback, {}, {rounds} round(s) per case and path (median shown), load average {}",
         if quick { "quick" } else { "full" },
         loadavg()
     );
     println!(
-        "{:<11} {:<7} {:>8} {:>12} {:>12} {:>10} {:>10}",
+        "{:<11} {:<7} {:>8} {:>12} {:>9} {:>10} {:>10}",
         "case", "path", "msgs", "msg/s", "GB/s", "p50 us", "p99 us"
     );
+    const PATHS: [&str; 3] = ["shmkit", "zenoh", "bridge"];
     for (tag, case) in cases {
-        let mut rows = Vec::new();
-        for path in ["shmkit", "zenoh", "bridge"] {
-            let (t0, r) = match path {
-                "shmkit" => run_shmkit(case, tag),
-                "zenoh" => run_zenoh(&rt, case, tag),
-                _ => run_bridge(case, tag),
-            };
-            assert_eq!(r.count, case.count);
-            let secs = (r.last_arrival.saturating_sub(t0)) as f64 / 1e9;
-            let rate = case.count as f64 / secs;
-            let gbs = rate * case.size as f64 / 1e9;
-            println!(
-                "{:<11} {:<7} {:>8} {:>12.0} {:>12.3} {:>10.1} {:>10.1}",
-                tag,
-                path,
-                case.count,
-                rate,
-                gbs,
-                r.p50 as f64 / 1e3,
-                r.p99 as f64 / 1e3
-            );
-            rows.push((path, secs / case.count as f64, r));
+        // Per path: (seconds per message, p50, p99) of each round.
+        let mut per: [Vec<(f64, u64, u64)>; 3] = Default::default();
+        for round in 0..rounds {
+            for (i, path) in PATHS.iter().enumerate() {
+                let tag = format!("{tag}-{round}");
+                let (t0, r) = match *path {
+                    "shmkit" => run_shmkit(case, &tag),
+                    "zenoh" => run_zenoh(&rt, case, &tag),
+                    _ => run_bridge(case, &tag),
+                };
+                assert_eq!(r.count, case.count, "{path}: messages lost");
+                let secs = r.last_arrival.saturating_sub(t0) as f64 / 1e9;
+                per[i].push((secs / case.count as f64, r.p50, r.p99));
+            }
         }
-        let z = rows[1].1;
-        let b = rows[2].1;
-        println!(
-            "{:<11} bridge/zenoh time per message {:.2}x, bridge/shmkit {:.1}x",
-            tag,
-            b / z,
-            b / rows[0].1
-        );
+        let median = |v: &mut Vec<(f64, u64, u64)>| {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let t = v[v.len() / 2].0;
+            v.sort_by_key(|x| x.1);
+            let p50 = v[v.len() / 2].1;
+            v.sort_by_key(|x| x.2);
+            (t, p50, v[v.len() / 2].2)
+        };
+        let m: Vec<(f64, u64, u64)> = per.iter_mut().map(median).collect();
+        for (i, path) in PATHS.iter().enumerate() {
+            let (t, p50, p99) = m[i];
+            if case.pace.is_some() {
+                println!(
+                    "{:<11} {:<7} {:>8} {:>12} {:>9} {:>10.1} {:>10.1}",
+                    tag,
+                    path,
+                    case.count,
+                    "paced",
+                    "-",
+                    p50 as f64 / 1e3,
+                    p99 as f64 / 1e3
+                );
+            } else {
+                println!(
+                    "{:<11} {:<7} {:>8} {:>12.0} {:>9.3} {:>10} {:>10}",
+                    tag,
+                    path,
+                    case.count,
+                    1.0 / t,
+                    case.size as f64 / t / 1e9,
+                    "-",
+                    "-"
+                );
+            }
+        }
+        if case.pace.is_some() {
+            println!(
+                "{tag:<11} p50: bridge/zenoh {:.2}x, bridge/shmkit {:.0}x",
+                m[2].1 as f64 / m[1].1 as f64,
+                m[2].1 as f64 / m[0].1 as f64
+            );
+        } else {
+            println!(
+                "{tag:<11} time per message: bridge/zenoh {:.2}x (bridge adds {:+.0}% to Zenoh), bridge/shmkit {:.1}x",
+                m[2].0 / m[1].0,
+                (m[2].0 / m[1].0 - 1.0) * 100.0,
+                m[2].0 / m[0].0
+            );
+        }
     }
 }
 
