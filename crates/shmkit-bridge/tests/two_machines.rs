@@ -542,3 +542,119 @@ fn refused_connection_is_a_clear_error_within_the_timeout() {
     );
     a.clean();
 }
+
+/// The other direction of kinds: a drop-oldest pub/sub on A (congestion
+/// control `Drop`) into a ring on B. Whatever A's channel or Zenoh drops
+/// is accounted for: lines received on B + `missed_local` (exporter) +
+/// `dropped` (importer) = lines sent, and what arrives is whole and in
+/// order.
+#[test]
+fn drop_oldest_pubsub_source_accounts_for_every_message() {
+    let a = Machine::new("a");
+    let b = Machine::new("b");
+    let topic = a.name("cam");
+    let ring = b.name("ring");
+    let key = format!("shmkit-test/{}", a.prefix.trim_end_matches('-'));
+    a.shmkit(&[
+        "create",
+        &topic,
+        "--kind",
+        "pubsub",
+        "--slots",
+        "4",
+        "--slot-size",
+        "64",
+        "--max-subscribers",
+        "2",
+        "--policy",
+        "drop-oldest",
+    ]);
+    let port = free_port();
+    let ep = endpoint(port);
+    let mut args = vec![
+        "-v",
+        "import",
+        &key,
+        "--into",
+        &ring,
+        "--capacity",
+        "64",
+        "--max-message",
+        "64",
+        "--listen",
+        &ep,
+        "--once",
+        "--stats",
+        "1",
+    ];
+    args.extend_from_slice(&QUIET);
+    let mut imp = b.spawn("importer", b.bridge(&args));
+    wait_listening(port, Duration::from_secs(30));
+    let out = b.dir.join("out.txt");
+    let mut recv = {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut st = b.command(shmkit_bin());
+            st.args(["stat", &ring]).stderr(Stdio::null());
+            if st.status().unwrap().success() {
+                break;
+            }
+            assert!(Instant::now() < end, "importer did not create the ring");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut c = b.command(shmkit_bin());
+        c.args(["recv", &ring, "--timeout", "60s"])
+            .stdout(File::create(&out).unwrap());
+        b.spawn("recv", c)
+    };
+    let mut args = vec![
+        "-v",
+        "export",
+        &topic,
+        "--key",
+        &key,
+        "--connect",
+        &ep,
+        "--stats",
+        "1",
+    ];
+    args.extend_from_slice(&QUIET);
+    let mut exp = a.spawn("exporter", a.bridge(&args));
+    let mut send = {
+        let mut c = a.command(shmkit_bin());
+        c.arg("send").arg(&topic).stdin(Stdio::piped());
+        a.spawn("send", c)
+    };
+    let mut stdin = send.stdin();
+    write_lines(&mut stdin, 0..2000, Duration::ZERO);
+    drop(stdin);
+    assert_ok(&mut send, LONG);
+    assert_ok(&mut exp, LONG);
+    assert_ok(&mut recv, LONG);
+    assert_ok(&mut imp, LONG);
+    let got = parse_lines(&std::fs::read_to_string(&out).unwrap());
+    let stat = |err: &str, field: &str| -> u64 {
+        let line = err
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("shmkit-bridge: stats"))
+            .unwrap_or_else(|| panic!("no stats line in {err}"));
+        let i = line.find(&format!("{field}=")).expect(field) + field.len() + 1;
+        line[i..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let missed = stat(&exp.stderr(), "missed_local");
+    let dropped = stat(&imp.stderr(), "dropped");
+    eprintln!(
+        "received {}, missed on A {missed}, dropped in Zenoh {dropped}",
+        got.len()
+    );
+    assert_eq!(got.len() as u64 + missed + dropped, 2000);
+    assert_eq!(stat(&exp.stderr(), "messages"), 2000 - missed);
+    a.clean();
+    b.clean();
+}
