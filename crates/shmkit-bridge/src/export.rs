@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shmkit::channel::pubsub::Subscriber;
 use shmkit::channel::ring::Receiver;
-use shmkit::channel::{RecvError, Wait};
+use shmkit::channel::{PeerState, RecvError, Wait};
 use tokio::sync::oneshot;
 use zenoh::handlers::{FifoChannel, FifoChannelHandler};
 use zenoh::pubsub::Publisher;
@@ -261,12 +261,37 @@ impl Forwarder {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// A sender that closed the channel (empty) before we attached is a
+    /// previous stream's: wait for a new sender rather than forward an
+    /// empty stream that ends at once.
+    fn wait_for_a_new_sender(&self) {
+        let (state, empty) = match &self.source {
+            Source::Ring(r) => (r.peer(), r.is_empty()),
+            Source::PubSub(s) => (s.peer(), s.is_empty()),
+        };
+        if state != PeerState::Closed || !empty {
+            return;
+        }
+        tracing::info!(channel = %self.source.name(), "the local sender closed before the bridge attached: waiting for a new one");
+        while !self.stopping() {
+            let state = match &self.source {
+                Source::Ring(r) => r.peer(),
+                Source::PubSub(s) => s.peer(),
+            };
+            if state != PeerState::Closed {
+                return;
+            }
+            std::thread::sleep(SLICE);
+        }
+    }
+
     /// Takes a message only when the gate is open, puts it, until the
     /// local sender closes or dies, or stop.
     fn run(mut self) -> Result<Ended, Error> {
         let mut seq = 0u64;
         let mut held = false;
         let mut buf = Vec::new();
+        self.wait_for_a_new_sender();
         loop {
             if self.stopping() {
                 return Ok(Ended::Shutdown);

@@ -658,3 +658,52 @@ fn drop_oldest_pubsub_source_accounts_for_every_message() {
     a.clean();
     b.clean();
 }
+
+/// Without `--once` the importer outlives a stream: the end closes B's
+/// channel (B's receiver ends with status 0), and the next stream (a new
+/// sender and exporter on A) re-opens it.
+#[test]
+fn importer_reopens_the_channel_for_the_next_stream() {
+    let p = Pair::new(16, "64", 8);
+    let mut imp = p.importer(8, "64", &[]);
+    p.wait_topic();
+    let wait_for = |m: &Machine, name: &str, what: &str| {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stat = m.shmkit(&["stat", name]);
+            if stat.contains(what) {
+                return;
+            }
+            assert!(Instant::now() < end, "never {what:?}: {stat}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for round in 0..2u64 {
+        let out = p.b.dir.join(format!("round{round}.txt"));
+        // Round 0: B's channel is open from the importer's start. Round
+        // 1: the first stream's end closed it; it is re-opened when the
+        // next stream's first message arrives, so the reader starts then.
+        let mut recv = (round == 0).then(|| p.receiver(&out, "60s"));
+        let mut exp = p.exporter(&[]);
+        // Ring A's consumer closed with the previous exporter: a sender
+        // would be told so until the new exporter has taken the role.
+        wait_for(&p.a, &p.ring, "consumer alive");
+        let mut send = p.sender(&[]);
+        let mut stdin = send.stdin();
+        write_lines(&mut stdin, round * 100..round * 100 + 100, Duration::ZERO);
+        drop(stdin);
+        let mut recv = recv.take().unwrap_or_else(|| {
+            wait_for(&p.b, &p.topic, "publisher alive");
+            p.receiver(&out, "60s")
+        });
+        assert_ok(&mut send, LONG);
+        assert_ok(&mut exp, LONG);
+        assert_ok(&mut recv, LONG);
+        let got = parse_lines(&std::fs::read_to_string(&out).unwrap());
+        assert_eq!(got, (round * 100..round * 100 + 100).collect::<Vec<_>>());
+        assert!(imp.alive(), "the importer should keep running");
+    }
+    imp.signal(libc::SIGTERM);
+    assert_ok(&mut imp, Duration::from_secs(20));
+    p.clean();
+}
