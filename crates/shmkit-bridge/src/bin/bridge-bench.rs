@@ -118,9 +118,36 @@ fn die_with_parent(cmd: &mut Command) {
 struct Kid(Child);
 
 impl Drop for Kid {
+    /// SIGTERM, up to 5 s for a clean exit (a bridge closes its channel
+    /// roles), then SIGKILL.
     fn drop(&mut self) {
+        // Already reaped: its pid may belong to someone else by now.
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child, not yet reaped (checked above).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Removes the named segments when dropped (whatever happened to the
+/// processes that used them).
+struct Names(Vec<String>);
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = shmkit::segment::remove(n);
+        }
     }
 }
 
@@ -136,6 +163,7 @@ impl Kid {
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line).expect("read");
         assert!(!line.is_empty(), "receiver died");
+        let _ = self.0.wait();
         Result::parse(&line)
     }
 
@@ -259,6 +287,7 @@ fn send_ring(tx: &mut Sender, case: Case, template: &[u8]) -> u64 {
 
 fn run_shmkit(case: Case, tag: &str) -> (u64, Result) {
     let name = format!("bb{}-{tag}-direct", std::process::id());
+    let _names = Names(vec![name.clone()]);
     let seg = RingOptions::new(ring_capacity(case.size), case.size as u64)
         .lifetime(Lifetime::UntilLastDetach)
         .create(&name)
@@ -325,6 +354,7 @@ fn run_bridge(case: Case, tag: &str) -> (u64, Result) {
     let key = format!("bridge-bench/{}/{tag}/bridge", std::process::id());
     let a = format!("bb{}-{tag}-a", std::process::id());
     let b = format!("bb{}-{tag}-b", std::process::id());
+    let _names = Names(vec![a.clone(), b.clone()]);
     let cap = ring_capacity(case.size);
     let seg_a = RingOptions::new(cap, case.size as u64)
         .lifetime(Lifetime::UntilLastDetach)

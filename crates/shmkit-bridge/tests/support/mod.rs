@@ -136,8 +136,12 @@ impl Proc {
     }
 
     /// Sends `sig` (e.g. SIGTERM).
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid, not yet reaped.
+    pub fn signal(&mut self, sig: i32) {
+        // A reaped child's pid may belong to someone else by now.
+        if self.child.try_wait().expect("try_wait").is_some() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid, not yet reaped (checked).
         unsafe {
             libc::kill(self.child.id() as i32, sig);
         }
