@@ -431,7 +431,7 @@ fn importer_killed_sender_blocks_then_resumes() {
 }
 
 #[test]
-fn sigterm_closes_local_channels_cleanly() {
+fn sigterm_and_sigint_close_local_channels_cleanly() {
     let p = Pair::new(16, "64", 8);
     let output = p.b.dir.join("term.txt");
     let mut imp = p.importer(8, "64", &[]);
@@ -446,9 +446,9 @@ fn sigterm_closes_local_channels_cleanly() {
     imp.signal(libc::SIGTERM);
     assert_ok(&mut imp, Duration::from_secs(20));
     assert_ok(&mut recv, Duration::from_secs(20));
-    // Exporter: SIGTERM → exits 0, closes its consumer role: A's sender
-    // is told at its next message.
-    exp.signal(libc::SIGTERM);
+    // Exporter: SIGINT (Ctrl-C) → exits 0, closes its consumer role: A's
+    // sender is told at its next message.
+    exp.signal(libc::SIGINT);
     assert_ok(&mut exp, Duration::from_secs(20));
     let stat = p.a.shmkit(&["stat", &p.ring]);
     assert!(stat.contains("consumer closed"), "{stat}");
