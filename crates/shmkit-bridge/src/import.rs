@@ -1,14 +1,13 @@
 //! Zenoh → local channel.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shmkit::channel::pubsub::{Policy, Publisher};
 use shmkit::channel::ring::Sender;
 use shmkit::channel::{SendError, Wait};
 use zenoh::bytes::ZBytes;
-use zenoh::handlers::FifoChannel;
 use zenoh::sample::Sample;
 use zenoh::{Session, Wait as _};
 
@@ -17,10 +16,6 @@ use crate::{Ended, Error, Shutdown, Stats, StopOnDrop};
 
 /// How often a blocked helper re-checks the stop flag.
 const SLICE: Duration = Duration::from_millis(100);
-
-/// Samples Zenoh may queue for the delivering thread before its reader
-/// blocks (which stops TCP, which blocks the exporter).
-const QUEUE: usize = 8;
 
 /// The local end an importer writes.
 pub enum Sink {
@@ -92,50 +87,64 @@ pub async fn import_with(
 ) -> Result<Ended, Error> {
     let sink = sink.into();
     let name = sink.name();
-    let subscriber = session
-        .declare_subscriber(key.to_owned())
-        .with(FifoChannel::new(QUEUE))
-        .await
-        .map_err(|e| Error::Zenoh(format!("declaring subscriber {key:?}: {e}")))?;
-    tracing::info!(channel = %name, key, "importing");
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
-    let writer = {
-        let stop = stop.clone();
-        let stats = opts.stats.clone();
-        let once = opts.once;
-        let session = session.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut d = Deliver::new(sink, session, stats, stop);
-            loop {
-                if d.stop.load(Ordering::Relaxed) {
-                    break Ok(Ended::Shutdown);
-                }
-                match subscriber.recv_timeout(SLICE) {
-                    Ok(Some(sample)) => {
-                        if let Some(end) = d.sample(&sample)? {
-                            if once {
-                                break Ok(end);
-                            }
-                        }
-                    }
+    // Delivery runs in Zenoh's callback, on its receiving task: no hand-off
+    // to another thread per sample, and a full local channel blocks Zenoh's
+    // reader directly (back-pressure through TCP). The mutex serialises
+    // samples arriving over several links.
+    let deliver = Arc::new(Mutex::new(Deliver::new(
+        sink,
+        session.clone(),
+        opts.stats.clone(),
+        stop.clone(),
+    )));
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let subscriber = {
+        let deliver = deliver.clone();
+        session
+            .declare_subscriber(key.to_owned())
+            .callback(move |sample| {
+                let mut d = deliver.lock().unwrap_or_else(|p| p.into_inner());
+                match d.sample(&sample) {
                     Ok(None) => {}
-                    Err(e) => break Err(Error::Zenoh(format!("subscriber: {e}"))),
+                    Ok(Some(end)) => {
+                        let _ = events_tx.send(Ok(end));
+                    }
+                    Err(e) => {
+                        let _ = events_tx.send(Err(e));
+                    }
                 }
-            }
-        })
+            })
+            .await
+            .map_err(|e| Error::Zenoh(format!("declaring subscriber {key:?}: {e}")))?
     };
-    let shutdown = opts.shutdown.clone();
-    let watcher = async {
-        shutdown.triggered().await;
-        // Relaxed: a plain stop request, polled by the writer.
-        stop.store(true, Ordering::Relaxed);
-        std::future::pending::<()>().await
+    tracing::info!(channel = %name, key, "importing");
+    let mut shutdown = std::pin::pin!(opts.shutdown.triggered());
+    let result = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(Ok(end)) if opts.once => break Ok(end),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(e),
+                None => break Err(Error::Zenoh("the subscriber's callback was dropped".into())),
+            },
+            _ = &mut shutdown => break Ok(Ended::Shutdown),
+        }
     };
-    let result = tokio::select! {
-        r = writer => r.map_err(|e| Error::Local { name: name.clone(), msg: format!("writer thread: {e}") })?,
-        _ = watcher => unreachable!(),
-    };
+    // Relaxed: a plain stop request, polled by a delivery in progress.
+    stop.store(true, Ordering::Relaxed);
+    if let Err(e) = subscriber.undeclare().await {
+        tracing::warn!(key, error = %e, "undeclaring the subscriber");
+    }
+    // Close the local endpoint now (after any delivery in progress).
+    drop(
+        deliver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sink
+            .take(),
+    );
     match &result {
         Ok(e) => {
             tracing::info!(channel = %name, key, ended = ?e, stats = %opts.stats.line(), "import finished")
@@ -145,7 +154,7 @@ pub async fn import_with(
     result
 }
 
-/// Delivery state of the writing thread.
+/// Delivery state (lives in the subscriber's callback).
 struct Deliver {
     sink: Option<Sink>,
     kind: SinkKind,
