@@ -1,0 +1,336 @@
+//! The library API embedded in one process, and the importer's handling of
+//! sequence gaps, driven by a raw Zenoh publisher.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shmkit::channel::pubsub::{Policy, PubSubOptions, Publisher};
+use shmkit::channel::ring::{Receiver, RingOptions, Sender};
+use shmkit::channel::RecvError;
+use shmkit::segment::Lifetime;
+use shmkit_bridge::wire::{Header, Kind};
+use shmkit_bridge::{
+    zenoh, Ended, ExportOptions, ImportOptions, SessionOptions, Shutdown, Sink, Stats,
+};
+use support::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn unique(tag: &str) -> String {
+    format!("bl{}-{tag}", std::process::id())
+}
+
+#[test]
+fn export_and_import_embedded_in_one_process() {
+    let a = unique("emb-a");
+    let b = unique("emb-b");
+    let opts = |n: u64| RingOptions::new(n, 64).lifetime(Lifetime::UntilLastDetach);
+    let mut tx = Sender::create(&a, &opts(16)).unwrap();
+    let src = Receiver::open(&a).unwrap();
+    let sink = Sender::create(&b, &opts(16)).unwrap();
+    let mut out = Receiver::open(&b).unwrap();
+    let port = free_port();
+    let rt = rt();
+    let key = format!("shmkit-test/{}", unique("emb"));
+    let (e, i) = rt.block_on(async {
+        let sb = SessionOptions::loopback(&[endpoint(port)], &[])
+            .open()
+            .await
+            .unwrap();
+        let sa = SessionOptions::loopback(&[], &[endpoint(port)])
+            .open()
+            .await
+            .unwrap();
+        let stats = Arc::new(Stats::default());
+        let imp = {
+            let key = key.clone();
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let o = ImportOptions {
+                    once: true,
+                    stats,
+                    ..Default::default()
+                };
+                shmkit_bridge::import_with(&sb, &key, sink, o).await
+            })
+        };
+        let exp = {
+            let key = key.clone();
+            tokio::spawn(async move { shmkit_bridge::export(&sa, src, &key).await })
+        };
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            loop {
+                match out.recv_timeout(Duration::from_secs(60)) {
+                    Ok(m) => got.push(m),
+                    Err(RecvError::Disconnected) => break got,
+                    Err(e) => panic!("recv: {e}"),
+                }
+            }
+        });
+        let writer = std::thread::spawn(move || {
+            for i in 0..1000u32 {
+                tx.send(&i.to_le_bytes()).unwrap();
+            }
+            // Dropping the sender closes ring A: the end travels to B.
+        });
+        writer.join().unwrap();
+        let e = exp.await.unwrap();
+        let i = imp.await.unwrap();
+        let got = reader.join().unwrap();
+        let want: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        assert_eq!(got, want);
+        assert!(
+            stats
+                .line()
+                .starts_with("messages=1000 bytes=4000 dropped=0"),
+            "{}",
+            stats.line()
+        );
+        (e, i)
+    });
+    assert_eq!(e.unwrap(), Ended::Closed);
+    assert_eq!(i.unwrap(), Ended::Closed);
+}
+
+#[test]
+fn shutdown_stops_an_idle_export_and_closes_its_role() {
+    let a = unique("idle-a");
+    let seg = RingOptions::new(4, 64)
+        .lifetime(Lifetime::UntilLastDetach)
+        .create(&a)
+        .unwrap();
+    let src = Receiver::open(&a).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let port = free_port();
+        let s = SessionOptions::loopback(&[endpoint(port)], &[])
+            .open()
+            .await
+            .unwrap();
+        let shutdown = Shutdown::default();
+        let o = ExportOptions {
+            shutdown: shutdown.clone(),
+            ..Default::default()
+        };
+        let t = tokio::spawn(async move {
+            shmkit_bridge::export_with(&s, src, "shmkit-test/idle", o).await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.trigger();
+        let r = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("export did not stop");
+        assert_eq!(r.unwrap().unwrap(), Ended::Shutdown);
+    });
+    let st = shmkit::channel::ring::stats(&seg).unwrap();
+    assert_eq!(st.consumer, shmkit::channel::PeerState::Closed);
+}
+
+/// A raw Zenoh publisher plays the exporter and skips sequence numbers:
+/// the importer counts them as dropped, in its log and its `--stats`
+/// line, and still delivers every sample it got, in order. The importer
+/// runs from a `--config` file (JSON5).
+#[test]
+fn importer_counts_sequence_gaps_in_log_and_stats_line() {
+    let b = Machine::new("b");
+    let topic = b.name("gaps");
+    let port = free_port();
+    let cfg = b.dir.join("zenoh.json5");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{ mode: \"peer\", listen: {{ endpoints: [\"tcp/127.0.0.1:{port}\"] }},\n\
+             scouting: {{ multicast: {{ enabled: false }}, gossip: {{ enabled: false }} }} }}\n"
+        ),
+    )
+    .unwrap();
+    let key = format!("shmkit-test/{}", unique("gaps"));
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+    let mut imp = b.spawn(
+        "importer",
+        b.bridge(&[
+            "-v",
+            "import",
+            &key,
+            "--into",
+            &topic,
+            "--slots",
+            "8",
+            "--slot-size",
+            "64",
+            "--once",
+            "--stats",
+            "0.2",
+            "--config",
+            &cfg_s,
+        ]),
+    );
+    wait_listening(port, Duration::from_secs(30));
+    let out = b.dir.join("gaps.out");
+    let mut recv = {
+        let mut c = b.command(shmkit_bin());
+        c.args(["recv", &topic, "--timeout", "60s"])
+            .stdout(std::fs::File::create(&out).unwrap());
+        // The importer creates the topic; recv must start after that.
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut st = b.command(shmkit_bin());
+            st.args(["stat", &topic])
+                .stderr(std::process::Stdio::null());
+            if st.status().unwrap().success() {
+                break;
+            }
+            assert!(std::time::Instant::now() < end);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b.spawn("recv", c)
+    };
+    rt().block_on(async {
+        let s = SessionOptions::loopback(&[], &[endpoint(port)])
+            .open()
+            .await
+            .unwrap();
+        let p = s.declare_publisher(key.clone()).await.unwrap();
+        while !p.matching_status().await.unwrap().matching() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ack = s
+            .declare_subscriber(shmkit_bridge::wire::ack_key(7))
+            .await
+            .unwrap();
+        for (seq, kind, body) in [
+            (0, Kind::Data, "zero\n"),
+            (1, Kind::Data, "one\n"),
+            (5, Kind::Data, "five\n"),
+            (6, Kind::End, ""),
+        ] {
+            let h = Header {
+                stream: 7,
+                seq,
+                kind,
+            }
+            .encode();
+            p.put(body.as_bytes().to_vec())
+                .attachment(h.to_vec())
+                .await
+                .unwrap();
+        }
+        // The importer acknowledges the end once everything is delivered.
+        tokio::time::timeout(Duration::from_secs(30), ack.recv_async())
+            .await
+            .expect("no acknowledgement")
+            .unwrap();
+        let _ = s.close().await;
+    });
+    let s = imp.expect_exit(Duration::from_secs(60));
+    assert!(s.success(), "{}", imp.stderr());
+    let s = recv.expect_exit(Duration::from_secs(60));
+    assert!(s.success(), "{}", recv.stderr());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "zero\none\nfive\n");
+    let err = imp.stderr();
+    assert!(
+        err.contains("messages lost on the way") && err.contains("lost=3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("shmkit-bridge: stats import")
+            && err.contains("messages=3 bytes=14 dropped=3"),
+        "{err}"
+    );
+    b.clean();
+}
+
+/// A pub/sub sink with drop-oldest never waits for a local subscriber;
+/// a sample larger than the slots is refused and counted.
+#[test]
+fn drop_oldest_sink_does_not_wait_and_oversized_samples_are_counted() {
+    let name = unique("dropsink");
+    let p = Publisher::create(
+        &name,
+        &PubSubOptions::new(4, 64, 2)
+            .policy(Policy::DropOldest)
+            .lifetime(Lifetime::UntilLastDetach),
+    )
+    .unwrap();
+    let rt = rt();
+    let port = free_port();
+    rt.block_on(async {
+        let sb = SessionOptions::loopback(&[endpoint(port)], &[])
+            .open()
+            .await
+            .unwrap();
+        let sa = SessionOptions::loopback(&[], &[endpoint(port)])
+            .open()
+            .await
+            .unwrap();
+        let stats = Arc::new(Stats::default());
+        let key = format!("shmkit-test/{name}");
+        let imp = {
+            let key = key.clone();
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let o = ImportOptions {
+                    once: true,
+                    stats,
+                    ..Default::default()
+                };
+                shmkit_bridge::import_with(&sb, &key, Sink::PubSub(p, Policy::DropOldest), o).await
+            })
+        };
+        let publ = sa.declare_publisher(key.clone()).await.unwrap();
+        while !publ.matching_status().await.unwrap().matching() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for seq in 0..10u64 {
+            let h = Header {
+                stream: 9,
+                seq,
+                kind: Kind::Data,
+            }
+            .encode();
+            publ.put(vec![seq as u8; 16])
+                .attachment(h.to_vec())
+                .await
+                .unwrap();
+        }
+        // Larger than the 64-byte slots: refused, counted, logged.
+        let h = Header {
+            stream: 9,
+            seq: 10,
+            kind: Kind::Data,
+        }
+        .encode();
+        publ.put(vec![0u8; 100])
+            .attachment(h.to_vec())
+            .await
+            .unwrap();
+        let h = Header {
+            stream: 9,
+            seq: 11,
+            kind: Kind::End,
+        }
+        .encode();
+        publ.put(Vec::<u8>::new())
+            .attachment(h.to_vec())
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(30), imp)
+            .await
+            .expect("import stuck");
+        assert_eq!(r.unwrap().unwrap(), Ended::Closed);
+        assert_eq!(
+            stats.line(),
+            "messages=10 bytes=160 dropped=0 missed_local=0 rejected=1"
+        );
+        let _ = zenoh::Session::close(&sa).await;
+    });
+}
