@@ -12,8 +12,8 @@ use loom::thread;
 
 use super::pubsub::{Policy, Pool, PubCore, SlotMeta, SubShared};
 use super::ring::{ConsCursor, ProdCursor, RingCore, Stuck};
-use super::wait::{notify, sleep_once};
-use crate::primitive::{spin_hint, AtomicU32, AtomicU64, Ordering};
+use super::wait::{notify, sleep_once, wait_loop, wait_loop_marked, wake, Wait, WaitStrategy};
+use crate::primitive::{now, spin_hint, AtomicU32, AtomicU64, Ordering};
 
 struct Ring {
     core: RingCore,
@@ -398,6 +398,440 @@ fn pubsub_join_racing_publish() {
         for v in (join_pos + 2)..=2 {
             assert!(got.contains(&v), "{got:?} join_pos {join_pos}");
         }
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    });
+}
+
+/// Drains everything addressed to `cur`; returns the values received and
+/// the messages counted missed.
+fn drain(h: &Heap, cur: &mut super::pubsub::SubCursor) -> (Vec<u64>, u64) {
+    let mut got = Vec::new();
+    let mut missed = 0;
+    while let Some(t) = h.pool().try_take(cur).unwrap() {
+        missed += t.missed;
+        got.push(h.payload[t.slot].with(|x| unsafe { *x }));
+        h.pool().release(cur.idx, t.slot);
+    }
+    (got, missed + cur.missed)
+}
+
+/// Issue 14, bug 2 (the regression model): under drop-oldest, subscriber
+/// 0 dies with message 1 (position 0) pending and is not reaped; a new
+/// subscriber takes number 0 while the publisher reclaims the only slot
+/// and publishes positions 1 and 2. The joiner must not strip its own bit
+/// from a publication made after it joined: position 2 (the last, never
+/// reclaimed) reaches it whenever it joined before it. Before `join`
+/// pinned the slot this failed (`join_pos 1, got [], missed 2`).
+#[test]
+fn pubsub_join_drop_oldest_keeps_new_bits() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(1, 1, Policy::DropOldest));
+        let _dead = h.pool().join(0);
+        let (mut tail, mut rr) = (0, 0);
+        h.publish(&mut tail, &mut rr, 1);
+        // Subscriber 0 is gone (never reaped: its `active` bit stays).
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            for v in 2..=3 {
+                p.publish(&mut tail, &mut rr, v);
+            }
+        });
+        let mut cur = h.pool().join(0);
+        let join_pos = cur.join_pos;
+        publisher.join().unwrap();
+        let (got, missed) = drain(&h, &mut cur);
+        if join_pos < 2 {
+            assert_eq!(
+                got.last(),
+                Some(&3),
+                "join_pos {join_pos}, got {got:?}, missed {missed}"
+            );
+        }
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(h.meta[0].refs.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Pushes `v` through the ring with `cur` (spinning while full).
+fn ring_send(r: &Ring, cur: &mut ProdCursor, v: u64) {
+    let pos = loop {
+        match cur.try_reserve(&r.core, 2) {
+            Ok(pos) => break pos,
+            Err(Stuck::Blocked) => spin_hint(),
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    r.slots[(pos & 1) as usize].with_mut(|s| unsafe { *s = v });
+    cur.commit(&r.core, &r.stamps[(pos & 1) as usize]);
+    notify(&r.core.data_seq.0, &r.core.cons_sleepers.0);
+}
+
+/// Receives one value with `cur` (spinning while empty); `release`:
+/// whether the consumer lives to free the slot.
+fn ring_recv(r: &Ring, cur: &mut ConsCursor, release: bool) -> u64 {
+    let pos = loop {
+        match cur.try_peek(2, &r.stamps[(cur.head & 1) as usize]) {
+            Ok(pos) => break pos,
+            Err(Stuck::Blocked) => spin_hint(),
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    let v = r.slots[(pos & 1) as usize].with(|s| unsafe { *s });
+    if release {
+        cur.release(&r.core);
+    }
+    v
+}
+
+/// Ring producer takeover while the consumer is live: producer 1 sends
+/// message 1, then is killed between storing message 2's stamp and
+/// storing `tail`; producer 2 (after the role lock hand-off, here program
+/// order on one thread) resumes and sends message 3. The live consumer
+/// receives 1, 2, 3 in order with no data race (message 2 was published
+/// by its stamp, so it is delivered, and producer 2 does not overwrite it).
+#[test]
+fn ring_producer_takeover_while_consumer_live() {
+    loom::model(|| {
+        let r = Arc::new(Ring::new());
+        let p = r.clone();
+        let producers = thread::spawn(move || {
+            let mut one = ProdCursor {
+                tail: 0,
+                head_cache: 0,
+            };
+            ring_send(&p, &mut one, 1);
+            // Message 2: slot written, stamp stored, killed before `tail`.
+            let pos = loop {
+                match one.try_reserve(&p.core, 2) {
+                    Ok(pos) => break pos,
+                    Err(_) => spin_hint(),
+                }
+            };
+            p.slots[(pos & 1) as usize].with_mut(|s| unsafe { *s = 2 });
+            p.stamps[(pos & 1) as usize].store(pos + 1, Ordering::Release);
+            let mut two = ProdCursor::resume(&p.core, 2, |q| &p.stamps[(q & 1) as usize]).unwrap();
+            assert_eq!(two.tail, 2);
+            ring_send(&p, &mut two, 3);
+        });
+        let mut cur = ConsCursor { head: 0 };
+        for v in 1..=3 {
+            assert_eq!(ring_recv(&r, &mut cur, true), v);
+        }
+        producers.join().unwrap();
+    });
+}
+
+/// Ring consumer takeover while the producer is live: consumer 1 reads
+/// message 1 and is killed before freeing its slot; consumer 2 resumes at
+/// `head` (message 1 again: at-least-once, never a gap) while the producer
+/// keeps sending 2 and 3. No slot is overwritten while consumer 1 or 2
+/// reads it (loom: data race), and consumer 2 gets 1, 2, 3 in order.
+#[test]
+fn ring_consumer_takeover_while_producer_live() {
+    loom::model(|| {
+        let r = Arc::new(Ring::new());
+        let p = r.clone();
+        let producer = thread::spawn(move || {
+            let mut cur = ProdCursor {
+                tail: 0,
+                head_cache: 0,
+            };
+            for v in 1..=3 {
+                ring_send(&p, &mut cur, v);
+            }
+        });
+        let mut one = ConsCursor { head: 0 };
+        assert_eq!(ring_recv(&r, &mut one, false), 1);
+        let mut two = ConsCursor::resume(&r.core, 2, |q| &r.stamps[(q & 1) as usize]).unwrap();
+        assert_eq!(two.head, 0);
+        for v in 1..=3 {
+            assert_eq!(ring_recv(&r, &mut two, true), v);
+        }
+        producer.join().unwrap();
+    });
+}
+
+/// The role state a closing endpoint stores (`peer::CLOSED`); the model's
+/// liveness check reads it as `peer::status` does (SeqCst).
+const CLOSED: u32 = super::peer::CLOSED;
+
+/// `wait_loop` itself (not only `sleep_once`): a consumer with a short
+/// spin, then sleeps in slices with no deadline, while the producer sends
+/// one message. It returns that message (no lost wake-up across the
+/// timed, sliced sleeps: a timed futex wait may end by wake or by timer
+/// at any point) and leaves no sleeper counted.
+#[test]
+fn wait_loop_forever_gets_the_message() {
+    loom::model(|| {
+        let r = Arc::new(Ring::new());
+        let p = r.clone();
+        let producer = thread::spawn(move || {
+            let mut cur = ProdCursor {
+                tail: 0,
+                head_cache: 0,
+            };
+            ring_send(&p, &mut cur, 7);
+        });
+        let mut cur = ConsCursor { head: 0 };
+        let got = wait_loop(
+            WaitStrategy::SpinThenSleep { spins: 1 },
+            Wait::Forever,
+            &r.core.data_seq.0,
+            &r.core.cons_sleepers.0,
+            || cur.try_peek(2, &r.stamps[0]).ok(),
+            || None,
+        );
+        assert_eq!(got, Some(0));
+        assert_eq!(r.slots[0].with(|s| unsafe { *s }), 7);
+        producer.join().unwrap();
+        assert_eq!(r.core.cons_sleepers.0.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// `wait_loop` with a deadline spanning several slices (model clock:
+/// `primitive::MODEL_TICK` per clock read): it ends (message or
+/// deadline), runs the liveness check once per slice while it waits, and
+/// a timeout never consumes or loses the message (it is still there
+/// after the producer is done).
+#[test]
+fn wait_loop_deadline_and_slices() {
+    loom::model(|| {
+        let r = Arc::new(Ring::new());
+        let p = r.clone();
+        let producer = thread::spawn(move || {
+            let mut cur = ProdCursor {
+                tail: 0,
+                head_cache: 0,
+            };
+            ring_send(&p, &mut cur, 7);
+        });
+        let mut cur = ConsCursor { head: 0 };
+        let checks = std::cell::Cell::new(0u32);
+        let deadline = now() + super::wait::SLICE * 3;
+        let got = wait_loop(
+            WaitStrategy::Sleep,
+            Wait::Until(deadline),
+            &r.core.data_seq.0,
+            &r.core.cons_sleepers.0,
+            || cur.try_peek(2, &r.stamps[0]).ok(),
+            || {
+                checks.set(checks.get() + 1);
+                None::<u64>
+            },
+        );
+        if got.is_none() {
+            assert!(now() >= deadline);
+            assert!(checks.get() >= 1, "no liveness check in three slices");
+        }
+        producer.join().unwrap();
+        assert_eq!(cur.try_peek(2, &r.stamps[0]), Ok(0));
+        assert_eq!(r.core.cons_sleepers.0.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Close wake-up, ring: the producer closes (state `CLOSED`, then the
+/// unconditional `wake` of `Sender::drop`) while the consumer waits with
+/// no deadline: the consumer's wait ends with the close, never hangs.
+/// (Proven: it ends, by the wake or at the latest by the next slice's
+/// check; that it is at once in the common case is argued in
+/// docs/channel.md.)
+#[test]
+fn ring_close_wakes_waiting_consumer() {
+    loom::model(|| {
+        let r = Arc::new(Ring::new());
+        let p = r.clone();
+        let closer = thread::spawn(move || {
+            p.core.prod_state.0.store(CLOSED, Ordering::SeqCst);
+            wake(&p.core.data_seq.0);
+        });
+        let mut cur = ConsCursor { head: 0 };
+        let got = wait_loop(
+            WaitStrategy::Sleep,
+            Wait::Forever,
+            &r.core.data_seq.0,
+            &r.core.cons_sleepers.0,
+            || cur.try_peek(2, &r.stamps[0]).ok().map(Ok),
+            || (r.core.prod_state.0.load(Ordering::SeqCst) == CLOSED).then_some(Err(())),
+        );
+        assert_eq!(got, Some(Err(())));
+        closer.join().unwrap();
+        assert_eq!(r.core.cons_sleepers.0.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Close wake-up, pub/sub: the publisher publishes one message, then
+/// closes (`Publisher::drop`: state `CLOSED`, then `wake`), while the
+/// subscriber waits (counted and flagged as asleep, as `recv` does).
+/// The subscriber receives the message, either directly or in the final
+/// poll after it learns of the close (as `recv_wait` does), and no sleeper
+/// count or flag is left behind.
+#[test]
+fn pubsub_close_wakes_waiting_subscriber() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(1, 1, Policy::Block));
+        let mut cur = h.pool().join(0);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            let (mut tail, mut rr) = (0, 0);
+            p.publish(&mut tail, &mut rr, 5);
+            p.core.pub_state.0.store(CLOSED, Ordering::SeqCst);
+            wake(&p.core.data_seq.0);
+        });
+        let got = {
+            let cur = std::cell::RefCell::new(&mut cur);
+            let poll = || h.pool().try_take(&mut cur.borrow_mut()).unwrap().map(Ok);
+            let r = wait_loop_marked(
+                WaitStrategy::Sleep,
+                Wait::Forever,
+                &h.core.data_seq.0,
+                &h.core.sub_sleepers.0,
+                Some(&h.subs[0].asleep),
+                poll,
+                || (h.core.pub_state.0.load(Ordering::SeqCst) == CLOSED).then_some(Err(())),
+            );
+            match r {
+                Some(Ok(t)) => t,
+                Some(Err(())) => h
+                    .pool()
+                    .try_take(&mut cur.borrow_mut())
+                    .unwrap()
+                    .expect("published before the close"),
+                None => unreachable!("no deadline"),
+            }
+        };
+        assert_eq!(h.payload[got.slot].with(|x| unsafe { *x }), 5);
+        h.pool().release(0, got.slot);
+        publisher.join().unwrap();
+        assert_eq!(h.core.sub_sleepers.0.load(Ordering::Relaxed), 0);
+        assert_eq!(h.subs[0].asleep.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Drop wake-up, pub/sub: a subscriber holding the only slot leaves
+/// (`Subscriber::drop` -> `leave`) while the publisher sleeps for a slot
+/// with no deadline and no slices: the leave's notify wakes it (a lost
+/// wake-up is a deadlock loom reports).
+#[test]
+fn pubsub_leave_wakes_sleeping_publisher() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(1, 1, Policy::Block));
+        let mut cur = h.pool().join(0);
+        let (mut tail, mut rr) = (0, 0);
+        h.publish(&mut tail, &mut rr, 1);
+        let _held = h.pool().try_take(&mut cur).unwrap().unwrap();
+        let p = h.clone();
+        let publisher = thread::spawn(move || publish_sleeping(&p, &mut tail, &mut rr, 2));
+        h.pool().leave(0);
+        publisher.join().unwrap();
+        assert_eq!(h.core.tail.0.load(Ordering::Relaxed), 2);
+    });
+}
+
+/// Drop-oldest, the queue wrapped past a lagging subscriber: A joined
+/// and reads nothing while the publisher publishes three messages through
+/// two slots (queue of two: it wraps); meanwhile B joins. A accounts for
+/// every message (received + missed = 3), B receives in order everything
+/// after its join position, and once both have drained, released and
+/// left, every slot is free (no bit leaked by the join on a wrapped
+/// queue).
+#[test]
+fn pubsub_join_with_wrapped_lagging_subscriber() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 2, Policy::DropOldest));
+        let mut a = h.pool().join(0);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            let (mut tail, mut rr) = (0, 0);
+            for v in 1..=3 {
+                p.publish(&mut tail, &mut rr, v);
+            }
+        });
+        let mut b = h.pool().join(1);
+        let b_pos = b.join_pos;
+        publisher.join().unwrap();
+        let (got_a, missed_a) = drain(&h, &mut a);
+        assert_eq!(
+            got_a.len() as u64 + missed_a,
+            3,
+            "{got_a:?} missed {missed_a}"
+        );
+        assert_eq!(got_a.last(), Some(&3));
+        let (got_b, _) = drain(&h, &mut b);
+        assert!(got_b.windows(2).all(|w| w[0] < w[1]));
+        if b_pos < 2 {
+            assert_eq!(got_b.last(), Some(&3), "b joined at {b_pos}: {got_b:?}");
+        }
+        h.pool().leave(0);
+        h.pool().leave(1);
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    });
+}
+
+/// Drop-oldest, the queue wrapped past a lagging subscriber that leaves
+/// while the publisher publishes (and reclaims): whatever the
+/// interleaving, no slot stays addressed to it (the publisher's
+/// withdrawal or the leaver's sweep), and the other subscriber accounts
+/// for every message.
+#[test]
+fn pubsub_leave_with_wrapped_lagging_subscriber() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 2, Policy::DropOldest));
+        let _lagging = h.pool().join(0);
+        let mut stay = h.pool().join(1);
+        let (mut tail, mut rr) = (0, 0);
+        h.publish(&mut tail, &mut rr, 1);
+        h.publish(&mut tail, &mut rr, 2);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            p.publish(&mut tail, &mut rr, 3);
+        });
+        h.pool().leave(0);
+        publisher.join().unwrap();
+        for m in &h.meta {
+            assert_eq!(m.refs.load(Ordering::Relaxed) & 0x1_0000_0001, 0);
+        }
+        let (got, missed) = drain(&h, &mut stay);
+        assert_eq!(got.len() as u64 + missed, 3, "{got:?} missed {missed}");
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    });
+}
+
+/// `recover` racing a lapped subscriber: drop-oldest, two slots, queue of
+/// two. Subscriber A lags at position 0 while positions 0..3 are
+/// published (slot 0 reused for position 2); then a publisher is killed
+/// publishing position 3 into slot 1 after storing its `refs` but before
+/// the queue entry and `tail` (an orphan addressed to A). A new publisher
+/// runs `recover(3)` while A, lapped, reads position 1, finds slot 1 (the
+/// orphan) in the queue and holds it for a moment. `recover` must never
+/// clear A's held bit, may leave the orphan for a later call, and after
+/// that later call the orphan is free: never leaked. A accounts for all
+/// three visible messages.
+#[test]
+fn pubsub_recover_racing_lapped_subscriber() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 1, Policy::DropOldest));
+        let mut a = h.pool().join(0);
+        let (mut tail, mut rr) = (0, 0);
+        for v in 1..=3 {
+            h.publish(&mut tail, &mut rr, v);
+        }
+        // The killed publisher: slot 1 reclaimed and addressed as
+        // position 3, never made visible.
+        let orphan = h.pool().take_free(&mut rr).unwrap();
+        assert_eq!(orphan, 1);
+        h.meta[1].seq.store(3, Ordering::Relaxed);
+        h.meta[1].refs.store(1, Ordering::Release);
+        let s = h.clone();
+        let subscriber = thread::spawn(move || {
+            let t = s.pool().try_take(&mut a).unwrap().unwrap();
+            assert_eq!(s.payload[t.slot].with(|x| unsafe { *x }), 3);
+            assert_eq!(t.missed, 2);
+            s.pool().release(0, t.slot);
+            assert_eq!(s.pool().try_take(&mut a).unwrap(), None);
+        });
+        h.pool().recover(3);
+        subscriber.join().unwrap();
+        h.pool().recover(3);
         assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
     });
 }

@@ -100,9 +100,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::error::{OpenError, RecvError, SendError};
 use super::peer::{self, PeerState};
-use super::wait::{notify, wait_loop, wake, Wait, WaitStrategy};
+use super::wait::{notify, wait_loop, wait_loop_marked, wake, Wait, WaitStrategy};
 use super::CachePadded;
-use crate::primitive::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
+use crate::primitive::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
 use crate::sys::ofd_lock;
 

@@ -17,6 +17,8 @@ pub struct Publisher {
 /// active subscriber): a dead subscriber's slots come back even when slots
 /// never run out (drop-oldest).
 const REAP_EVERY: u32 = 256;
+/// Slots checked by each periodic repair (`Pool::repair`).
+const REPAIR_CHUNK: usize = 1024;
 
 impl Publisher {
     /// Creates a byte pub/sub channel and becomes its publisher.
@@ -131,6 +133,12 @@ impl Publisher {
         if self.until_reap == 0 {
             self.until_reap = REAP_EVERY;
             self.reap();
+            // A rotating chunk of slots: orphans and damaged bits (see
+            // `Pool::recover`), at a bounded cost per loan.
+            let start = (self.tail / u64::from(REAP_EVERY)) as usize * REPAIR_CHUNK;
+            self.sh
+                .pool()
+                .repair(self.tail, start % self.slots(), REPAIR_CHUNK);
         }
         let slot = match self.sh.pool().take_free(&mut self.rr) {
             Some(s) => s,
@@ -164,7 +172,11 @@ impl Publisher {
     #[cold]
     fn wait_slot(&mut self, wait: Wait) -> Result<usize, SendError> {
         let Publisher {
-            sh, rr, strategy, ..
+            sh,
+            rr,
+            strategy,
+            tail,
+            ..
         } = self;
         let pool = sh.pool();
         let fd = sh.seg.fd();
@@ -183,6 +195,8 @@ impl Publisher {
             take,
             || {
                 reap_dead(&pool, fd, sh.l.max_subs as usize);
+                // Orphaned or damaged slots come back here at the latest.
+                pool.recover(*tail);
                 take()
             },
         );
