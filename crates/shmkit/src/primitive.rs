@@ -56,7 +56,7 @@ loom::lazy_static! {
 
 #[cfg(loom)]
 loom::thread_local! {
-    static MODEL_TICKS: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+    static MODEL_TICKS: core::cell::Cell<u32> = core::cell::Cell::new(0);
 }
 
 /// See the non-loom `now`.
