@@ -523,6 +523,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         e.set().unwrap();
         e.reset().unwrap();
+        let start = Instant::now();
         let first = loop {
             if let Ok(r) = a.try_recv() {
                 break (r, &b);
@@ -530,6 +531,12 @@ mod tests {
             if let Ok(r) = b.try_recv() {
                 break (r, &a);
             }
+            // Generous: the slices alone would release a waiter in 50 ms
+            // if it were entitled to the pulse.
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the pulse released no waiter"
+            );
             std::thread::sleep(Duration::from_millis(1));
         };
         assert_eq!(first.0, Ok(()));
