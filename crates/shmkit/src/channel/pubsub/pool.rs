@@ -296,7 +296,6 @@ impl Pool<'_> {
         let n = self.meta.len();
         let valid = self.valid_bits();
         let mut freed = 0;
-        let mut wake_publisher = false;
         for k in 0..chunk.min(n) {
             let m = &self.meta[(start + k) % n];
             // Relaxed: the RMWs below decide.
@@ -304,8 +303,9 @@ impl Pool<'_> {
             if r & !valid != 0 {
                 // AcqRel: Acquire as in `take_free` (a reuse follows);
                 // Release as in `release`.
-                let prev = m.refs.fetch_and(valid, Ordering::AcqRel);
-                wake_publisher |= self.made_available(prev, prev & valid);
+                // (No wake-up: only the publisher, which is us, waits for
+                // slots.)
+                m.refs.fetch_and(valid, Ordering::AcqRel);
                 freed += 1;
             }
             // Relaxed: we hold the publisher role; `seq` is only written by
@@ -332,11 +332,6 @@ impl Pool<'_> {
                     Err(v) => r = v,
                 }
             }
-        }
-        if wake_publisher {
-            // Only we publish; but a sleeping copy of us cannot exist. Kept
-            // for symmetry with `leave`: harmless when nobody sleeps.
-            notify(&self.core.free_seq.0, &self.core.pub_sleepers.0);
         }
         freed
     }

@@ -135,10 +135,11 @@ impl Publisher {
             self.reap();
             // A rotating chunk of slots: orphans and damaged bits (see
             // `Pool::recover`), at a bounded cost per loan.
-            let start = (self.tail / u64::from(REAP_EVERY)) as usize * REPAIR_CHUNK;
+            let turn = self.tail / u64::from(REAP_EVERY);
+            let start = turn.wrapping_mul(REPAIR_CHUNK as u64) % self.sh.l.slots;
             self.sh
                 .pool()
-                .repair(self.tail, start % self.slots(), REPAIR_CHUNK);
+                .repair(self.tail, start as usize, REPAIR_CHUNK);
         }
         let slot = match self.sh.pool().take_free(&mut self.rr) {
             Some(s) => s,
