@@ -840,3 +840,36 @@ fn pubsub_recover_racing_lapped_subscriber() {
         assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
     });
 }
+
+/// Drop wake-up, ring, the other direction: the producer waits for space
+/// (ring full, no deadline) while the consumer closes (`Receiver::drop`:
+/// state `CLOSED`, then the unconditional `wake` of `space_seq`): the
+/// producer's wait ends with the close, never hangs.
+#[test]
+fn ring_close_wakes_waiting_producer() {
+    loom::model(|| {
+        let r = Arc::new(Ring::new());
+        let mut cur = ProdCursor {
+            tail: 0,
+            head_cache: 0,
+        };
+        ring_send(&r, &mut cur, 1);
+        ring_send(&r, &mut cur, 2);
+        let c = r.clone();
+        let closer = thread::spawn(move || {
+            c.core.cons_state.0.store(CLOSED, Ordering::SeqCst);
+            wake(&c.core.space_seq.0);
+        });
+        let got = wait_loop(
+            WaitStrategy::Sleep,
+            Wait::Forever,
+            &r.core.space_seq.0,
+            &r.core.prod_sleepers.0,
+            || cur.try_reserve(&r.core, 2).ok().map(Ok),
+            || (r.core.cons_state.0.load(Ordering::SeqCst) == CLOSED).then_some(Err(())),
+        );
+        assert_eq!(got, Some(Err(())));
+        closer.join().unwrap();
+        assert_eq!(r.core.prod_sleepers.0.load(Ordering::Relaxed), 0);
+    });
+}
