@@ -1,6 +1,13 @@
 //! Loom models of the channel algorithms, run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p shmkit
-//! --lib --release channel::loom_tests`.
+//! `RUSTFLAGS="--cfg loom" cargo test -p shmkit --lib --release
+//! channel::loom_tests` (CI: the loom step of `.ci/run`, exhaustive except
+//! the models it lists with a `LOOM_MAX_PREEMPTIONS` bound; the table in
+//! docs/channel.md, "Proofs", gives each model's bound and time).
+//!
+//! The futex stand-in is exact (`wake(n)` wakes `min(n, sleepers)`; a
+//! timed wait may end by wake or by timer) and the wait loops read a model
+//! clock (`primitive::now`), so `wait_loop` itself is checked, slices and
+//! deadlines included.
 //!
 //! The algorithms run unchanged on heap copies of the shared structures;
 //! payloads are `loom::cell::UnsafeCell`s, so a slot written while someone
