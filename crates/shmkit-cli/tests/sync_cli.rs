@@ -68,6 +68,28 @@ fn sem_create_post_wait_value() {
     assert!(stat.contains("value 4, 0 sleeping"), "{stat}");
 }
 
+/// Bug 1 (issue 14): `--count 4294967295` wrapped the overflow check;
+/// it must fail cleanly and leave the value as it was, and later posts
+/// must still work.
+#[test]
+fn sem_post_count_beyond_max_fails_and_changes_nothing() {
+    let n = unique("semovf");
+    let _c = Cleanup(vec![n.clone()]);
+    ok(&["sem", "create", &n, "--value", "5"]);
+    for count in ["4294967295", "2147483648", "2147483643"] {
+        let o = shmkit(&["sem", "post", &n, "--count", count]);
+        assert_eq!(o.status.code(), Some(1), "--count {count}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("would exceed"), "{err}");
+        assert_eq!(ok(&["sem", "value", &n]), "5\n");
+    }
+    ok(&["sem", "post", &n, "--count", "2147483642"]);
+    assert_eq!(ok(&["sem", "value", &n]), "2147483647\n");
+    ok(&["sem", "wait", &n]);
+    ok(&["sem", "post", &n]);
+    assert_eq!(ok(&["sem", "value", &n]), "2147483647\n");
+}
+
 #[test]
 fn sem_wait_timeout_exits_non_zero() {
     let n = unique("semto");

@@ -27,7 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::primitive::{fence, spin_hint, AtomicU32, Ordering};
+use crate::primitive::{fence, now, spin_hint, AtomicU32, Ordering};
 use crate::sys::futex;
 
 /// Longest a waiter sleeps before it re-checks the peer's liveness.
@@ -80,7 +80,7 @@ impl Wait {
 
     fn deadline(self) -> Option<Instant> {
         match self {
-            Wait::No => Some(Instant::now()),
+            Wait::No => Some(now()),
             Wait::Until(d) => Some(d),
             Wait::Forever => None,
         }
@@ -125,6 +125,21 @@ pub(crate) fn wait_loop<R>(
     wait: Wait,
     word: &AtomicU32,
     sleepers: &AtomicU32,
+    poll: impl FnMut() -> Option<R>,
+    check: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    wait_loop_marked(strategy, wait, word, sleepers, None, poll, check)
+}
+
+/// [`wait_loop`], also flagging each sleep in `mine` (a word only this
+/// waiter writes while alive), so that whoever reaps this waiter after its
+/// death can take its count back out of `sleepers` (see [`sleep_once`]).
+pub(crate) fn wait_loop_marked<R>(
+    strategy: WaitStrategy,
+    wait: Wait,
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    mine: Option<&AtomicU32>,
     mut poll: impl FnMut() -> Option<R>,
     mut check: impl FnMut() -> Option<R>,
 ) -> Option<R> {
@@ -141,7 +156,7 @@ pub(crate) fn wait_loop<R>(
         WaitStrategy::SpinThenSleep { spins } => u64::from(spins),
         WaitStrategy::Sleep => 0,
     };
-    let mut next_check = Instant::now() + SLICE;
+    let mut next_check = now() + SLICE;
     let mut i: u64 = 0;
     while i < spins {
         spin_hint();
@@ -150,14 +165,14 @@ pub(crate) fn wait_loop<R>(
         }
         i += 1;
         if i % 1024 == 0 {
-            let now = Instant::now();
-            if now >= next_check {
+            let t = now();
+            if t >= next_check {
                 if let Some(r) = check() {
                     return Some(r);
                 }
-                next_check = now + SLICE;
+                next_check = t + SLICE;
             }
-            if expired(now) {
+            if expired(t) {
                 return poll();
             }
         }
@@ -166,28 +181,28 @@ pub(crate) fn wait_loop<R>(
     // on every blocking hand-off. A peer that is already gone is noticed
     // after one slice, or at once if it woke us when it closed.
     loop {
-        let now = Instant::now();
-        if expired(now) {
+        let t = now();
+        if expired(t) {
             return poll();
         }
-        let slice_end = now + SLICE;
+        let slice_end = t + SLICE;
         let until = deadline.map_or(slice_end, |d| d.min(slice_end));
-        let outcome = match sleep_once(word, sleepers, &mut poll, Some(until)) {
+        let outcome = match sleep_once_marked(word, sleepers, mine, &mut poll, Some(until)) {
             Ok(r) => return Some(r),
             Err(outcome) => outcome,
         };
         if let Some(r) = poll() {
             return Some(r);
         }
-        let now = Instant::now();
+        let t = now();
         // Woken without a message: a close, a death notice or a signal.
-        if now >= next_check || outcome == futex::WaitOutcome::Woken {
+        if t >= next_check || outcome == futex::WaitOutcome::Woken {
             if let Some(r) = check() {
                 return Some(r);
             }
-            next_check = now + SLICE;
+            next_check = t + SLICE;
         }
-        if expired(now) {
+        if expired(t) {
             return poll();
         }
     }
@@ -196,9 +211,27 @@ pub(crate) fn wait_loop<R>(
 /// One announced sleep: returns `Ok` if `poll` succeeds after the
 /// announcement (no sleep then), else sleeps on `word` until woken or
 /// `until` and returns how the sleep ended (the caller polls again).
+#[allow(dead_code)] // the models call it; endpoints go through `wait_loop`
 pub(crate) fn sleep_once<R>(
     word: &AtomicU32,
     sleepers: &AtomicU32,
+    poll: &mut impl FnMut() -> Option<R>,
+    until: Option<Instant>,
+) -> Result<R, futex::WaitOutcome> {
+    sleep_once_marked(word, sleepers, None, poll, until)
+}
+
+/// [`sleep_once`], with `mine` set to 1 while this waiter is counted in
+/// `sleepers`: set after the increment, cleared before the decrement. A
+/// waiter killed in between leaves `mine == 1` and one count in
+/// `sleepers`; a reaper that finds `mine == 1` (see
+/// [`take_back_sleeper`]) removes both. Killed outside that window, it
+/// leaves at most an over-count (one spurious wake per notify, as before),
+/// never an under-count, which could lose a live sleeper's wake-up.
+pub(crate) fn sleep_once_marked<R>(
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    mine: Option<&AtomicU32>,
     poll: &mut impl FnMut() -> Option<R>,
     until: Option<Instant>,
 ) -> Result<R, futex::WaitOutcome> {
@@ -206,13 +239,40 @@ pub(crate) fn sleep_once<R>(
     let seen = word.load(Ordering::Acquire);
     // SeqCst, then the fence: pairs with the fence in `notify`.
     sleepers.fetch_add(1, Ordering::SeqCst);
+    if let Some(m) = mine {
+        // Relaxed: read only by a reaper after our death, which the role
+        // lock (kernel) orders after everything we did.
+        m.store(1, Ordering::Relaxed);
+    }
     fence(Ordering::SeqCst);
     let r = match poll() {
         Some(r) => Ok(r),
         None => Err(futex::wait(word, seen, until)),
     };
+    if let Some(m) = mine {
+        // Relaxed: as above.
+        m.store(0, Ordering::Relaxed);
+    }
     // Relaxed: the count is only a hint for notifiers; a stale non-zero
     // value costs one spurious wake, never a lost one.
     sleepers.fetch_sub(1, Ordering::Relaxed);
     r
+}
+
+/// Reaper of a dead waiter (holding its role lock, so the waiter cannot
+/// run): if it died counted in `sleepers` (`mine == 1`, see
+/// [`sleep_once_marked`]), takes that count back out, so notifiers stop
+/// paying a futex wake per message for a sleeper that is gone. Returns
+/// whether it did. Never takes `sleepers` below zero (hostile memory).
+pub(crate) fn take_back_sleeper(sleepers: &AtomicU32, mine: &AtomicU32) -> bool {
+    // Relaxed: the waiter is dead or has not started (we hold its role
+    // lock); the kernel's lock hand-over orders its last writes before us.
+    if mine.swap(0, Ordering::Relaxed) == 0 {
+        return false;
+    }
+    // Relaxed: a hint count (see `sleep_once`); the RMW keeps concurrent
+    // live sleepers' increments and decrements intact.
+    sleepers
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
 }

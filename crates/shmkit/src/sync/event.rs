@@ -6,12 +6,19 @@
 //! State (all `u32`, in shared memory):
 //!
 //! - `mode`: `AUTO` or `MANUAL`, fixed at creation.
-//! - `state`: the futex word. Bit 0 is the set flag; bits 1..31 are a
-//!   generation, incremented (wrapping) by every `set` that finds the
-//!   event unset. A manual-reset waiter returns when the flag is set *or*
-//!   the generation moved since it began waiting, so a `set` quickly
-//!   followed by `reset` (a pulse) still releases everyone who was
-//!   waiting at the set. Every value is a valid state.
+//! - `state`: the futex word. Bit 0 is the set flag; bit 1 the *pulse*
+//!   flag (auto-reset only); bits 2..31 a generation, incremented
+//!   (wrapping) by every `set` that finds the event unset. A manual-reset
+//!   waiter returns when the flag is set *or* the generation moved since
+//!   it began waiting, so a `set` quickly followed by `reset` (a pulse)
+//!   still releases everyone who was waiting at the set. Every value is a
+//!   valid state.
+//! - Auto-reset pulses (Win32 `PulseEvent`-like use): `reset` of a set
+//!   auto-reset event turns the set flag into the pulse flag. A pulse can
+//!   be consumed (once) only by a waiter whose wait began in an *older*
+//!   generation, i.e. one that was waiting at the `set`; a waiter that
+//!   arrives after the `reset` never sees it. So `set` then `reset`
+//!   releases exactly one waiter if any was waiting, and none later.
 //! - `sleepers`: waiters in the slow path; `set` calls `FUTEX_WAKE` only
 //!   when it is non-zero.
 //!
@@ -37,16 +44,22 @@ const MAGIC: u32 = 0x5348_4d65;
 
 /// The set flag in `state`.
 const SET_BIT: u32 = 1;
-/// One generation step in `state` (bits 1..31).
-const GEN_ONE: u32 = 2;
+/// The pulse flag in `state` (auto-reset only): a `set` that `reset`
+/// withdrew, still owed to one waiter of an older generation.
+const PULSE_BIT: u32 = 2;
+/// The generation bits of `state` (2..31).
+const GEN_MASK: u32 = !(SET_BIT | PULSE_BIT);
+/// One generation step in `state`.
+const GEN_ONE: u32 = 4;
 
-/// `state` after a `set`: the flag on; a new generation if it was off.
+/// `state` after a `set`: the flag on; a new generation if it was off
+/// (which also merges a pending pulse into this set).
 #[inline]
 fn set_state(s: u32) -> u32 {
     if s & SET_BIT != 0 {
         s
     } else {
-        s.wrapping_add(GEN_ONE) | SET_BIT
+        (s & GEN_MASK).wrapping_add(GEN_ONE) | SET_BIT
     }
 }
 
@@ -210,9 +223,10 @@ impl Event {
     }
 
     /// Signals the event: releases one waiter (auto-reset) or all waiters
-    /// (manual-reset), including every waiter that was waiting at this
-    /// `set` even if `reset` follows at once. Writes made before `set` are
-    /// visible to the waiters it releases.
+    /// (manual-reset). Waiters that were waiting at this `set` are
+    /// released even if `reset` follows at once: every one of them
+    /// (manual-reset), or one of them (auto-reset, as Win32 `PulseEvent`).
+    /// Writes made before `set` are visible to the waiters it releases.
     pub fn set(&self) -> Result<(), Corrupt> {
         let mode = self.checked_mode()?;
         // Release: publishes what we wrote before `set` to the waiters
@@ -235,21 +249,33 @@ impl Event {
         Ok(())
     }
 
-    /// Unsets a manual-reset event (for an auto-reset one: discards a
-    /// pending set). Waiters that were waiting at the last `set` are still
-    /// released (they see its new generation).
+    /// Unsets the event: waiters that arrive later block. Waiters that
+    /// were waiting at the last `set` are still released: all of them
+    /// (manual-reset: they see its new generation), or one of them
+    /// (auto-reset, if none has consumed the set yet: the set becomes a
+    /// pulse that only such a waiter can take).
     pub fn reset(&self) -> Result<(), Corrupt> {
-        self.checked_mode()?;
+        let mode = self.checked_mode()?;
         // Relaxed: resetting publishes nothing. An RMW rather than a store
         // so that it continues the release sequence of the `set` before
-        // it: a manual waiter whose Acquire load reads this value (new
-        // generation, flag off) still synchronises with that setter.
-        self.state.fetch_and(!SET_BIT, Ordering::Relaxed);
+        // it: a waiter whose Acquire load/CAS reads this value (new
+        // generation, flag off, maybe the pulse) still synchronises with
+        // that setter.
+        if mode == AUTO {
+            let _ = self
+                .state
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                    (s & SET_BIT != 0).then_some((s & !SET_BIT) | PULSE_BIT)
+                });
+        } else {
+            self.state.fetch_and(!SET_BIT, Ordering::Relaxed);
+        }
         Ok(())
     }
 
-    /// One look at `state`. `gen0` (manual only): the state's generation
-    /// when the wait began.
+    /// One look at `state`. `gen0`: the state's generation when the wait
+    /// began (manual: released by any later one; auto: may take a pulse
+    /// of a later one).
     #[inline]
     fn poll(&self, mode: u32, gen0: u32) -> Poll {
         if mode == AUTO {
@@ -257,13 +283,19 @@ impl Event {
             // of the Dekker pair (after the fence).
             let mut s = self.state.load(Ordering::Relaxed);
             loop {
-                if s & SET_BIT == 0 {
+                let next = if s & SET_BIT != 0 {
+                    s & GEN_MASK
+                } else if s & PULSE_BIT != 0 && s & GEN_MASK != gen0 {
+                    // A pulse of a set made while we were waiting.
+                    s & GEN_MASK
+                } else {
                     return Poll::Sleep(s);
-                }
-                // Acquire: pairs with `set`'s Release RMW.
+                };
+                // Acquire: pairs with `set`'s Release RMW (directly, or
+                // through the release sequence `reset`'s RMW continues).
                 match self.state.compare_exchange_weak(
                     s,
-                    s & !SET_BIT,
+                    next,
                     Ordering::Acquire,
                     Ordering::Relaxed,
                 ) {
@@ -275,7 +307,7 @@ impl Event {
             // Acquire: pairs with `set`'s Release RMW (directly, or through
             // the release sequence a later `reset` RMW continues).
             let s = self.state.load(Ordering::Acquire);
-            if s & SET_BIT != 0 || s & !SET_BIT != gen0 {
+            if s & SET_BIT != 0 || s & GEN_MASK != gen0 {
                 Poll::Done
             } else {
                 Poll::Sleep(s)
@@ -287,8 +319,10 @@ impl Event {
     /// auto-reset), [`WaitError::WouldBlock`] otherwise.
     pub fn try_wait(&self) -> Result<(), WaitError> {
         let mode = self.checked_mode()?;
-        // Relaxed: only the generation is used (see `wait_with`).
-        let gen0 = self.state.load(Ordering::Relaxed) & !SET_BIT;
+        // Relaxed: only the generation is used (see `wait_with`). The
+        // current one: a `try_wait` was not waiting at any earlier set, so
+        // it never takes a pulse.
+        let gen0 = self.state.load(Ordering::Relaxed) & GEN_MASK;
         match self.poll(mode, gen0) {
             Poll::Done => Ok(()),
             Poll::Sleep(_) => Err(WaitError::WouldBlock),
@@ -326,7 +360,10 @@ impl Event {
         // Relaxed: the generation we start waiting in; `poll` does the
         // Acquire that matters. The set flag read here is re-checked by
         // `poll` at once.
-        let gen0 = self.state.load(Ordering::Relaxed) & !SET_BIT;
+        // (A stale value is harmless: it only makes us a waiter that was
+        // already waiting at a set that happened concurrently with our
+        // start, which is a valid linearisation.)
+        let gen0 = self.state.load(Ordering::Relaxed) & GEN_MASK;
         match self.poll(mode, gen0) {
             Poll::Done => Ok(()),
             Poll::Sleep(_) => self.wait_slow(mode, gen0, deadline, sliced),
@@ -472,6 +509,62 @@ mod tests {
         assert_eq!(e.is_set(), Ok(false));
     }
 
+    /// Bug 3 (issue 14): auto-reset `set` then `reset` at once released no
+    /// waiter. Now, as Win32 `PulseEvent`: exactly one of the waiters that
+    /// were waiting is released, and a waiter that comes later is not.
+    #[test]
+    fn auto_pulse_releases_exactly_one_waiting_waiter() {
+        let e = std::sync::Arc::new(Event::new(EventMode::AutoReset));
+        let a = sleeping_waiter(&e);
+        let b = sleeping_waiter(&e);
+        while e.snapshot().unwrap().2 < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        e.set().unwrap();
+        e.reset().unwrap();
+        let start = Instant::now();
+        let first = loop {
+            if let Ok(r) = a.try_recv() {
+                break (r, &b);
+            }
+            if let Ok(r) = b.try_recv() {
+                break (r, &a);
+            }
+            // Generous: the slices alone would release a waiter in 50 ms
+            // if it were entitled to the pulse.
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the pulse released no waiter"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(first.0, Ok(()));
+        let other = first.1;
+        // The other one stays blocked, and a newcomer does not see a set.
+        assert!(other.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(e.try_wait(), Err(WaitError::WouldBlock));
+        assert_eq!(e.is_set(), Ok(false));
+        e.set().unwrap();
+        assert_eq!(other.recv_timeout(Duration::from_secs(10)), Ok(Ok(())));
+        assert_eq!(e.is_set(), Ok(false));
+    }
+
+    /// A pulse with nobody waiting is lost, as with `PulseEvent`.
+    #[test]
+    fn auto_pulse_with_no_waiter_releases_nobody_later() {
+        let e = Event::new(EventMode::AutoReset);
+        e.set().unwrap();
+        e.reset().unwrap();
+        assert_eq!(e.try_wait(), Err(WaitError::WouldBlock));
+        assert_eq!(
+            e.wait_timeout(Duration::from_millis(30)),
+            Err(WaitError::Timeout)
+        );
+        e.set().unwrap();
+        assert_eq!(e.try_wait(), Ok(()));
+    }
+
     /// H3: a setter killed between its state change and its wake
     /// (simulated: the state change alone). Untimed waiters still return.
     #[test]
@@ -582,6 +675,73 @@ mod loom_tests {
                 .unwrap();
             assert_eq!(t.join().unwrap(), Ok(()));
             assert_eq!(e.is_set(), Ok(false));
+        });
+    }
+
+    /// Bug 3 (issue 14), two waiters: both are waiting (registered as
+    /// sleepers) when `set` and at once `reset` run. Exactly one is
+    /// released by that pulse and sees the data written before `set`; the
+    /// event is not left set; a second `set` releases the other. Before the
+    /// pulse flag: nobody was released (loom: the main thread spins for
+    /// ever and the model fails).
+    #[test]
+    fn loom_event_auto_pulse_two_waiters() {
+        loom::model(|| {
+            let e = Arc::new(Event::new(EventMode::AutoReset));
+            let data = Arc::new(AtomicU32::new(0));
+            let done = Arc::new(AtomicU32::new(0));
+            let ts: Vec<_> = (0..2)
+                .map(|_| {
+                    let (e, data, done) = (Arc::clone(&e), Arc::clone(&data), Arc::clone(&done));
+                    thread::spawn(move || {
+                        e.wait().unwrap();
+                        assert_eq!(data.load(Ordering::Relaxed), 42);
+                        done.fetch_add(1, Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            while e.sleepers.load(Ordering::SeqCst) < 2 {
+                thread::yield_now();
+            }
+            data.store(42, Ordering::Relaxed);
+            e.set().unwrap();
+            e.reset().unwrap();
+            while done.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            assert_eq!(done.load(Ordering::SeqCst), 1);
+            assert_eq!(e.is_set(), Ok(false));
+            e.set().unwrap();
+            for t in ts {
+                t.join().unwrap();
+            }
+            assert_eq!(e.state.load(Ordering::Relaxed) & !GEN_MASK, 0);
+        });
+    }
+
+    /// Auto-reset `reset` racing a (timed) wait that may begin before or
+    /// after the `set`: the waiter either returns `Ok` (it consumed the set
+    /// or its pulse: nothing is left to consume) or times out (then a
+    /// newcomer finds the event unset). Never both a release and a
+    /// leftover set.
+    #[test]
+    fn loom_event_auto_reset_races_wait() {
+        loom::model(|| {
+            let e = Arc::new(Event::new(EventMode::AutoReset));
+            let e2 = Arc::clone(&e);
+            let t =
+                thread::spawn(move || e2.wait_deadline(Instant::now() + Duration::from_secs(3600)));
+            e.set().unwrap();
+            e.reset().unwrap();
+            let r = t.join().unwrap();
+            let s = e.state.load(Ordering::Relaxed);
+            match r {
+                Ok(()) => assert_eq!(s & !GEN_MASK, 0, "{s:#x}"),
+                Err(WaitError::Timeout) => assert_eq!(s & SET_BIT, 0),
+                Err(err) => panic!("{err}"),
+            }
+            assert_eq!(e.try_wait(), Err(WaitError::WouldBlock));
+            assert_eq!(e.sleepers.load(Ordering::Relaxed), 0);
         });
     }
 

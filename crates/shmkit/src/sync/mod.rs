@@ -153,8 +153,9 @@ pub(crate) fn sleep(
         WaitOutcome::Woken => Slept::Again,
         WaitOutcome::TimedOut if is_deadline => Slept::Deadline,
         WaitOutcome::TimedOut => {
-            // Under loom a timed wait returns at once: let the other
-            // threads run before polling again (bounds the model).
+            // A slice ended. Under loom (where a timed wait may also time
+            // out at once): let the other threads run before polling
+            // again (bounds the model).
             crate::primitive::spin_hint();
             Slept::Again
         }

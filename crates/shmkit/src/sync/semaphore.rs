@@ -199,7 +199,10 @@ impl Semaphore {
             if c > MAX_VALUE {
                 return Err(bad_count(c).into());
             }
-            if c > MAX_VALUE - n {
+            // `n > MAX_VALUE - c`, not `c > MAX_VALUE - n`: `c <= MAX_VALUE`
+            // is checked above, so this subtraction cannot wrap, whatever
+            // `n` is (the old form wrapped for `n > MAX_VALUE`).
+            if n > MAX_VALUE - c {
                 return Err(PostError::Overflow);
             }
             // Release: publishes what we wrote before posting to the
@@ -443,6 +446,47 @@ mod tests {
         assert_eq!(s.sleepers(), Ok(0));
     }
 
+    /// Bug 1 (issue 14): `post_n(n)` with `n > MAX_VALUE` wrapped the
+    /// bound: debug builds panicked, release builds stored a corrupt count.
+    /// It must be `Overflow`, with the count unchanged.
+    #[test]
+    fn post_n_beyond_max_is_overflow_and_changes_nothing() {
+        for start in [0, 1, 7, MAX_VALUE - 1, MAX_VALUE] {
+            for n in [MAX_VALUE + 1, MAX_VALUE + 2, u32::MAX - 1, u32::MAX] {
+                let s = Semaphore::new(start);
+                assert_eq!(s.post_n(n), Err(PostError::Overflow), "{start} + {n}");
+                assert_eq!(s.value(), Ok(start));
+                // Still usable afterwards.
+                if start < MAX_VALUE {
+                    s.post().unwrap();
+                    assert_eq!(s.value(), Ok(start + 1));
+                }
+            }
+        }
+        let s = Semaphore::new(0);
+        s.post_n(MAX_VALUE).unwrap();
+        assert_eq!(s.value(), Ok(MAX_VALUE));
+        assert_eq!(s.post_n(1), Err(PostError::Overflow));
+    }
+
+    proptest::proptest! {
+        /// Over any current value and any `n`: `post_n` adds exactly `n`
+        /// when the sum fits in `MAX_VALUE`, else is `Overflow` and
+        /// changes nothing; the semaphore is never left corrupt.
+        #[test]
+        fn post_n_is_exact_or_overflow(start in 0..=MAX_VALUE, n in proptest::prelude::any::<u32>()) {
+            let s = Semaphore::new(start);
+            let r = s.post_n(n);
+            if u64::from(start) + u64::from(n) <= u64::from(MAX_VALUE) {
+                proptest::prop_assert_eq!(r, Ok(()));
+                proptest::prop_assert_eq!(s.value(), Ok(start + n));
+            } else {
+                proptest::prop_assert_eq!(r, Err(PostError::Overflow));
+                proptest::prop_assert_eq!(s.value(), Ok(start));
+            }
+        }
+    }
+
     #[test]
     fn wakes_a_sleeping_thread() {
         let s = std::sync::Arc::new(Semaphore::new(0));
@@ -497,6 +541,60 @@ mod loom_tests {
             // The dead poster: its Release CAS happened, its wake did not.
             s.count.fetch_add(1, Ordering::Release);
             assert_eq!(t.join().unwrap(), Ok(()));
+            assert_eq!(s.value(), Ok(0));
+            assert_eq!(s.sleepers(), Ok(0));
+        });
+    }
+
+    /// `post_n(2)` with two sleepers: both are released (the poster's
+    /// wake must reach both; under the exact futex model a wake of one
+    /// would leave the other asleep: deadlock).
+    #[test]
+    fn loom_sem_post_n_wakes_several_sleepers() {
+        loom::model(|| {
+            let s = Arc::new(Semaphore::new(0));
+            let waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    let s = Arc::clone(&s);
+                    thread::spawn(move || s.wait().unwrap())
+                })
+                .collect();
+            while s.sleepers.load(Ordering::SeqCst) < 2 {
+                thread::yield_now();
+            }
+            s.post_n(2).unwrap();
+            for w in waiters {
+                w.join().unwrap();
+            }
+            assert_eq!(s.value(), Ok(0));
+            assert_eq!(s.sleepers(), Ok(0));
+        });
+    }
+
+    /// The chained wake: two units arrive but only one sleeper is woken
+    /// (a `post_n(2)` whose poster was killed after waking one, modelled as
+    /// the bare CAS and one `FUTEX_WAKE` of 1). The woken waiter takes a
+    /// unit, sees units and sleepers left, and wakes the next. Untimed,
+    /// unsliced waiters: without the chained wake, deadlock.
+    #[test]
+    fn loom_sem_chained_wake() {
+        loom::model(|| {
+            let s = Arc::new(Semaphore::new(0));
+            let waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    let s = Arc::clone(&s);
+                    thread::spawn(move || s.wait_with(None, false).unwrap())
+                })
+                .collect();
+            while s.sleepers.load(Ordering::SeqCst) < 2 {
+                thread::yield_now();
+            }
+            s.count.fetch_add(2, Ordering::Release);
+            fence(Ordering::SeqCst);
+            futex::wake(&s.count);
+            for w in waiters {
+                w.join().unwrap();
+            }
             assert_eq!(s.value(), Ok(0));
             assert_eq!(s.sleepers(), Ok(0));
         });

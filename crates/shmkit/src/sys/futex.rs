@@ -71,6 +71,24 @@ mod imp {
 
 #[cfg(loom)]
 mod imp {
+    //! The futex as loom sees it: as strong as the kernel's, no stronger.
+    //!
+    //! - One wait queue per word, under one lock that `wait` and `wake`
+    //!   both take (the kernel's hash-bucket lock): the value check and the
+    //!   enqueue are atomic with respect to `wake`.
+    //! - `wake(n)` wakes exactly `min(n, queued)` waiters of that word, in
+    //!   queue order (the kernel's order for equal priorities), and returns
+    //!   how many. A waker that should have woken two but woke one is a
+    //!   deadlock loom reports.
+    //! - A wait with a deadline enqueues, then lets the other threads run
+    //!   (a yield: loom explores how far they get), then dequeues: woken if
+    //!   a `wake` picked it meanwhile, else timed out. So "woken" and "the
+    //!   timer fired first" are both explored, including a timer that fires
+    //!   while a waker runs. As in the kernel, a waiter that was picked
+    //!   reports `Woken` even if its time is up.
+    //! - No spurious wake-ups are generated (callers must tolerate them,
+    //!   but a model that needs one to make progress is wrong).
+
     use std::time::Instant;
 
     use loom::sync::{Condvar, Mutex};
@@ -78,33 +96,82 @@ mod imp {
     use super::WaitOutcome;
     use crate::primitive::{AtomicU32, Ordering};
 
-    loom::lazy_static! {
-        static ref BUCKET: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
+    #[derive(Default)]
+    struct Queues {
+        next_id: u64,
+        /// Sleeping waiters: (word address, ticket), oldest first.
+        queued: Vec<(usize, u64)>,
+        /// Tickets picked by a `wake`, not yet collected by their waiter.
+        woken: Vec<u64>,
     }
 
-    /// Model futex wait: the value check and the sleep happen under one
-    /// lock that `wake` also takes, as the kernel's hash-bucket lock does.
-    /// A wait with a deadline models "the timer fired": it never sleeps.
+    impl Queues {
+        fn collect(&mut self, id: u64) -> bool {
+            match self.woken.iter().position(|&w| w == id) {
+                Some(i) => {
+                    self.woken.swap_remove(i);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    loom::lazy_static! {
+        static ref BUCKET: (Mutex<Queues>, Condvar) = (Mutex::new(Queues::default()), Condvar::new());
+    }
+
+    fn addr(word: &AtomicU32) -> usize {
+        word as *const AtomicU32 as usize
+    }
+
     pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> WaitOutcome {
-        let guard = BUCKET.0.lock().unwrap();
+        let mut q = BUCKET.0.lock().unwrap();
         // The kernel reads the word with no ordering of its own; the bucket
         // lock provides the happens-before with `wake`.
         if word.load(Ordering::Relaxed) != expected {
             return WaitOutcome::Woken;
         }
+        let id = q.next_id;
+        q.next_id += 1;
+        q.queued.push((addr(word), id));
         if deadline.is_some() {
+            drop(q);
+            // The timer runs while others do.
+            loom::thread::yield_now();
+            let mut q = BUCKET.0.lock().unwrap();
+            if q.collect(id) {
+                return WaitOutcome::Woken;
+            }
+            q.queued.retain(|&(_, t)| t != id);
             return WaitOutcome::TimedOut;
         }
-        drop(BUCKET.1.wait(guard).unwrap());
-        WaitOutcome::Woken
+        loop {
+            q = BUCKET.1.wait(q).unwrap();
+            if q.collect(id) {
+                return WaitOutcome::Woken;
+            }
+        }
     }
 
-    /// Model futex wake: wakes every model sleeper (spurious wake-ups are
-    /// allowed by the futex contract, so this over-approximates `n`).
-    pub fn wake(_word: &AtomicU32, _n: u32) -> usize {
-        let _guard = BUCKET.0.lock().unwrap();
-        BUCKET.1.notify_all();
-        1
+    pub fn wake(word: &AtomicU32, n: u32) -> usize {
+        let mut q = BUCKET.0.lock().unwrap();
+        let a = addr(word);
+        let mut picked = Vec::new();
+        q.queued.retain(|&(w, id)| {
+            if w == a && picked.len() < n as usize {
+                picked.push(id);
+                false
+            } else {
+                true
+            }
+        });
+        let count = picked.len();
+        q.woken.extend(picked);
+        if count != 0 {
+            BUCKET.1.notify_all();
+        }
+        count
     }
 }
 

@@ -83,8 +83,9 @@
 //!   counts as missed: `missed` may over-count by one right after a join,
 //!   never under-count). Stale bits left by a dead previous holder of `i` are
 //!   cleared (held bits all, pending bits of publications before
-//!   `join_pos`; a slot with our bit cannot be republished, so its `seq`
-//!   is stable while we look).
+//!   `join_pos`); each such slot is pinned first (our held bit, set by a
+//!   CAS that checks our bit is still there), so it can be neither
+//!   reclaimed nor republished while we read its `seq`.
 //! - **dead or departed subscribers**: when `loan` finds no free slot,
 //!   the publisher tries each active subscriber's role lock; one it can
 //!   take belongs to nobody, so it clears that subscriber's bits in every
@@ -100,9 +101,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::error::{OpenError, RecvError, SendError};
 use super::peer::{self, PeerState};
-use super::wait::{notify, wait_loop, wake, Wait, WaitStrategy};
+use super::wait::{notify, wait_loop, wait_loop_marked, wake, Wait, WaitStrategy};
 use super::CachePadded;
-use crate::primitive::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
+use crate::primitive::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
 use crate::sys::ofd_lock;
 

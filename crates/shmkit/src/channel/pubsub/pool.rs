@@ -3,6 +3,7 @@
 //! The algorithm is described in the parent module.
 
 use super::*;
+use crate::channel::wait::take_back_sleeper;
 
 /// The publisher's control block. All zero is the initial state.
 #[repr(C)]
@@ -49,6 +50,11 @@ pub(crate) struct SubShared {
     pub(crate) next: AtomicU64,
     /// Role state of subscriber number `i`.
     pub(crate) state: AtomicU32,
+    /// 1 while subscriber `i` is counted in `PubCore::sub_sleepers` (see
+    /// `wait::sleep_once_marked`): lets a reaper or the next joiner take
+    /// a dead sleeper's count back out. Zero in older segments (this was
+    /// padding), which only means there is nothing to take back.
+    pub(crate) asleep: AtomicU32,
 }
 
 impl SubShared {
@@ -57,6 +63,7 @@ impl SubShared {
         SubShared {
             next: AtomicU64::new(0),
             state: AtomicU32::new(0),
+            asleep: AtomicU32::new(0),
         }
     }
 }
@@ -133,6 +140,16 @@ impl Pool<'_> {
         self.queue.len() as u64 - 1
     }
 
+    /// The `refs` bits a subscriber of this channel can own: pending and
+    /// held bits of numbers `0..max_subscribers` (`subs.len()`).
+    pub(crate) fn valid_bits(&self) -> u64 {
+        let low = match self.subs.len() {
+            n if n >= 32 => 0xffff_ffff,
+            n => (1u64 << n) - 1,
+        };
+        low | low << HELD_SHIFT
+    }
+
     /// Publisher: a free slot, starting the search at `*rr` (round robin,
     /// so that the first candidate is the least recently published).
     pub(crate) fn take_free(&self, rr: &mut usize) -> Option<usize> {
@@ -199,7 +216,9 @@ impl Pool<'_> {
         // `publish`, pairs with the joiner's `active` fetch_or + fence +
         // `tail` load (Dekker; see module docs: at most one publication
         // misses a joiner).
-        let pending = self.core.active.0.load(Ordering::SeqCst) & 0xffff_ffff;
+        // Masked to real subscriber numbers: an `active` bit at or above
+        // `max_subscribers` (damaged memory) would pin the slot for good.
+        let pending = self.core.active.0.load(Ordering::SeqCst) & self.valid_bits() & 0xffff_ffff;
         // Release: a subscriber whose CAS on `refs` (Acquire) reads this
         // value sees the payload, `seq` and `len` written before. (A plain
         // store: an `xchg` here costs an extra serialised cache-line
@@ -249,41 +268,62 @@ impl Pool<'_> {
         }
     }
 
-    /// Publisher taking over at `tail`: a previous publisher killed
-    /// between setting a slot's `refs` and storing `tail` left a slot
-    /// addressed to subscribers but never visible (its `seq` is `tail`):
-    /// free it, or it would never come back. No subscriber can hold it:
-    /// they only read positions below `tail`.
+    /// Publisher taking over at `tail` (and, later, re-checking): frees
+    /// the slots that can never come back by themselves. Returns how many.
     ///
-    /// A subscriber lapped by drop-oldest may briefly hold such a slot
-    /// while it finds that `seq` is not the position it wanted (it then
-    /// flips its bit back to pending): the slot is freed with a CAS that
-    /// never clears a held bit, retrying a bounded number of times.
+    /// - An *orphan*: a previous publisher killed between setting a slot's
+    ///   `refs` and storing `tail` left a slot addressed to subscribers but
+    ///   never visible (its `seq` is `>= tail`). No subscriber can hold it
+    ///   for good: they only read positions below `tail`. A subscriber
+    ///   lapped by drop-oldest may hold it for a moment while it finds that
+    ///   `seq` is not the position it wanted (it then flips its bit back to
+    ///   pending); a dead one may hold it until it is reaped.
+    /// - Bits of subscriber numbers at or above `max_subscribers` (damaged
+    ///   memory): no subscriber can ever clear them.
+    ///
+    /// Bounded: one pass over `slots` (or over `chunk` of them, starting
+    /// at `start`), a few CAS attempts per slot, no waiting. An orphan that
+    /// is held right now is left for the next call: the publisher calls
+    /// this again whenever it finds no free slot (and every few hundred
+    /// loans on a rotating chunk), so it is never leaked, only freed later.
+    /// Only the publisher calls this, never during its own `publish`.
     pub(crate) fn recover(&self, tail: u64) -> usize {
+        self.repair(tail, 0, self.meta.len())
+    }
+
+    /// [`Pool::recover`] on `chunk` slots from `start` (wrapping).
+    pub(crate) fn repair(&self, tail: u64, start: usize, chunk: usize) -> usize {
+        let n = self.meta.len();
+        let valid = self.valid_bits();
         let mut freed = 0;
-        for m in self.meta {
+        for k in 0..chunk.min(n) {
+            let m = &self.meta[(start + k) % n];
+            // Relaxed: the RMWs below decide.
+            let r = m.refs.load(Ordering::Relaxed);
+            if r & !valid != 0 {
+                // AcqRel: Acquire as in `take_free` (a reuse follows);
+                // Release as in `release`.
+                // (No wake-up: only the publisher, which is us, waits for
+                // slots.)
+                m.refs.fetch_and(valid, Ordering::AcqRel);
+                freed += 1;
+            }
             // Relaxed: we hold the publisher role; `seq` is only written by
-            // publishers, and the previous one is gone.
+            // publishers, and no other one runs.
             if m.seq.load(Ordering::Relaxed) < tail {
                 continue;
             }
             // Relaxed: the CAS below decides.
             let mut r = m.refs.load(Ordering::Relaxed);
-            for _ in 0..100_000 {
-                if r == 0 {
+            for _ in 0..4 {
+                // Free already, or held (left for a later call).
+                if r == 0 || r & HELD_MASK != 0 {
                     break;
-                }
-                if r & HELD_MASK != 0 {
-                    // A transient holder: it flips back at once.
-                    spin_hint();
-                    // Relaxed: as above.
-                    r = m.refs.load(Ordering::Relaxed);
-                    continue;
                 }
                 // AcqRel: Acquire as in `take_free`; Release as `release`.
                 match m
                     .refs
-                    .compare_exchange_weak(r, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(r, 0, Ordering::AcqRel, Ordering::Relaxed)
                 {
                     Ok(_) => {
                         freed += 1;
@@ -427,6 +467,9 @@ impl Pool<'_> {
     /// our sweep sees its `refs`, or it sees our bit gone and withdraws it.
     pub(crate) fn leave(&self, idx: usize) {
         let bits = Bits::of(idx);
+        // A subscriber killed asleep left its count in `sub_sleepers`:
+        // take it back, or every publish pays a futex wake for good.
+        take_back_sleeper(&self.core.sub_sleepers.0, &self.subs[idx].asleep);
         // SeqCst: the next `publish` no longer addresses `idx`; then the
         // fence pairs with the one in `publish` (see above).
         self.core.active.0.fetch_and(!(1 << idx), Ordering::SeqCst);
@@ -460,8 +503,19 @@ impl Pool<'_> {
 
     /// Joins as subscriber `idx` (whose role lock the caller holds):
     /// returns the cursor, after clearing stale bits of a previous holder.
+    ///
+    /// A stale bit's slot is *pinned* before its `seq` is read: our held
+    /// bit is set by a CAS that also checks our bit is still there, so the
+    /// slot can be neither reclaimed (drop-oldest never takes a held slot)
+    /// nor republished while we look. Without the pin, under drop-oldest
+    /// the slot could be reclaimed and republished between our read of
+    /// `refs` and our clear, and the clear would strip our bit from a
+    /// message published after we joined (issue 14, bug 2; the model
+    /// `pubsub_join_drop_oldest_keeps_new_bits`).
     pub(crate) fn join(&self, idx: usize) -> SubCursor {
         let bits = Bits::of(idx);
+        // A previous holder of `idx` killed asleep: take its count back.
+        take_back_sleeper(&self.core.sub_sleepers.0, &self.subs[idx].asleep);
         // SeqCst: pairs with the SeqCst `active` load in `publish`.
         self.core.active.0.fetch_or(1 << idx, Ordering::SeqCst);
         // Pairs with the fence after the publisher's `tail` store (in
@@ -472,17 +526,46 @@ impl Pool<'_> {
         let join_pos = self.core.tail.0.load(Ordering::SeqCst);
         let mut freed = false;
         for m in self.meta {
-            // Acquire: `seq` below belongs to the publication whose bits
-            // we see.
-            let r = m.refs.load(Ordering::Acquire);
-            if r & (bits.held | bits.pending) == 0 {
+            // Relaxed: the CAS below (or, for a held bit, the RMW that
+            // clears it) is what we act on.
+            let mut r = m.refs.load(Ordering::Relaxed);
+            // Pin: make sure we hold the slot, unless a stale held bit of
+            // ours already does.
+            let pinned = loop {
+                if r & (bits.held | bits.pending) == 0 {
+                    break false;
+                }
+                if r & bits.held != 0 {
+                    // Acquire: `seq` below belongs to the publication whose
+                    // held bit we see (pairs with the Release `refs` store
+                    // of that publication, through the RMW chain).
+                    fence(Ordering::Acquire);
+                    break true;
+                }
+                // Acquire: as the subscriber's CAS in `try_take` (`seq` is
+                // that of the publication we now hold). Relaxed on
+                // failure: look again.
+                match m.refs.compare_exchange_weak(
+                    r,
+                    r | bits.held,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break true,
+                    Err(v) => r = v,
+                }
+            };
+            if !pinned {
                 continue;
             }
-            // While our bit is set nobody can republish the slot: `seq` is
-            // stable. Pending bits from before our join are stale.
+            // Relaxed: ordered by the Acquire above; stable while we hold
+            // the slot (nobody reclaims or republishes a held slot).
             let seq = m.seq.load(Ordering::Relaxed);
+            // Our held bit (the pin, or a dead holder's) goes; our pending
+            // bit too if it addresses a publication before our start.
             let stale = bits.held | if seq < join_pos { bits.pending } else { 0 };
-            // AcqRel: as in `reap`.
+            // AcqRel: Release so that our read of `seq` happens before a
+            // reuse; Acquire as in `reap`.
             let prev = m.refs.fetch_and(!stale, Ordering::AcqRel);
             freed |= self.made_available(prev, prev & !stale);
         }
@@ -497,5 +580,199 @@ impl Pool<'_> {
             join_pos,
             missed: 0,
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! Hostile and crashed-peer states of the pool, on real segments
+    //! (issue 14 smaller findings, issue 8 "pub/sub with hostile memory").
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn unique() -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        format!(
+            "t-proofs-pool-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = crate::segment::remove(&self.0);
+        }
+    }
+
+    /// The pool of `name`, through a handle of its own (no role).
+    fn with_pool<R>(name: &str, f: impl FnOnce(&Pool<'_>) -> R) -> R {
+        let seg = Segment::open(name).unwrap();
+        let l = check_segment(&seg, "test").unwrap();
+        f(&pool_of(&seg, &l))
+    }
+
+    /// Issue 8: a subscriber bit at or above `max_subscribers` (pending or
+    /// held) in a slot's ownership word is damage no subscriber can ever
+    /// clear. The publisher must detect it and take the slot back, not
+    /// wait for it for ever. Before: `try_send` was `Full` for good.
+    #[test]
+    fn foreign_subscriber_bits_are_reaped() {
+        for policy in [Policy::Block, Policy::DropOldest] {
+            for bad in [1u64 << 2, 1 << 31, 1 << (HELD_SHIFT + 5), 1 << 63] {
+                let name = unique();
+                let _c = Cleanup(name.clone());
+                let opts = PubSubOptions::new(1, 64, 2).policy(policy);
+                let mut p = Publisher::create(&name, &opts).unwrap();
+                with_pool(&name, |pool| {
+                    pool.meta[0].refs.store(bad, Ordering::Relaxed)
+                });
+                p.try_send(b"x")
+                    .unwrap_or_else(|e| panic!("{policy:?} refs {bad:#x}: {e}"));
+                // And an `active` bit beyond the maximum addresses nobody.
+                with_pool(&name, |pool| {
+                    pool.core.active.0.fetch_or(1 << 7, Ordering::Relaxed)
+                });
+                p.try_send(b"y").unwrap();
+                with_pool(&name, |pool| {
+                    assert_eq!(pool.meta[0].refs.load(Ordering::Relaxed), 0, "{policy:?}");
+                });
+            }
+        }
+    }
+
+    /// Issue 8: `Publisher::open` on slot state where every slot looks
+    /// like a held orphan (`seq >= tail`, a held bit) must finish in
+    /// bounded time. Before, `recover` spun 100,000 times per slot: about
+    /// three minutes at 65,536 slots. Foreign held bits are also freed.
+    #[test]
+    fn publisher_open_on_corrupt_slots_is_bounded() {
+        let name = unique();
+        let _c = Cleanup(name.clone());
+        let slots = MAX_SLOTS as usize;
+        drop(Publisher::create(&name, &PubSubOptions::new(slots as u64, 1, 2)).unwrap());
+        with_pool(&name, |pool| {
+            for (i, m) in pool.meta.iter().enumerate() {
+                m.seq.store(u64::MAX / 4, Ordering::Relaxed);
+                // Half with a held bit of a real (inactive) subscriber
+                // number, half with a foreign one.
+                let held = if i % 2 == 0 { 0 } else { 9 };
+                m.refs.store(1 << (HELD_SHIFT + held), Ordering::Relaxed);
+            }
+        });
+        let start = Instant::now();
+        let p = Publisher::open(&name).unwrap();
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(10), "open took {took:?}");
+        with_pool(&name, |pool| {
+            for (i, m) in pool.meta.iter().enumerate() {
+                let r = m.refs.load(Ordering::Relaxed);
+                assert_eq!(r != 0, i % 2 == 0, "slot {i}: {r:#x}");
+            }
+        });
+        drop(p);
+    }
+
+    /// `recover` never leaks an orphan that is held at the time it runs
+    /// (a lapped subscriber flipping it back): it leaves it, and the
+    /// publisher's next look (no free slot) frees it. Before, a holder
+    /// that stayed past 100,000 spins made it give up for good.
+    #[test]
+    fn held_orphan_is_freed_later() {
+        let name = unique();
+        let _c = Cleanup(name.clone());
+        drop(Publisher::create(&name, &PubSubOptions::new(1, 8, 2)).unwrap());
+        let held = 1u64 << HELD_SHIFT;
+        with_pool(&name, |pool| {
+            pool.meta[0].seq.store(0, Ordering::Relaxed);
+            pool.meta[0].refs.store(held, Ordering::Relaxed);
+            assert_eq!(pool.recover(0), 0);
+            // The holder lets go (flips back to pending).
+            pool.meta[0].refs.store(1, Ordering::Relaxed);
+        });
+        let mut p = Publisher::open(&name).unwrap();
+        p.try_send(b"ok").unwrap();
+        drop(p);
+        // Held at the publisher's open, let go later: the wait path frees it.
+        // (An orphan again: addressed at position `tail` = 1, never
+        // made visible.)
+        with_pool(&name, |pool| {
+            pool.meta[0].seq.store(1, Ordering::Relaxed);
+            pool.meta[0].refs.store(held, Ordering::Relaxed);
+        });
+        let mut p = Publisher::open(&name).unwrap();
+        assert!(matches!(p.try_send(b"no"), Err(SendError::Full)));
+        with_pool(&name, |pool| pool.meta[0].refs.store(1, Ordering::Relaxed));
+        p.try_send(b"ok").unwrap();
+    }
+
+    const ROLE: &str = "SHMKIT_PROOFS_POOL_ROLE";
+
+    /// Issue 14: a subscriber SIGKILLed while asleep in `recv` left its
+    /// count in `sub_sleepers` for good, so every later publish paid a
+    /// futex wake. Reaping it takes the count back (and so does the next
+    /// joiner of its number, tested at the end).
+    #[test]
+    fn dead_sleeper_count_is_taken_back() {
+        if let Ok(name) = std::env::var(ROLE) {
+            let s = Subscriber::open(&name).unwrap();
+            // Bounded: the parent kills us long before.
+            let _ = s.recv_timeout(Duration::from_secs(60));
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let name = unique();
+        let _c = Cleanup(name.clone());
+        let mut p = Publisher::create(&name, &PubSubOptions::new(2, 8, 2)).unwrap();
+        for round in 0..2 {
+            let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+            cmd.args([
+                "--exact",
+                "channel::pubsub::pool::tests::dead_sleeper_count_is_taken_back",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, &name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+            // SAFETY: `prctl` is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().unwrap();
+            let asleep = |pool: &Pool<'_>| {
+                (
+                    pool.core.sub_sleepers.0.load(Ordering::Relaxed),
+                    pool.subs[0].asleep.load(Ordering::Relaxed),
+                )
+            };
+            let start = Instant::now();
+            while with_pool(&name, asleep) != (1, 1) {
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the subscriber never slept");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            if round == 0 {
+                assert_eq!(p.reap(), 1);
+            } else {
+                // The next subscriber to take number 0 repairs it too.
+                let s = Subscriber::open(&name).unwrap();
+                assert_eq!(s.index(), 0);
+            }
+            assert_eq!(with_pool(&name, asleep), (0, 0), "round {round}");
+        }
+        p.try_send(b"x").unwrap();
     }
 }

@@ -17,6 +17,8 @@ pub struct Publisher {
 /// active subscriber): a dead subscriber's slots come back even when slots
 /// never run out (drop-oldest).
 const REAP_EVERY: u32 = 256;
+/// Slots checked by each periodic repair (`Pool::repair`).
+const REPAIR_CHUNK: usize = 1024;
 
 impl Publisher {
     /// Creates a byte pub/sub channel and becomes its publisher.
@@ -131,6 +133,13 @@ impl Publisher {
         if self.until_reap == 0 {
             self.until_reap = REAP_EVERY;
             self.reap();
+            // A rotating chunk of slots: orphans and damaged bits (see
+            // `Pool::recover`), at a bounded cost per loan.
+            let turn = self.tail / u64::from(REAP_EVERY);
+            let start = turn.wrapping_mul(REPAIR_CHUNK as u64) % self.sh.l.slots;
+            self.sh
+                .pool()
+                .repair(self.tail, start as usize, REPAIR_CHUNK);
         }
         let slot = match self.sh.pool().take_free(&mut self.rr) {
             Some(s) => s,
@@ -164,7 +173,11 @@ impl Publisher {
     #[cold]
     fn wait_slot(&mut self, wait: Wait) -> Result<usize, SendError> {
         let Publisher {
-            sh, rr, strategy, ..
+            sh,
+            rr,
+            strategy,
+            tail,
+            ..
         } = self;
         let pool = sh.pool();
         let fd = sh.seg.fd();
@@ -183,6 +196,8 @@ impl Publisher {
             take,
             || {
                 reap_dead(&pool, fd, sh.l.max_subs as usize);
+                // Orphaned or damaged slots come back here at the latest.
+                pool.recover(*tail);
                 take()
             },
         );

@@ -165,11 +165,12 @@ impl Subscriber {
             Some(r) => r?,
             None => {
                 let fd = self.sh.seg.fd();
-                let r = wait_loop(
+                let r = wait_loop_marked(
                     self.strategy.get(),
                     wait,
                     &pool.core.data_seq.0,
                     &pool.core.sub_sleepers.0,
+                    Some(&pool.subs[self.idx].asleep),
                     poll,
                     || match self.alive.status(
                         wait == Wait::No,

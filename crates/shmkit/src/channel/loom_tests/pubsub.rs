@@ -1,108 +1,13 @@
-//! Loom models of the channel algorithms, run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p shmkit
-//! --lib --release channel::loom_tests`.
-//!
-//! The algorithms run unchanged on heap copies of the shared structures;
-//! payloads are `loom::cell::UnsafeCell`s, so a slot written while someone
-//! reads it (or read before it was published) is reported as a data race.
+//! Loom models of the pub/sub pool (see the parent module).
 
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
 
-use super::pubsub::{Policy, Pool, PubCore, SlotMeta, SubShared};
-use super::ring::{ConsCursor, ProdCursor, RingCore, Stuck};
-use super::wait::{notify, sleep_once};
-use crate::primitive::{spin_hint, AtomicU32, AtomicU64, Ordering};
-
-struct Ring {
-    core: RingCore,
-    stamps: [AtomicU64; 2],
-    slots: [UnsafeCell<u64>; 2],
-}
-
-impl Ring {
-    fn new() -> Ring {
-        Ring {
-            core: RingCore::new(),
-            stamps: [AtomicU64::new(0), AtomicU64::new(0)],
-            slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
-        }
-    }
-}
-
-/// Push/pop: three messages through two slots, in order, no data race
-/// between the producer's writes and the consumer's reads.
-#[test]
-fn ring_push_pop() {
-    loom::model(|| {
-        let r = Arc::new(Ring::new());
-        let p = r.clone();
-        let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
-            for v in 1..=3u64 {
-                let pos = loop {
-                    match cur.try_reserve(&p.core, 2) {
-                        Ok(pos) => break pos,
-                        Err(Stuck::Blocked) => spin_hint(),
-                        Err(e) => panic!("{e:?}"),
-                    }
-                };
-                p.slots[(pos & 1) as usize].with_mut(|s| unsafe { *s = v });
-                cur.commit(&p.core, &p.stamps[(pos & 1) as usize]);
-                notify(&p.core.data_seq.0, &p.core.cons_sleepers.0);
-            }
-        });
-        let mut cur = ConsCursor { head: 0 };
-        for v in 1..=3u64 {
-            let pos = loop {
-                match cur.try_peek(2, &r.stamps[(cur.head & 1) as usize]) {
-                    Ok(pos) => break pos,
-                    Err(Stuck::Blocked) => spin_hint(),
-                    Err(e) => panic!("{e:?}"),
-                }
-            };
-            let got = r.slots[(pos & 1) as usize].with(|s| unsafe { *s });
-            assert_eq!(got, v);
-            cur.release(&r.core);
-        }
-        producer.join().unwrap();
-    });
-}
-
-/// The sleeper protocol: a consumer that sleeps on the futex (no
-/// deadline) is always woken by the producer's `notify`: no lost wake-up.
-#[test]
-fn ring_sleeper_is_never_lost() {
-    loom::model(|| {
-        let r = Arc::new(Ring::new());
-        let p = r.clone();
-        let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
-            let pos = cur.try_reserve(&p.core, 2).unwrap();
-            p.slots[pos as usize].with_mut(|s| unsafe { *s = 42 });
-            cur.commit(&p.core, &p.stamps[pos as usize]);
-            notify(&p.core.data_seq.0, &p.core.cons_sleepers.0);
-        });
-        let mut cur = ConsCursor { head: 0 };
-        let mut poll = || cur.try_peek(2, &r.stamps[0]).ok();
-        let pos = loop {
-            if let Ok(pos) =
-                sleep_once(&r.core.data_seq.0, &r.core.cons_sleepers.0, &mut poll, None)
-            {
-                break pos;
-            }
-        };
-        assert_eq!(r.slots[pos as usize].with(|s| unsafe { *s }), 42);
-        producer.join().unwrap();
-    });
-}
+use super::CLOSED;
+use crate::channel::pubsub::{Policy, Pool, PubCore, SlotMeta, SubCursor, SubShared};
+use crate::channel::wait::{sleep_once, wait_loop_marked, wake, Wait, WaitStrategy};
+use crate::primitive::{spin_hint, AtomicU32, Ordering};
 
 struct Heap {
     core: PubCore,
@@ -398,6 +303,238 @@ fn pubsub_join_racing_publish() {
         for v in (join_pos + 2)..=2 {
             assert!(got.contains(&v), "{got:?} join_pos {join_pos}");
         }
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    });
+}
+
+/// Drains everything addressed to `cur`; returns the values received and
+/// the messages counted missed.
+fn drain(h: &Heap, cur: &mut SubCursor) -> (Vec<u64>, u64) {
+    let mut got = Vec::new();
+    let mut missed = 0;
+    while let Some(t) = h.pool().try_take(cur).unwrap() {
+        missed += t.missed;
+        got.push(h.payload[t.slot].with(|x| unsafe { *x }));
+        h.pool().release(cur.idx, t.slot);
+    }
+    (got, missed + cur.missed)
+}
+
+/// Issue 14, bug 2 (the regression model): under drop-oldest, subscriber
+/// 0 dies with message 1 (position 0) pending and is not reaped; a new
+/// subscriber takes number 0 while the publisher reclaims the only slot
+/// and publishes positions 1 and 2. The joiner must not strip its own bit
+/// from a publication made after it joined: position 2 (the last, never
+/// reclaimed) reaches it whenever it joined before it. Before `join`
+/// pinned the slot this failed (`join_pos 1, got [], missed 2`).
+#[test]
+fn pubsub_join_drop_oldest_keeps_new_bits() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(1, 1, Policy::DropOldest));
+        let _dead = h.pool().join(0);
+        let (mut tail, mut rr) = (0, 0);
+        h.publish(&mut tail, &mut rr, 1);
+        // Subscriber 0 is gone (never reaped: its `active` bit stays).
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            for v in 2..=3 {
+                p.publish(&mut tail, &mut rr, v);
+            }
+        });
+        let mut cur = h.pool().join(0);
+        let join_pos = cur.join_pos;
+        publisher.join().unwrap();
+        let (got, missed) = drain(&h, &mut cur);
+        if join_pos < 2 {
+            assert_eq!(
+                got.last(),
+                Some(&3),
+                "join_pos {join_pos}, got {got:?}, missed {missed}"
+            );
+        }
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(h.meta[0].refs.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Close wake-up, pub/sub: the publisher publishes one message, then
+/// closes (`Publisher::drop`: state `CLOSED`, then `wake`), while the
+/// subscriber waits (counted and flagged as asleep, as `recv` does).
+/// The subscriber receives the message, either directly or in the final
+/// poll after it learns of the close (as `recv_wait` does), and no sleeper
+/// count or flag is left behind.
+#[test]
+fn pubsub_close_wakes_waiting_subscriber() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(1, 1, Policy::Block));
+        let mut cur = h.pool().join(0);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            let (mut tail, mut rr) = (0, 0);
+            p.publish(&mut tail, &mut rr, 5);
+            p.core.pub_state.0.store(CLOSED, Ordering::SeqCst);
+            wake(&p.core.data_seq.0);
+        });
+        let got = {
+            let cur = std::cell::RefCell::new(&mut cur);
+            let poll = || h.pool().try_take(&mut cur.borrow_mut()).unwrap().map(Ok);
+            let r = wait_loop_marked(
+                WaitStrategy::Sleep,
+                Wait::Forever,
+                &h.core.data_seq.0,
+                &h.core.sub_sleepers.0,
+                Some(&h.subs[0].asleep),
+                poll,
+                || (h.core.pub_state.0.load(Ordering::SeqCst) == CLOSED).then_some(Err(())),
+            );
+            match r {
+                Some(Ok(t)) => t,
+                Some(Err(())) => h
+                    .pool()
+                    .try_take(&mut cur.borrow_mut())
+                    .unwrap()
+                    .expect("published before the close"),
+                None => unreachable!("no deadline"),
+            }
+        };
+        assert_eq!(h.payload[got.slot].with(|x| unsafe { *x }), 5);
+        h.pool().release(0, got.slot);
+        publisher.join().unwrap();
+        assert_eq!(h.core.sub_sleepers.0.load(Ordering::Relaxed), 0);
+        assert_eq!(h.subs[0].asleep.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Drop wake-up, pub/sub: a subscriber holding the only slot leaves
+/// (`Subscriber::drop` -> `leave`) while the publisher sleeps for a slot
+/// with no deadline and no slices: the leave's notify wakes it (a lost
+/// wake-up is a deadlock loom reports).
+#[test]
+fn pubsub_leave_wakes_sleeping_publisher() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(1, 1, Policy::Block));
+        let mut cur = h.pool().join(0);
+        let (mut tail, mut rr) = (0, 0);
+        h.publish(&mut tail, &mut rr, 1);
+        let _held = h.pool().try_take(&mut cur).unwrap().unwrap();
+        let p = h.clone();
+        let publisher = thread::spawn(move || publish_sleeping(&p, &mut tail, &mut rr, 2));
+        h.pool().leave(0);
+        publisher.join().unwrap();
+        assert_eq!(h.core.tail.0.load(Ordering::Relaxed), 2);
+    });
+}
+
+/// Drop-oldest, the queue wrapped past a lagging subscriber: A joined
+/// and reads nothing while the publisher publishes three messages through
+/// two slots (queue of two: it wraps); meanwhile B joins. A accounts for
+/// every message (received + missed = 3), B receives in order everything
+/// after its join position, and once both have drained, released and
+/// left, every slot is free (no bit leaked by the join on a wrapped
+/// queue).
+#[test]
+fn pubsub_join_with_wrapped_lagging_subscriber() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 2, Policy::DropOldest));
+        let mut a = h.pool().join(0);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            let (mut tail, mut rr) = (0, 0);
+            for v in 1..=3 {
+                p.publish(&mut tail, &mut rr, v);
+            }
+        });
+        let mut b = h.pool().join(1);
+        let b_pos = b.join_pos;
+        publisher.join().unwrap();
+        let (got_a, missed_a) = drain(&h, &mut a);
+        assert_eq!(
+            got_a.len() as u64 + missed_a,
+            3,
+            "{got_a:?} missed {missed_a}"
+        );
+        assert_eq!(got_a.last(), Some(&3));
+        let (got_b, _) = drain(&h, &mut b);
+        assert!(got_b.windows(2).all(|w| w[0] < w[1]));
+        if b_pos < 2 {
+            assert_eq!(got_b.last(), Some(&3), "b joined at {b_pos}: {got_b:?}");
+        }
+        h.pool().leave(0);
+        h.pool().leave(1);
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    });
+}
+
+/// Drop-oldest, the queue wrapped past a lagging subscriber that leaves
+/// while the publisher publishes (and reclaims): whatever the
+/// interleaving, no slot stays addressed to it (the publisher's
+/// withdrawal or the leaver's sweep), and the other subscriber accounts
+/// for every message.
+#[test]
+fn pubsub_leave_with_wrapped_lagging_subscriber() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 2, Policy::DropOldest));
+        let _lagging = h.pool().join(0);
+        let mut stay = h.pool().join(1);
+        let (mut tail, mut rr) = (0, 0);
+        h.publish(&mut tail, &mut rr, 1);
+        h.publish(&mut tail, &mut rr, 2);
+        let p = h.clone();
+        let publisher = thread::spawn(move || {
+            p.publish(&mut tail, &mut rr, 3);
+        });
+        h.pool().leave(0);
+        publisher.join().unwrap();
+        for m in &h.meta {
+            assert_eq!(m.refs.load(Ordering::Relaxed) & 0x1_0000_0001, 0);
+        }
+        let (got, missed) = drain(&h, &mut stay);
+        assert_eq!(got.len() as u64 + missed, 3, "{got:?} missed {missed}");
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    });
+}
+
+/// `recover` racing a lapped subscriber: drop-oldest, two slots, queue of
+/// two. Subscriber A lags at position 0 while positions 0..3 are
+/// published (slot 0 reused for position 2); then a publisher is killed
+/// publishing position 3 into slot 1 after storing its `refs` but before
+/// the queue entry and `tail` (an orphan addressed to A). A new publisher
+/// runs `recover(3)` while A, lapped, reads position 1, finds slot 1 (the
+/// orphan) in the queue and holds it for a moment. `recover` must never
+/// clear A's held bit, may leave the orphan for a later call, and after
+/// that later call the orphan is free: never leaked. A accounts for all
+/// three visible messages.
+#[test]
+fn pubsub_recover_racing_lapped_subscriber() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 1, Policy::DropOldest));
+        let mut a = h.pool().join(0);
+        let (mut tail, mut rr) = (0, 0);
+        for v in 1..=3 {
+            h.publish(&mut tail, &mut rr, v);
+        }
+        // The killed publisher: slot 1 reclaimed and addressed as
+        // position 3, never made visible.
+        let orphan = h.pool().take_free(&mut rr).unwrap();
+        assert_eq!(orphan, 1);
+        h.meta[1].seq.store(3, Ordering::Relaxed);
+        h.meta[1].refs.store(1, Ordering::Release);
+        let s = h.clone();
+        let subscriber = thread::spawn(move || {
+            let t = s.pool().try_take(&mut a).unwrap().unwrap();
+            assert_eq!(s.payload[t.slot].with(|x| unsafe { *x }), 3);
+            assert_eq!(t.missed, 2);
+            s.pool().release(0, t.slot);
+            assert_eq!(s.pool().try_take(&mut a).unwrap(), None);
+        });
+        h.pool().recover(3);
+        subscriber.join().unwrap();
+        // Free, or still pending for A (left for later): never a held bit
+        // with no holder (which a `recover` clearing A's held bit would
+        // leave after A's give-back flips the bits of a freed slot).
+        let r = h.meta[1].refs.load(Ordering::Relaxed);
+        assert!(r == 0 || r == 1, "orphan refs {r:#x}");
+        h.pool().recover(3);
         assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
     });
 }
