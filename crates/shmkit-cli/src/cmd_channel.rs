@@ -342,18 +342,17 @@ pub fn send(a: &SendArgs) -> CliResult {
 fn send_input(a: &SendArgs, out: &mut Out) -> Result<(), Ended<CliError>> {
     let max = out.max();
     let input: Box<dyn Read> = match &a.file {
-        Some(p) => Box::new(File::open(p).map_err(|e| {
-            Ended::Err(CliError::fail(format!("{}: {e}", p.display())))
-        })?),
+        Some(p) => Box::new(
+            File::open(p)
+                .map_err(|e| Ended::Err(CliError::fail(format!("{}: {e}", p.display()))))?,
+        ),
         None => Box::new(io::stdin().lock()),
     };
     let mut input = BufReader::with_capacity(1 << 20, StopRead(input));
     let name = &a.name;
     let read_err = |e: io::Error| match signals::stop_signal() {
         Some(sig) if e.to_string() == STOPPED => Ended::Stopped(sig),
-        _ => Ended::Err(CliError::fail(format!(
-            "send {name:?}: reading input: {e}"
-        ))),
+        _ => Ended::Err(CliError::fail(format!("send {name:?}: reading input: {e}"))),
     };
     let mut send = |msg: &[u8]| -> Result<(), Ended<CliError>> {
         sliced(

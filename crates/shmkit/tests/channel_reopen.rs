@@ -70,7 +70,9 @@ fn ring_five_transfers_alternating_start_order() {
         if round % 2 == 0 {
             let n = name.clone();
             rx = thread::spawn(move || ring_receive_all(&n));
-            until("the consumer", || ring_peer(&name, false) == PeerState::Alive);
+            until("the consumer", || {
+                ring_peer(&name, false) == PeerState::Alive
+            });
             // The receiver waits for the sender (not ended by the previous
             // round's close).
             thread::sleep(Duration::from_millis(50));
@@ -80,7 +82,9 @@ fn ring_five_transfers_alternating_start_order() {
         } else {
             let n = name.clone();
             tx = thread::spawn(move || ring_send_all(&n, first, 40));
-            until("the producer", || ring_peer(&name, true) == PeerState::Alive);
+            until("the producer", || {
+                ring_peer(&name, true) == PeerState::Alive
+            });
             thread::sleep(Duration::from_millis(50));
             assert!(!tx.is_finished(), "round {round}: sender ended early");
             let n = name.clone();
@@ -151,10 +155,7 @@ fn ring_sender_after_a_receiver_closed_sends() {
     let mut rx = Receiver::open(&name).unwrap();
     assert_eq!(rx.recv().unwrap(), [0]);
     drop(rx);
-    assert_eq!(
-        tx.send(b"y"),
-        Err(shmkit::channel::SendError::Disconnected)
-    );
+    assert_eq!(tx.send(b"y"), Err(shmkit::channel::SendError::Disconnected));
 }
 
 /// A producer that sends one message and then waits to be killed.
@@ -258,7 +259,9 @@ fn pubsub_five_transfers_alternating_start_order() {
         } else {
             let n = name.clone();
             tx = thread::spawn(move || pubsub_send_all(&n, first, 40));
-            until("the publisher", || publisher_state(&name) == PeerState::Alive);
+            until("the publisher", || {
+                publisher_state(&name) == PeerState::Alive
+            });
             let n = name.clone();
             rx = thread::spawn(move || pubsub_receive_all(&n));
         }

@@ -62,6 +62,8 @@ pub mod ring;
 pub mod wait;
 
 #[cfg(all(test, loom))]
+mod loom_reopen;
+#[cfg(all(test, loom))]
 mod loom_tests;
 
 pub use error::{OpenError, RecvError, SendError};

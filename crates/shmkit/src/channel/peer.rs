@@ -99,6 +99,33 @@ pub(crate) fn claim(
     }
 }
 
+/// The lock that marks a role's holder alive. In a segment it is an OFD
+/// lock ([`OfdRole`]); the loom models use a flag, to check the state-word
+/// logic below on its own.
+pub(crate) trait RoleLock {
+    /// Takes the lock if nobody holds it.
+    fn try_lock(&self) -> std::io::Result<bool>;
+    /// Releases it.
+    fn unlock(&self);
+    /// Whether another holder has it.
+    fn is_locked(&self) -> std::io::Result<bool>;
+}
+
+/// Role `role`'s OFD lock byte, through `fd`.
+pub(crate) struct OfdRole<'a>(pub(crate) BorrowedFd<'a>, pub(crate) u64);
+
+impl RoleLock for OfdRole<'_> {
+    fn try_lock(&self) -> std::io::Result<bool> {
+        Ok(ofd_lock::try_lock(self.0, ROLE_BASE + self.1)?)
+    }
+    fn unlock(&self) {
+        let _ = ofd_lock::unlock(self.0, ROLE_BASE + self.1);
+    }
+    fn is_locked(&self) -> std::io::Result<bool> {
+        Ok(ofd_lock::is_locked(self.0, ROLE_BASE + self.1)?)
+    }
+}
+
 /// As [`claim`], running `setup` after the lock is held and before the
 /// role is published as `ATTACHED` (so `ATTACHED` means "set up").
 pub(crate) fn claim_then(
@@ -107,7 +134,16 @@ pub(crate) fn claim_then(
     role: u64,
     setup: impl FnOnce(),
 ) -> std::io::Result<bool> {
-    if !ofd_lock::try_lock(fd, ROLE_BASE + role)? {
+    claim_with(&OfdRole(fd, role), state, setup)
+}
+
+/// [`claim_then`] with any [`RoleLock`].
+pub(crate) fn claim_with(
+    lock: &impl RoleLock,
+    state: &AtomicU32,
+    setup: impl FnOnce(),
+) -> std::io::Result<bool> {
+    if !lock.try_lock()? {
         return Ok(false);
     }
     setup();
@@ -123,13 +159,18 @@ pub(crate) fn claim_then(
 
 /// Gives role `role` up cleanly.
 pub(crate) fn close(fd: BorrowedFd<'_>, state: &AtomicU32, role: u64) {
-    // SeqCst: we hold the role: the word is ours (see `claim_then`).
+    close_with(&OfdRole(fd, role), state)
+}
+
+/// [`close`] with any [`RoleLock`].
+pub(crate) fn close_with(lock: &impl RoleLock, state: &AtomicU32) {
+    // SeqCst: we hold the role: the word is ours (see `claim_with`).
     let w = state.load(Ordering::SeqCst);
     // SeqCst: visible before the unlock below, so `observe` reads CLOSED
     // once it sees the lock free. The epoch is kept: a peer that saw this
     // holder attached can tell its close from an older one.
     state.store((w & !STATE_MASK) | CLOSED, Ordering::SeqCst);
-    let _ = ofd_lock::unlock(fd, ROLE_BASE + role);
+    lock.unlock();
 }
 
 /// The state of role `role`, as seen through `fd` (which must not be the
@@ -140,14 +181,19 @@ pub(crate) fn status(fd: BorrowedFd<'_>, state: &AtomicU32, role: u64) -> PeerSt
 
 /// As [`status`], with the state word the answer was read from.
 pub(crate) fn observe(fd: BorrowedFd<'_>, state: &AtomicU32, role: u64) -> (PeerState, u32) {
-    // SeqCst: pairs with the stores in `claim_then` and `close`.
+    observe_with(&OfdRole(fd, role), state)
+}
+
+/// [`observe`] with any [`RoleLock`].
+pub(crate) fn observe_with(lock: &impl RoleLock, state: &AtomicU32) -> (PeerState, u32) {
+    // SeqCst: pairs with the stores in `claim_with` and `close_with`.
     let w = state.load(Ordering::SeqCst);
     match state_of(w) {
         NEVER => return (PeerState::NotYet, w),
         CLOSED => return (PeerState::Closed, w),
         _ => {}
     }
-    match ofd_lock::is_locked(fd, ROLE_BASE + role) {
+    match lock.is_locked() {
         Ok(true) => (PeerState::Alive, w),
         // An error from the query is not evidence of death.
         Err(_) => (PeerState::Alive, w),
@@ -179,7 +225,12 @@ impl Stale {
     /// Looks at the peer's role now (after this endpoint's own claim):
     /// remembers its word if it is closed or dead.
     pub(crate) fn snapshot(fd: BorrowedFd<'_>, state: &AtomicU32, role: u64) -> Stale {
-        match observe(fd, state, role) {
+        Stale::snapshot_with(&OfdRole(fd, role), state)
+    }
+
+    /// [`Stale::snapshot`] with any [`RoleLock`].
+    pub(crate) fn snapshot_with(lock: &impl RoleLock, state: &AtomicU32) -> Stale {
+        match observe_with(lock, state) {
             (PeerState::Closed | PeerState::Dead, w) => Stale(Some(w)),
             _ => Stale(None),
         }
@@ -189,6 +240,13 @@ impl Stale {
     #[inline]
     pub(crate) fn is(self, w: u32) -> bool {
         self.0 == Some(w)
+    }
+
+    /// Whether `w` says the peer closed, and it is not the remembered
+    /// close (the sender's early check, without a lock query).
+    #[inline]
+    pub(crate) fn closed_since(self, w: u32) -> bool {
+        state_of(w) == CLOSED && !self.is(w)
     }
 
     /// `st` (read from word `w`), with the remembered close or death

@@ -140,7 +140,7 @@ impl Sender {
         // just never reads this message (as if it closed right after). A
         // close from before we attached does not count.
         let cons = self.sh.core().cons_state.0.load(Ordering::Relaxed);
-        if peer::state_of(cons) == peer::CLOSED && !self.stale.is(cons) {
+        if self.stale.closed_since(cons) {
             return Err(SendError::Disconnected);
         }
         let pos = match self.cur.try_reserve(self.sh.core(), self.sh.layout.cap) {
