@@ -436,11 +436,12 @@ pub struct RecvArgs {
 
 const RECV_HELP: &str = "\
 `recv` ends when the sender it receives from closes the channel, after
-every message that sender sent. A sender that had already finished when
-`recv` started, and left nothing unread, is not waited out: `recv` waits for
-the next sender (so a channel can be used again and again, in either start
-order). If a new sender attaches before `recv` noticed the previous one's
-close, `recv` goes on with the new sender's messages; nothing is lost.
+every message that sender sent. If the last sender had already finished
+when `recv` started and left nothing unread, `recv` waits for the next
+sender instead of ending at once: a channel can be used again and again,
+in either start order. If a new sender attaches before `recv` noticed the
+previous one's close, `recv` goes on with the new sender's messages;
+nothing is lost.
 
 Exit status:
   0    the sender closed the channel; every message was delivered

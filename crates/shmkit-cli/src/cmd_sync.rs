@@ -127,7 +127,8 @@ pub enum EventCommand {
 pub struct LockArgs {
     /// Mutex name (created with `shmkit mutex create`, or any mutex).
     pub name: String,
-    /// Give up (exit 1) if the mutex is not free within this time.
+    /// Give up (exit 1) if the lock (mutex and lease) is not free within
+    /// this time.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// The command to run and its arguments.

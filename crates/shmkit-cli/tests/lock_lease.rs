@@ -149,3 +149,45 @@ fn killed_wrapper_never_lets_two_commands_run() {
     assert!(killed_mid_command >= 25, "{killed_mid_command}");
     assert!(runs > 0);
 }
+
+#[test]
+fn lease_wait_honours_the_timeout() {
+    let name = format!("t-lease-to-{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmkit-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _g = Cleanup(name.clone(), dir.clone());
+    let out = Command::new(BIN)
+        .args(["mutex", "create", &name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // A wrapper killed while its command (2 s) runs.
+    let mut victim = Kid(locker(&name, &dir, "2").spawn().unwrap());
+    let pid = victim.0.id();
+    let t0 = Instant::now();
+    while !started_by(&dir, pid) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    // The orphaned command holds the lease: a short --timeout expires.
+    let out = Command::new(BIN)
+        .args(["lock", &name, "--timeout", "200ms", "--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("still runs") && err.contains("timed out"),
+        "{err}"
+    );
+    // Then the lock is free again once the command ended.
+    let out = Command::new(BIN)
+        .args(["lock", &name, "--timeout", "30s", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!dir.join("in").exists(), "the command had not finished");
+}
