@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
@@ -18,6 +18,7 @@ use shmkit::channel::ring::{self, Receiver, RingOptions, Sender};
 use shmkit::channel::{OpenError, RecvError, SendError, Wait};
 use shmkit::segment::{Kind, Segment, SegmentInfo};
 
+use crate::signals;
 use crate::util::{parse_duration, parse_size, CliError, CliResult};
 
 /// What a channel segment holds.
@@ -183,6 +184,7 @@ pub fn create_pubsub(
 
 /// `shmkit send`.
 #[derive(Debug, Args)]
+#[command(after_help = SEND_HELP)]
 pub struct SendArgs {
     /// Channel (ring or pub/sub) to send into.
     pub name: String,
@@ -196,6 +198,16 @@ pub struct SendArgs {
     /// Read this file instead of stdin.
     pub file: Option<PathBuf>,
 }
+
+const SEND_HELP: &str = "\
+A channel is reusable: after a transfer, the next `send` and `recv` on it
+work again, whichever starts first. A receiver that had already left when
+`send` started is not a reason to stop: `send` waits for the next one (on a
+full ring, or for a first subscriber on pub/sub). It fails if the receiver
+it was sending to leaves.
+
+SIGINT/SIGTERM: closes the channel cleanly (the receiver ends as at end of
+input), then exits with 128+N (130, 143).";
 
 /// Either kind of sending end.
 enum Out {
@@ -211,12 +223,78 @@ impl Out {
         }
     }
 
-    fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+    fn send_wait(&mut self, msg: &[u8], wait: Wait) -> Result<(), SendError> {
         match self {
-            Out::Ring(s) => s.send(msg),
-            Out::PubSub(p) => p.send(msg),
+            Out::Ring(s) => s.send_wait(msg, wait),
+            Out::PubSub(p) => p.send_wait(msg, wait),
         }
     }
+}
+
+/// How often a blocked `send`/`recv` looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Why a sliced wait ended without a result.
+enum Ended<E> {
+    /// SIGINT/SIGTERM (the signal's number).
+    Stopped(i32),
+    /// The operation's own error (its timeout included, once the overall
+    /// deadline passed).
+    Err(E),
+}
+
+/// Runs a blocking channel operation in slices of [`STOP_POLL`], so that a
+/// stop request is seen while it waits; `timeout` bounds the whole wait.
+fn sliced<T, E>(
+    timeout: Option<Duration>,
+    is_timeout: impl Fn(&E) -> bool,
+    mut op: impl FnMut(Wait) -> Result<T, E>,
+) -> Result<T, Ended<E>> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        if let Some(sig) = signals::stop_signal() {
+            return Err(Ended::Stopped(sig));
+        }
+        let slice = Instant::now() + STOP_POLL;
+        let until = deadline.map_or(slice, |d| d.min(slice));
+        match op(Wait::Until(until)) {
+            Err(e) if is_timeout(&e) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Ended::Err(e));
+                }
+            }
+            Err(e) => return Err(Ended::Err(e)),
+            Ok(v) => return Ok(v),
+        }
+    }
+}
+
+/// Input that reports a stop request: a `read` interrupted by
+/// SIGINT/SIGTERM fails (instead of being retried, as `read_until` does
+/// with `Interrupted`).
+struct StopRead<R>(R);
+
+impl<R: Read> Read for StopRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if signals::stop_requested() {
+                return Err(io::Error::other(STOPPED));
+            }
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+/// The message of [`StopRead`]'s error.
+const STOPPED: &str = "stopped by a signal";
+
+/// Exit status after a stop by signal `sig`, as a shell reports a command
+/// killed by it; nothing printed (the user asked for it).
+fn stopped(sig: i32) -> CliError {
+    CliError::silent(128 + sig)
 }
 
 fn open_segment(name: &str) -> CliResult<Segment> {
@@ -231,8 +309,9 @@ fn open_segment(name: &str) -> CliResult<Segment> {
 
 /// Runs `shmkit send`: input into the channel, then closes it (the
 /// receiver then ends with status 0). On a pub/sub channel it first waits
-/// for a subscriber.
+/// for a subscriber. SIGINT/SIGTERM close the channel cleanly.
 pub fn send(a: &SendArgs) -> CliResult {
+    signals::install_stop_handler();
     let seg = open_segment(&a.name)?;
     let mut out = match seg.kind() {
         Kind::Ring => Out::Ring(Sender::from_segment(seg).map_err(open_err)?),
@@ -241,27 +320,61 @@ pub fn send(a: &SendArgs) -> CliResult {
             // Messages published with nobody subscribed go nowhere: wait
             // for the first subscriber so that `send | recv` round trips.
             while p.subscribers() == 0 {
+                if let Some(sig) = signals::stop_signal() {
+                    drop(p);
+                    return Err(stopped(sig));
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
             Out::PubSub(p)
         }
     };
+    let r = send_input(a, &mut out);
+    // Dropping the sender closes the channel: `recv` ends with status 0.
+    drop(out);
+    match r {
+        Err(Ended::Stopped(sig)) => Err(stopped(sig)),
+        Err(Ended::Err(e)) => Err(e),
+        Ok(()) => Ok(()),
+    }
+}
+
+fn send_input(a: &SendArgs, out: &mut Out) -> Result<(), Ended<CliError>> {
     let max = out.max();
     let input: Box<dyn Read> = match &a.file {
-        Some(p) => {
-            Box::new(File::open(p).map_err(|e| CliError::fail(format!("{}: {e}", p.display())))?)
-        }
+        Some(p) => Box::new(
+            File::open(p)
+                .map_err(|e| Ended::Err(CliError::fail(format!("{}: {e}", p.display()))))?,
+        ),
         None => Box::new(io::stdin().lock()),
     };
-    let mut input = BufReader::with_capacity(1 << 20, input);
-    let fail = |e: SendError| CliError::fail(format!("send {:?}: {e}", a.name));
-    let read_err = |e: io::Error| CliError::fail(format!("send {:?}: reading input: {e}", a.name));
+    let mut input = BufReader::with_capacity(1 << 20, StopRead(input));
+    let name = &a.name;
+    let read_err = |e: io::Error| match signals::stop_signal() {
+        Some(sig) if e.to_string() == STOPPED => Ended::Stopped(sig),
+        _ => Ended::Err(CliError::fail(format!("send {name:?}: reading input: {e}"))),
+    };
+    let mut send = |msg: &[u8]| -> Result<(), Ended<CliError>> {
+        sliced(
+            None,
+            |e| *e == SendError::Timeout,
+            |w| out.send_wait(msg, w),
+        )
+        .map_err(|e| match e {
+            Ended::Stopped(sig) => Ended::Stopped(sig),
+            Ended::Err(e) => Ended::Err(CliError::fail(format!("send {name:?}: {e}"))),
+        })
+    };
     match a.chunk {
-        Some(0) => return Err(CliError::usage("send: --chunk must be at least 1 byte")),
-        Some(c) if c > max as u64 => {
-            return Err(CliError::usage(format!(
-                "send: --chunk {c} exceeds the channel's largest message ({max} bytes)"
+        Some(0) => {
+            return Err(Ended::Err(CliError::usage(
+                "send: --chunk must be at least 1 byte",
             )))
+        }
+        Some(c) if c > max as u64 => {
+            return Err(Ended::Err(CliError::usage(format!(
+                "send: --chunk {c} exceeds the channel's largest message ({max} bytes)"
+            ))))
         }
         Some(c) => {
             let mut buf = vec![0u8; c as usize];
@@ -270,7 +383,7 @@ pub fn send(a: &SendArgs) -> CliResult {
                 if n == 0 {
                     break;
                 }
-                out.send(&buf[..n]).map_err(fail)?;
+                send(&buf[..n])?;
                 if n < buf.len() {
                     break;
                 }
@@ -285,13 +398,11 @@ pub fn send(a: &SendArgs) -> CliResult {
                     break;
                 }
                 for part in line.chunks(max) {
-                    out.send(part).map_err(fail)?;
+                    send(part)?;
                 }
             }
         }
     }
-    // Dropping the sender closes the channel: `recv` ends with status 0.
-    drop(out);
     Ok(())
 }
 
@@ -311,6 +422,7 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// `shmkit recv`.
 #[derive(Debug, Args)]
+#[command(after_help = RECV_HELP)]
 pub struct RecvArgs {
     /// Channel (ring or pub/sub) to receive from.
     pub name: String,
@@ -322,19 +434,40 @@ pub struct RecvArgs {
     pub timeout: Option<Duration>,
 }
 
+const RECV_HELP: &str = "\
+`recv` ends when the sender it receives from closes the channel, after
+every message that sender sent. If the last sender had already finished
+when `recv` started and left nothing unread, `recv` waits for the next
+sender instead of ending at once: a channel can be used again and again,
+in either start order. If a new sender attaches before `recv` noticed the
+previous one's close, `recv` goes on with the new sender's messages;
+nothing is lost.
+
+Exit status:
+  0    the sender closed the channel; every message was delivered
+       (or --count messages were)
+  1    error: the sender died (every whole message it sent was delivered),
+       no message within --timeout, a corrupt channel, ...
+  3    messages were lost (pub/sub with --policy drop-oldest: this
+       subscriber fell behind); stderr says how many:
+       shmkit: recv \"NAME\": missed N messages
+  130, 143  stopped by SIGINT/SIGTERM; the channel was closed cleanly";
+
+/// Exit status of `recv` when messages were missed (drop-oldest).
+pub const EXIT_MISSED: i32 = 3;
+
 /// Runs `shmkit recv`: messages to stdout, each exactly as sent. Waits
 /// for a sender that has not started yet; ends with status 0 when the
 /// sender closes the channel (after every message), with an error when it
-/// dies (after every whole message it sent).
+/// dies (after every whole message it sent), with [`EXIT_MISSED`] when
+/// messages were dropped, 128+N after SIGINT/SIGTERM (cleanly closed).
 pub fn recv(a: &RecvArgs) -> CliResult {
+    signals::install_stop_handler();
     let seg = open_segment(&a.name)?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let wait = || match a.timeout {
-        Some(t) => Wait::timeout(t),
-        None => Wait::Forever,
-    };
     let mut received = 0u64;
+    let mut missed = 0u64;
     let mut write_err = None;
     let mut write = |out: &mut io::BufWriter<_>, m: &[u8]| {
         if write_err.is_none() {
@@ -343,7 +476,8 @@ pub fn recv(a: &RecvArgs) -> CliResult {
             }
         }
     };
-    let end: Result<(), RecvError> = match seg.kind() {
+    let is_timeout = |e: &RecvError| *e == RecvError::Timeout;
+    let end: Result<(), Ended<RecvError>> = match seg.kind() {
         Kind::Ring => {
             let mut rx = Receiver::from_segment(seg).map_err(open_err)?;
             loop {
@@ -355,9 +489,11 @@ pub fn recv(a: &RecvArgs) -> CliResult {
                 let r = match rx.recv_with(Wait::No, |m| write(&mut out, m)) {
                     Err(RecvError::Empty) => {
                         let _ = out.flush();
-                        rx.recv_with(wait(), |m| write(&mut out, m))
+                        sliced(a.timeout, is_timeout, |w| {
+                            rx.recv_with(w, |m| write(&mut out, m))
+                        })
                     }
-                    r => r,
+                    r => r.map_err(Ended::Err),
                 };
                 match r {
                     Ok(()) => received += 1,
@@ -367,32 +503,29 @@ pub fn recv(a: &RecvArgs) -> CliResult {
         }
         _ => {
             let sub = Subscriber::from_segment(seg).map_err(open_err)?;
-            let mut missed = 0u64;
-            loop {
+            let end = loop {
                 if a.count.is_some_and(|c| received >= c) {
                     break Ok(());
                 }
                 let r = match sub.try_recv() {
                     Err(RecvError::Empty) => {
                         let _ = out.flush();
-                        sub.recv_wait(wait())
+                        sliced(a.timeout, is_timeout, |w| sub.recv_wait(w))
                     }
-                    r => r,
+                    r => r.map_err(Ended::Err),
                 };
                 match r {
                     Ok(s) => {
-                        missed += s.missed();
+                        missed = missed.saturating_add(s.missed());
                         write(&mut out, &s);
                         received += 1;
                     }
                     Err(e) => break Err(e),
                 }
-            }
-            .inspect(|_| {
-                if missed > 0 {
-                    eprintln!("shmkit: recv {:?}: missed {missed} messages", a.name);
-                }
-            })
+            };
+            // Losses after the last message received count too.
+            missed = missed.saturating_add(sub.missed_unreported());
+            end
         }
     };
     let flushed = out.flush();
@@ -405,20 +538,37 @@ pub fn recv(a: &RecvArgs) -> CliResult {
             a.name
         )));
     }
-    match end {
-        Ok(()) | Err(RecvError::Disconnected) => Ok(()),
-        Err(RecvError::SenderDied) => Err(CliError::fail(format!(
+    let missed_err = (missed > 0).then(|| {
+        CliError::with_code(
+            EXIT_MISSED,
+            format!("recv {:?}: missed {missed} messages", a.name),
+        )
+    });
+    let err = match end {
+        Ok(()) | Err(Ended::Err(RecvError::Disconnected)) => None,
+        Err(Ended::Stopped(sig)) => Some(stopped(sig)),
+        Err(Ended::Err(RecvError::SenderDied)) => Some(CliError::fail(format!(
             "recv {:?}: the sender died after {received} messages (every whole message was delivered)",
             a.name
         ))),
-        Err(RecvError::Timeout) => Err(CliError::fail(format!(
+        Err(Ended::Err(RecvError::Timeout)) => Some(CliError::fail(format!(
             "recv {:?}: no message within {}",
             a.name,
             a.timeout
                 .map(|t| format!("{t:?}"))
                 .unwrap_or_else(|| "the timeout".into())
         ))),
-        Err(e) => Err(CliError::fail(format!("recv {:?}: {e}", a.name))),
+        Err(Ended::Err(e)) => Some(CliError::fail(format!("recv {:?}: {e}", a.name))),
+    };
+    match (missed_err, err) {
+        (None, None) => Ok(()),
+        (Some(m), None) => Err(m),
+        (None, Some(e)) => Err(e),
+        // Both reach the user; the other failure decides the status.
+        (Some(m), Some(e)) => {
+            eprintln!("shmkit: {}", m.message);
+            Err(e)
+        }
     }
 }
 

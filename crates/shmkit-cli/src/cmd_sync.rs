@@ -1,12 +1,14 @@
 //! `shmkit sem ...`, `shmkit mutex ...` and `shmkit lock`: named
 //! semaphores and robust mutexes from the shell.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command as Process;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use shmkit::segment::{Kind, Segment, SegmentInfo};
+use shmkit::sync::lease::Lease;
 use shmkit::sync::{
     describe, EventMode, LockError, MutexState, NamedEvent, NamedMutex, NamedSemaphore, State,
     WaitError, SEM_VALUE_MAX,
@@ -32,6 +34,16 @@ pub enum SyncCommand {
     /// stderr and the command runs anyway. Exits with the command's status
     /// (128+N if it was killed by signal N). SIGINT/SIGTERM to shmkit are
     /// passed to the command as SIGTERM; the lock is released when it ends.
+    ///
+    /// The command never runs without the lock, even if shmkit is killed
+    /// (kill -9): besides the mutex, shmkit holds a lease (an OFD lock on
+    /// the mutex's segment file) through a descriptor that the command
+    /// inherits. If shmkit dies, the command keeps the lease until it
+    /// exits, and the next `shmkit lock` waits for that before it runs its
+    /// own command. As with flock(1), processes that inherit the
+    /// descriptor from the command keep the lease while they run, unless
+    /// the command closes it (its number is in $SHMKIT_LOCK_FD); it is
+    /// released when the command ends normally.
     Lock(LockArgs),
 }
 
@@ -115,7 +127,8 @@ pub enum EventCommand {
 pub struct LockArgs {
     /// Mutex name (created with `shmkit mutex create`, or any mutex).
     pub name: String,
-    /// Give up (exit 1) if the mutex is not free within this time.
+    /// Give up (exit 1) if the lock (mutex and lease) is not free within
+    /// this time.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// The command to run and its arguments.
@@ -211,11 +224,13 @@ fn run_event(c: EventCommand) -> CliResult {
 
 fn run_lock(a: LockArgs) -> CliResult {
     let name = &a.name;
+    let deadline = a.timeout.and_then(|t| Instant::now().checked_add(t));
     let m = NamedMutex::<()>::open_untyped(name)?;
-    let r = match a.timeout {
-        Some(t) => m.lock_timeout(t),
+    let r = match deadline {
+        Some(d) => m.lock_timeout(d.saturating_duration_since(Instant::now())),
         None => m.lock(),
     };
+    let timed_out = || CliError::fail(format!("lock {name:?}: timed out"));
     let guard = match r {
         Ok(g) => g,
         Err(LockError::OwnerDied(mut g)) => {
@@ -226,10 +241,25 @@ fn run_lock(a: LockArgs) -> CliResult {
             g.mark_consistent();
             g
         }
-        Err(LockError::Timeout) => {
-            return Err(CliError::fail(format!("lock {name:?}: timed out")));
-        }
+        Err(LockError::Timeout) => return Err(timed_out()),
         Err(e) => return Err(CliError::fail(format!("lock {name:?}: {e}"))),
+    };
+    // The lease (see `shmkit lock --help` and docs/sync.md): a command
+    // whose wrapper was killed may still run and hold it; wait for it to
+    // end, under the same deadline.
+    let seg = m.segment();
+    let lease_err = |e| CliError::fail(format!("lock {name:?}: lease: {e}"));
+    let lease = match Lease::try_acquire(seg).map_err(lease_err)? {
+        Some(l) => l,
+        None => {
+            eprintln!(
+                "shmkit: lock {name:?}: the previous holder's command still runs; waiting for it"
+            );
+            match Lease::acquire(seg, deadline).map_err(lease_err)? {
+                Some(l) => l,
+                None => return Err(timed_out()),
+            }
+        }
     };
     let (prog, args) = a
         .command
@@ -240,10 +270,27 @@ fn run_lock(a: LockArgs) -> CliResult {
     // command, and unlock when it ends. A caught signal's handler is reset
     // to the default in the command by exec, so it reacts normally.
     crate::signals::install_stop_handler();
-    let child = Process::new(prog).args(args).spawn();
-    let child = match child {
+    let fd = lease.raw_fd();
+    let mut cmd = Process::new(prog);
+    cmd.args(args).env("SHMKIT_LOCK_FD", fd.to_string());
+    // SAFETY: the closure runs in the child between fork and exec and
+    // only calls fcntl(2), which is async-signal-safe; `fd` is open in the
+    // child (inherited from us, we keep it open until the child is
+    // reaped).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Inherit the lease's descriptor (clear FD_CLOEXEC): the
+            // command shares the open file description that holds it.
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            drop(lease);
             drop(guard);
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
@@ -257,6 +304,9 @@ fn run_lock(a: LockArgs) -> CliResult {
         }
     };
     let code = wait_forwarding_stop(child.id() as libc::pid_t);
+    // The command ended: release the lease, then the mutex (the next
+    // locker takes the mutex first, then finds the lease free).
+    drop(lease);
     drop(guard);
     let code = code.map_err(|e| CliError::fail(format!("lock {name:?}: wait: {e}")))?;
     if code != 0 {

@@ -64,6 +64,8 @@ pub mod wait;
 #[cfg(all(test, loom))]
 mod loom_batch;
 #[cfg(all(test, loom))]
+mod loom_reopen;
+#[cfg(all(test, loom))]
 mod loom_tests;
 
 pub use error::{OpenError, RecvError, SendError};

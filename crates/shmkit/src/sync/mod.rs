@@ -42,6 +42,8 @@
 //! behaviour. Design, orderings and measurements: `docs/sync.md`.
 
 mod event;
+#[cfg(not(loom))]
+pub mod lease;
 mod mutex;
 #[cfg(not(loom))]
 mod named;

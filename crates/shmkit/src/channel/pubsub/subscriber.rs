@@ -11,6 +11,10 @@ pub struct Subscriber {
     idx: usize,
     strategy: Cell<WaitStrategy>,
     alive: peer::AliveCache,
+    /// A publisher that had closed or died before we joined: while we
+    /// have received nothing, its end is not ours (we wait for the next
+    /// publisher); cleared by the first message received.
+    stale: Cell<peer::Stale>,
 }
 
 impl Subscriber {
@@ -49,12 +53,18 @@ impl Subscriber {
                         )
                         .into());
                     }
+                    // After the join: a publisher gone before now is not
+                    // the one we receive from, unless we receive from it
+                    // (publications racing our join).
+                    let stale =
+                        peer::Stale::snapshot(sh.seg.fd(), &pool.core.pub_state.0, PUBLISHER);
                     return Ok(Subscriber {
                         cur: Cell::new(cur),
                         idx: i,
                         sh,
                         strategy: Cell::new(WaitStrategy::default()),
                         alive: peer::AliveCache::default(),
+                        stale: Cell::new(stale),
                     });
                 }
                 Ok(false) => continue,
@@ -107,7 +117,18 @@ impl Subscriber {
         r
     }
 
-    /// Receives the next message, waiting for one.
+    /// Messages missed (drop-oldest) after the last one received, not yet
+    /// reported by a [`Sample::missed`]: check it when the publisher has
+    /// closed, so that a loss at the very end is not silent.
+    pub fn missed_unreported(&self) -> u64 {
+        self.with_cur(|c| c.missed)
+    }
+
+    /// Receives the next message, waiting for one. After the publisher
+    /// closes (or dies), what it published is still delivered; then
+    /// [`RecvError::Disconnected`] (or [`RecvError::SenderDied`]). A
+    /// publisher that had already closed or died when this subscriber
+    /// joined does not end it: it waits for the next publisher.
     pub fn recv(&self) -> Result<Sample<'_>, RecvError> {
         self.recv_wait(Wait::Forever)
     }
@@ -177,6 +198,7 @@ impl Subscriber {
                         fd,
                         &pool.core.pub_state.0,
                         PUBLISHER,
+                        self.stale.get(),
                     ) {
                         PeerState::Closed => Some(Err(RecvError::Disconnected)),
                         PeerState::Dead => Some(Err(RecvError::SenderDied)),
@@ -198,6 +220,8 @@ impl Subscriber {
                 }
             }
         };
+        // A message: whoever sent it, its end is now ours.
+        self.stale.set(peer::Stale::NONE);
         Ok(Sample {
             sub: self,
             slot: taken.slot,

@@ -9,6 +9,11 @@ pub struct Receiver {
     pub(super) cur: ConsCursor,
     strategy: WaitStrategy,
     alive: peer::AliveCache,
+    /// A producer that had closed or died before we attached, and `head`
+    /// then: while we have received nothing (`cur.head` unchanged) its end
+    /// is not ours, we wait for the next producer. Once we received a
+    /// message, the end of whoever sent it ends us.
+    stale: (peer::Stale, u64),
 }
 
 impl Receiver {
@@ -39,11 +44,18 @@ impl Receiver {
                 return Err(segment::Error::corrupt("open ring", &name, reason).into());
             }
         };
+        // After our claim: a producer gone before now, if we receive
+        // nothing of it, is not the one we receive from.
+        let stale = (
+            peer::Stale::snapshot(sh.seg.fd(), &core.prod_state.0, PRODUCER),
+            cur.head,
+        );
         Ok(Receiver {
             cur,
             sh,
             strategy: WaitStrategy::default(),
             alive: peer::AliveCache::default(),
+            stale,
         })
     }
 
@@ -85,6 +97,11 @@ impl Receiver {
     /// Receives a message, waiting for one. After the producer closes
     /// (or dies), the messages it sent are still delivered; then
     /// [`RecvError::Disconnected`] (or [`RecvError::SenderDied`]).
+    ///
+    /// A producer that had already closed or died when this receiver
+    /// attached, and of which it received nothing (the ring was empty),
+    /// does not end it: it waits for the next producer, whose close then
+    /// ends it. With leftover messages, it receives them and then ends.
     pub fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
         self.recv_with(Wait::Forever, <[u8]>::to_vec)
     }
@@ -161,10 +178,19 @@ impl Receiver {
             cur,
             strategy,
             alive,
+            stale,
         } = self;
         let core = sh.core();
         let cap = sh.layout.cap;
         let fd = sh.seg.fd();
+        // Nothing received since we attached: an end from before is not
+        // ours. (Checked here, off the hot path: `head` moves only when we
+        // receive.)
+        let stale = if cur.head == stale.1 {
+            stale.0
+        } else {
+            peer::Stale::NONE
+        };
         let r = wait_loop(
             *strategy,
             wait,
@@ -175,7 +201,7 @@ impl Receiver {
                 Err(Stuck::Blocked) => None,
                 Err(Stuck::Corrupt(m)) => Some(Err(RecvError::Corrupt(m))),
             },
-            || match alive.status(wait == Wait::No, fd, &core.prod_state.0, PRODUCER) {
+            || match alive.status(wait == Wait::No, fd, &core.prod_state.0, PRODUCER, stale) {
                 PeerState::Closed => Some(Err(RecvError::Disconnected)),
                 PeerState::Dead => Some(Err(RecvError::SenderDied)),
                 PeerState::NotYet | PeerState::Alive => None,

@@ -9,6 +9,9 @@ pub struct Sender {
     pub(super) cur: ProdCursor,
     strategy: WaitStrategy,
     alive: peer::AliveCache,
+    /// A consumer that had closed or died before we attached: not a
+    /// reason to fail; we wait for the next one.
+    stale: peer::Stale,
 }
 
 impl Sender {
@@ -40,11 +43,15 @@ impl Sender {
                 return Err(segment::Error::corrupt("open ring", &name, reason).into());
             }
         };
+        // After our claim: a consumer gone before now is not the one we
+        // will send to.
+        let stale = peer::Stale::snapshot(sh.seg.fd(), &core.cons_state.0, CONSUMER);
         Ok(Sender {
             cur,
             sh,
             strategy: WaitStrategy::default(),
             alive: peer::AliveCache::default(),
+            stale,
         })
     }
 
@@ -78,7 +85,10 @@ impl Sender {
         self.sh.layout.max as usize
     }
 
-    /// What the consumer is doing (one system call).
+    /// What the consumer is doing (one system call). A consumer that
+    /// closed or died before this sender attached is reported as such,
+    /// though this sender does not fail because of it: it waits for the
+    /// next consumer.
     pub fn peer(&self) -> PeerState {
         peer::status(self.sh.seg.fd(), &self.sh.core().cons_state.0, CONSUMER)
     }
@@ -127,8 +137,10 @@ impl Sender {
             });
         }
         // Relaxed: an early, advisory check; a consumer closing after it
-        // just never reads this message (as if it closed right after).
-        if self.sh.core().cons_state.0.load(Ordering::Relaxed) == peer::CLOSED {
+        // just never reads this message (as if it closed right after). A
+        // close from before we attached does not count.
+        let cons = self.sh.core().cons_state.0.load(Ordering::Relaxed);
+        if self.stale.closed_since(cons) {
             return Err(SendError::Disconnected);
         }
         let pos = match self.cur.try_reserve(self.sh.core(), self.sh.layout.cap) {
@@ -161,6 +173,7 @@ impl Sender {
             cur,
             strategy,
             alive,
+            stale,
         } = self;
         let core = sh.core();
         let cap = sh.layout.cap;
@@ -175,7 +188,7 @@ impl Sender {
                 Err(Stuck::Blocked) => None,
                 Err(Stuck::Corrupt(m)) => Some(Err(SendError::Corrupt(m))),
             },
-            || match alive.status(wait == Wait::No, fd, &core.cons_state.0, CONSUMER) {
+            || match alive.status(wait == Wait::No, fd, &core.cons_state.0, CONSUMER, *stale) {
                 PeerState::Closed | PeerState::Dead => Some(Err(SendError::Disconnected)),
                 PeerState::NotYet | PeerState::Alive => None,
             },
