@@ -40,8 +40,10 @@ impl Sender {
                 max: max as usize,
             });
         }
-        // Relaxed: an early, advisory check, as in `send_with`.
-        if self.sh.core().cons_state.0.load(Ordering::Relaxed) == peer::CLOSED {
+        // Relaxed: an early, advisory check, as in `send_with` (a close
+        // from before we attached does not count).
+        let cons = self.sh.core().cons_state.0.load(Ordering::Relaxed);
+        if self.stale.closed_since(cons) {
             return Err(SendError::Disconnected);
         }
         let mut pos = match self.cur.try_reserve(self.sh.core(), self.sh.layout.cap) {

@@ -11,7 +11,7 @@ pub struct Sender {
     alive: peer::AliveCache,
     /// A consumer that had closed or died before we attached: not a
     /// reason to fail; we wait for the next one.
-    stale: peer::Stale,
+    pub(super) stale: peer::Stale,
 }
 
 impl Sender {
