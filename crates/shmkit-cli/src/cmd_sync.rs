@@ -322,10 +322,18 @@ fn run_lock(a: LockArgs) -> CliResult {
 fn wait_forwarding_stop(pid: libc::pid_t) -> std::io::Result<i32> {
     let mut forwarded = false;
     loop {
+        // Checked before every wait, and the wait never blocks: a stop
+        // signal that arrives between a check and a blocking `waitpid`
+        // would otherwise go unforwarded until the command ends on its own.
+        if crate::signals::stop_requested() && !forwarded {
+            // SAFETY: kill(2) of our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            forwarded = true;
+        }
         let mut st: libc::c_int = 0;
         // SAFETY: `pid` is our unreaped child (std's `Child` never waits
         // on it: we only dropped the handle); `st` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
         if r == pid {
             return Ok(if libc::WIFSIGNALED(st) {
                 128 + libc::WTERMSIG(st)
@@ -333,15 +341,15 @@ fn wait_forwarding_stop(pid: libc::pid_t) -> std::io::Result<i32> {
                 libc::WEXITSTATUS(st)
             });
         }
+        if r == 0 {
+            // Still running: poll at 100 Hz (a stop request is forwarded
+            // within 10 ms).
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
-        }
-        // Our handler has no SA_RESTART: a caught signal ends up here.
-        if crate::signals::stop_requested() && !forwarded {
-            // SAFETY: kill(2) of our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            forwarded = true;
         }
     }
 }
