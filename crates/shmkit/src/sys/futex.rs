@@ -24,6 +24,26 @@ pub enum WaitOutcome {
     TimedOut,
 }
 
+/// Most words one [`waitv`] call can wait on (the kernel's
+/// `FUTEX_WAITV_MAX`).
+pub const WAITV_MAX: usize = 128;
+
+/// Why [`waitv`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitvOutcome {
+    /// Woken through the word at this index.
+    Woken(usize),
+    /// A word differed from its expected value, a signal, or another
+    /// reason to re-check every word.
+    Changed,
+    /// The deadline passed.
+    TimedOut,
+    /// The kernel has no `futex_waitv` (Linux < 5.16).
+    Unsupported,
+    /// A word's address is not mapped (see [`is_mapped`]).
+    Fault,
+}
+
 #[cfg(not(loom))]
 mod imp {
     use std::time::Instant;
@@ -31,7 +51,7 @@ mod imp {
     use rustix::io::Errno;
     use rustix::thread::futex;
 
-    use super::WaitOutcome;
+    use super::{WaitOutcome, WaitvOutcome};
     use crate::primitive::AtomicU32;
 
     /// Sleeps while `*word == expected`, until woken or `deadline` passes.
@@ -67,6 +87,52 @@ mod imp {
     pub fn wake(word: &AtomicU32, n: u32) -> usize {
         futex::wake(word, futex::Flags::empty(), n).unwrap_or(0)
     }
+
+    /// Whether `addr` is a mapped, aligned futex address: a `FUTEX_WAKE`
+    /// of zero waiters, which the kernel answers with `EFAULT` otherwise.
+    pub fn is_mapped(addr: *const AtomicU32) -> bool {
+        // SAFETY: the kernel validates the address (it never faults the
+        // caller); waking zero waiters has no effect on anyone.
+        let rc = unsafe { libc::syscall(libc::SYS_futex, addr, libc::FUTEX_WAKE, 0u32, 0usize, 0usize, 0u32) };
+        rc >= 0
+    }
+
+    /// `futex_waitv` on `(word, expected)` pairs (shared, 32-bit).
+    pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> WaitvOutcome {
+        use rustix::time::ClockId;
+        let mut v = [futex::Wait::new(); super::WAITV_MAX];
+        let n = words.len().min(super::WAITV_MAX);
+        for (w, &(word, expected)) in v.iter_mut().zip(&words[..n]) {
+            w.val = u64::from(expected);
+            w.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+            // Shared (not PRIVATE): the wakers are other processes.
+            w.flags = futex::WaitFlags::SIZE_U32;
+        }
+        // The timeout of futex_waitv is absolute, on CLOCK_MONOTONIC (the
+        // clock `Instant` reads on Linux): convert through "now".
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            let now = rustix::time::clock_gettime(ClockId::Monotonic);
+            let mut sec = now.tv_sec.saturating_add(left.as_secs() as i64);
+            let mut nsec = now.tv_nsec + i64::from(left.subsec_nanos());
+            if nsec >= 1_000_000_000 {
+                sec = sec.saturating_add(1);
+                nsec -= 1_000_000_000;
+            }
+            futex::Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            }
+        });
+        match futex::waitv(&v[..n], futex::WaitvFlags::empty(), ts.as_ref(), ClockId::Monotonic) {
+            Ok(i) => WaitvOutcome::Woken(i),
+            Err(Errno::AGAIN) | Err(Errno::INTR) => WaitvOutcome::Changed,
+            Err(Errno::TIMEDOUT) => WaitvOutcome::TimedOut,
+            Err(Errno::NOSYS) => WaitvOutcome::Unsupported,
+            Err(Errno::FAULT) => WaitvOutcome::Fault,
+            Err(_) => WaitvOutcome::Changed,
+        }
+    }
 }
 
 #[cfg(loom)]
@@ -99,6 +165,26 @@ mod imp {
         WaitOutcome::Woken
     }
 
+    /// Model: every address is mapped.
+    pub fn is_mapped(_addr: *const AtomicU32) -> bool {
+        true
+    }
+
+    /// Model `futex_waitv`: as `wait`, on several words at once.
+    pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> super::WaitvOutcome {
+        let guard = BUCKET.0.lock().unwrap();
+        for &(word, expected) in words {
+            if word.load(Ordering::Relaxed) != expected {
+                return super::WaitvOutcome::Changed;
+            }
+        }
+        if deadline.is_some() {
+            return super::WaitvOutcome::TimedOut;
+        }
+        drop(BUCKET.1.wait(guard).unwrap());
+        super::WaitvOutcome::Changed
+    }
+
     /// Model futex wake: wakes every model sleeper (spurious wake-ups are
     /// allowed by the futex contract, so this over-approximates `n`).
     pub fn wake(_word: &AtomicU32, _n: u32) -> usize {
@@ -114,6 +200,23 @@ mod imp {
 #[inline]
 pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> WaitOutcome {
     imp::wait(word, expected, deadline)
+}
+
+/// Sleeps until one of `words` (at most [`WAITV_MAX`], extra ones are
+/// ignored) no longer holds its expected value, a wake on one of them, a
+/// signal, or `deadline` (Linux >= 5.16, `futex_waitv`). Shared futexes:
+/// a plain [`wake`] from another process on any of the words ends it.
+#[inline]
+pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> WaitvOutcome {
+    imp::waitv(words, deadline)
+}
+
+/// Whether `addr` can be waited on (mapped and aligned), asked of the
+/// kernel without touching it: used to find a stale address after
+/// [`WaitvOutcome::Fault`].
+#[inline]
+pub fn is_mapped(addr: *const AtomicU32) -> bool {
+    imp::is_mapped(addr)
 }
 
 /// Wakes one waiter sleeping on `word`. Returns how many were woken.

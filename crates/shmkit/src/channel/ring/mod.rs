@@ -66,12 +66,16 @@ use super::CachePadded;
 use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
 
+#[cfg(feature = "async")]
+mod aio;
 mod receiver;
 mod sender;
 #[cfg(all(test, not(loom)))]
 mod tests;
 mod typed;
 
+#[cfg(feature = "async")]
+pub use aio::{RecvFuture, RecvStream, RecvWithFuture, SendFuture, SendSink};
 pub use receiver::Receiver;
 pub use sender::Sender;
 pub use typed::{Pod, TypedReceiver, TypedSender};

@@ -5,10 +5,10 @@ use super::*;
 /// The receiving end of a byte ring. One per ring at a time.
 #[derive(Debug)]
 pub struct Receiver {
-    sh: Shared,
-    cur: ConsCursor,
+    pub(super) sh: Shared,
+    pub(super) cur: ConsCursor,
     strategy: WaitStrategy,
-    alive: peer::AliveCache,
+    pub(super) alive: peer::AliveCache,
 }
 
 impl Receiver {

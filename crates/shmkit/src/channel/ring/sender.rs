@@ -5,10 +5,10 @@ use super::*;
 /// The sending end of a byte ring. One per ring at a time.
 #[derive(Debug)]
 pub struct Sender {
-    sh: Shared,
-    cur: ProdCursor,
+    pub(super) sh: Shared,
+    pub(super) cur: ProdCursor,
     strategy: WaitStrategy,
-    alive: peer::AliveCache,
+    pub(super) alive: peer::AliveCache,
 }
 
 impl Sender {
