@@ -111,7 +111,7 @@ impl Shard {
     }
 
     /// Whether the shard has room for `addr` (or has it already).
-    fn try_add(self: &Arc<Self>, addr: usize) -> Option<Registration> {
+    pub(crate) fn try_add(self: &Arc<Self>, addr: usize) -> Option<Registration> {
         let mut t = self.table.lock().unwrap();
         let has = t.words.iter().any(|e| e.addr == addr);
         if !has && t.words.len() >= WORDS_PER_SHARD {
@@ -314,7 +314,7 @@ impl Registration {
         waker: &Waker,
         tick: Option<Instant>,
     ) -> bool {
-        debug_assert_eq!(word.as_ptr() as usize, self.addr);
+        debug_assert_eq!(word as *const AtomicU32 as usize, self.addr);
         let mut wake = Vec::new();
         let kick = {
             let mut t = self.shard.table.lock().unwrap();
@@ -402,7 +402,7 @@ impl Reactor {
     /// Registers a waiter on `word`: in the shard that already waits on
     /// it, else in one with room, else in a new shard (a new thread).
     pub(crate) fn register(&self, word: &AtomicU32) -> Registration {
-        let addr = word.as_ptr() as usize;
+        let addr = word as *const AtomicU32 as usize;
         let mut shards = self.shards.lock().unwrap();
         // Prefer the shard that has the word (shared word, no new slot).
         for s in shards.iter() {

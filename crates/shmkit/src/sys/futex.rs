@@ -170,19 +170,31 @@ mod imp {
         true
     }
 
-    /// Model `futex_waitv`: as `wait`, on several words at once.
+    /// Model `futex_waitv`: as `wait`, on several words at once. A word
+    /// that already differs gives `Changed` (EAGAIN); after sleeping, the
+    /// first word that changed gives `Woken(i)`; a bucket wake-up for
+    /// other words (nothing of ours changed) sleeps again, as the kernel
+    /// would not have woken us. (A `FUTEX_WAKE` without a change of value
+    /// is not modelled: fewer wake-ups, so a lost wake is still found.)
     pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> super::WaitvOutcome {
-        let guard = BUCKET.0.lock().unwrap();
-        for &(word, expected) in words {
-            if word.load(Ordering::Relaxed) != expected {
-                return super::WaitvOutcome::Changed;
-            }
+        let mut guard = BUCKET.0.lock().unwrap();
+        let changed = || {
+            words
+                .iter()
+                .position(|&(word, expected)| word.load(Ordering::Relaxed) != expected)
+        };
+        if changed().is_some() {
+            return super::WaitvOutcome::Changed;
         }
         if deadline.is_some() {
             return super::WaitvOutcome::TimedOut;
         }
-        drop(BUCKET.1.wait(guard).unwrap());
-        super::WaitvOutcome::Changed
+        loop {
+            guard = BUCKET.1.wait(guard).unwrap();
+            if let Some(i) = changed() {
+                return super::WaitvOutcome::Woken(i);
+            }
+        }
     }
 
     /// Model futex wake: wakes every model sleeper (spurious wake-ups are

@@ -66,7 +66,7 @@ use super::CachePadded;
 use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
 
-#[cfg(feature = "async")]
+#[cfg(all(feature = "async", not(loom)))]
 mod aio;
 mod receiver;
 mod sender;
@@ -74,7 +74,7 @@ mod sender;
 mod tests;
 mod typed;
 
-#[cfg(feature = "async")]
+#[cfg(all(feature = "async", not(loom)))]
 pub use aio::{RecvFuture, RecvStream, RecvWithFuture, SendFuture, SendSink};
 pub use receiver::Receiver;
 pub use sender::Sender;
