@@ -59,6 +59,7 @@ mod error;
 pub mod peer;
 pub mod pubsub;
 pub mod ring;
+pub mod rpc;
 pub mod wait;
 
 #[cfg(all(test, loom))]
