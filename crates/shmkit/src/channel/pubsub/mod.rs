@@ -145,6 +145,8 @@ impl Policy {
     }
 }
 
+#[cfg(all(feature = "async", not(loom)))]
+mod aio;
 mod pool;
 mod publisher;
 mod subscriber;
@@ -154,6 +156,8 @@ mod typed;
 
 pub(crate) use pool::*;
 use publisher::live_subscribers;
+#[cfg(all(feature = "async", not(loom)))]
+pub use aio::{LoanFuture, SampleStream, SubRecvFuture};
 pub use publisher::{Loan, Publisher};
 pub use subscriber::{Sample, Subscriber};
 pub use typed::{PodRef, TypedLoan, TypedPublisher, TypedSample, TypedSubscriber};
