@@ -335,3 +335,46 @@ fn works_with_futures_executor() {
     }
     h.join().unwrap();
 }
+
+/// The fallback for kernels without `futex_waitv` (forced with
+/// `SHMKIT_AIO_FALLBACK=1` in a child process): slower, still correct.
+#[test]
+fn fallback_without_futex_waitv() {
+    if let Some((role, name, _)) = child_role() {
+        assert_eq!(role, "fallback");
+        let mut rx = Receiver::create(&name, &RingOptions::new(2, 8)).unwrap();
+        let mut tx = Sender::open(&name).unwrap();
+        let rt = rt();
+        let h = rt.spawn(async move {
+            for i in 0..2000u64 {
+                tx.send_async(&i.to_le_bytes()).await.unwrap();
+            }
+        });
+        rt.block_on(async {
+            for i in 0..2000u64 {
+                assert_eq!(rx.recv_async().await.unwrap(), i.to_le_bytes());
+            }
+            h.await.unwrap();
+        });
+        assert!(shmkit::aio::is_fallback(), "the fallback was not used");
+        return;
+    }
+    let name = unique("aio-fb");
+    let _c = Cleanup(name.clone());
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "fallback_without_futex_waitv", "--nocapture", "--test-threads=1"])
+        .env(ROLE, "fallback")
+        .env(NAME, &name)
+        .env("SHMKIT_AIO_FALLBACK", "1")
+        .stdout(std::process::Stdio::null());
+    // SAFETY: async-signal-safe prctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let mut kid = Kid(cmd.spawn().unwrap());
+    assert!(wait_child(&mut kid, 60).success());
+}

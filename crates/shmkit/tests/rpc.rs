@@ -251,3 +251,49 @@ fn server_killed_and_restarted() {
         }
     }
 }
+
+/// Async server and async clients (tokio), blocking clients alongside.
+#[cfg(feature = "async")]
+#[test]
+fn async_server_and_clients() {
+    let name = unique("rpc-async");
+    let _s = Service(name.clone());
+    let mut server = Server::create(&name, &RpcOptions::new().clients(4)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let serving = rt.spawn(async move {
+        let _ = server.serve_async(answer).await;
+    });
+    let blocking = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let mut c = connect_retry(&name);
+            for i in 0..2000u32 {
+                let req = i.to_le_bytes();
+                assert_eq!(c.call(&req).unwrap(), answer(&req));
+            }
+        })
+    };
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..3u32)
+            .map(|k| {
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut c = connect_retry(&name);
+                    for i in 0..2000u32 {
+                        let req = [k.to_le_bytes(), i.to_le_bytes()].concat();
+                        assert_eq!(c.call_async(&req).await.unwrap(), answer(&req));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
+        }
+    });
+    blocking.join().unwrap();
+    serving.abort();
+}

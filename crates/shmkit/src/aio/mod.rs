@@ -34,3 +34,10 @@ mod loom_tests;
 pub fn stats() -> (usize, usize, u64) {
     reactor::Reactor::get().stats()
 }
+
+/// Whether this process's waiter threads poll (the fallback for kernels
+/// without `futex_waitv`, or `SHMKIT_AIO_FALLBACK=1` at first use).
+#[cfg(not(loom))]
+pub fn is_fallback() -> bool {
+    reactor::Reactor::get().is_fallback()
+}

@@ -429,6 +429,17 @@ impl Reactor {
         r
     }
 
+    /// Whether the shards poll instead of using `futex_waitv`.
+    pub(crate) fn is_fallback(&self) -> bool {
+        self.fallback
+            || self
+                .shards
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.table.lock().unwrap().fallback)
+    }
+
     /// `(threads, words registered, passes)`, for tests and docs.
     pub(crate) fn stats(&self) -> (usize, usize, u64) {
         let shards = self.shards.lock().unwrap();
