@@ -215,6 +215,7 @@ impl Shard {
             futex::waitv(&words, deadline)
         };
         let mut wake = Vec::new();
+        let mut fired_word = None;
         {
             let mut t = self.table.lock().unwrap();
             t.sleeping = None;
@@ -226,6 +227,7 @@ impl Shard {
                         // Re-armed with another value since: already fired.
                         if e.val == Some(v) {
                             e.fire(&mut wake, |_| true);
+                            fired_word = Some(addr);
                         }
                     }
                 }
@@ -265,7 +267,27 @@ impl Shard {
         for w in wake {
             w.wake();
         }
+        if let Some(addr) = fired_word {
+            self.keep(addr);
+        }
         true
+    }
+
+    /// After firing the waiters of `addr`: keep waiting on the word with
+    /// its new value (read through the kernel, see `futex::peek`), so that
+    /// the futures that re-arm with that value (the next receive of a
+    /// stream) find it covered and need no kick. Skipped if the value
+    /// cannot be read or someone armed meanwhile.
+    fn keep(&self, addr: usize) {
+        let Some(v) = futex::peek(addr as *const AtomicU32) else {
+            return;
+        };
+        let mut t = self.table.lock().unwrap();
+        if let Some(e) = t.words.iter_mut().find(|e| e.addr == addr) {
+            if e.val.is_none() {
+                e.val = Some(v);
+            }
+        }
     }
 
     /// Without `futex_waitv`: sleep on `ctl` alone, for at most one
@@ -363,21 +385,7 @@ impl Registration {
         }
         true
     }
-}
 
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut t = self.shard.table.lock().unwrap();
-        if let Some(i) = t.words.iter().position(|e| e.addr == self.addr) {
-            let e = &mut t.words[i];
-            e.waiters.retain(|w| w.id != self.id);
-            if e.waiters.is_empty() {
-                t.words.swap_remove(i);
-            } else if e.waiters.iter().all(|w| w.waker.is_none()) {
-                e.val = None;
-            }
-        }
-    }
 }
 
 /// The process's shards, each with its thread, created on demand.

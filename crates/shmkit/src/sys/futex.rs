@@ -97,6 +97,25 @@ mod imp {
         rc >= 0
     }
 
+    /// Reads the `u32` at `addr` through the kernel (`process_vm_readv` on
+    /// ourselves): `None` if it is not mapped or the call is not allowed
+    /// (seccomp profiles may forbid it).
+    pub fn peek(addr: *const AtomicU32) -> Option<u32> {
+        let mut v = 0u32;
+        let local = libc::iovec {
+            iov_base: (&mut v as *mut u32).cast(),
+            iov_len: 4,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 4,
+        };
+        // SAFETY: `local` is 4 writable bytes of ours; the kernel reads
+        // `remote` with fault handling (EFAULT, never a signal).
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        (n == 4).then_some(v)
+    }
+
     /// `futex_waitv` on `(word, expected)` pairs (shared, 32-bit).
     pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> WaitvOutcome {
         use rustix::time::ClockId;
@@ -165,6 +184,11 @@ mod imp {
         WaitOutcome::Woken
     }
 
+    /// Model: not used.
+    pub fn peek(_addr: *const AtomicU32) -> Option<u32> {
+        None
+    }
+
     /// Model: every address is mapped.
     pub fn is_mapped(_addr: *const AtomicU32) -> bool {
         true
@@ -221,6 +245,15 @@ pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> WaitO
 #[inline]
 pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> WaitvOutcome {
     imp::waitv(words, deadline)
+}
+
+/// The value at `addr` read by the kernel, which fails cleanly if the
+/// address is not mapped (`None`, also where the call is forbidden): for
+/// the async waiter thread, which must never load a word whose endpoint a
+/// leaked future may have let go.
+#[inline]
+pub fn peek(addr: *const AtomicU32) -> Option<u32> {
+    imp::peek(addr)
 }
 
 /// Whether `addr` can be waited on (mapped and aligned), asked of the
