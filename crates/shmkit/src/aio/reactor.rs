@@ -72,10 +72,19 @@ struct Sleeping {
 
 struct WordEntry {
     addr: usize,
-    /// The value every armed waiter expects (`None`: no armed waiter).
+    /// The value every armed waiter expects (`None`: no armed waiter),
+    /// or the value the thread keeps waiting on after a wake (`keep`).
     val: Option<u32>,
     waiters: Vec<Waiter>,
+    /// Set when the last waiter left: the entry lingers for [`LINGER`] so
+    /// that the next future on the word (the next receive of a loop)
+    /// finds the thread already waiting on it and needs no kick.
+    idle_since: Option<Instant>,
 }
+
+/// How long a word without waiters stays in the table (not at all in the
+/// loom models, where time does not pass).
+const LINGER: Duration = Duration::from_millis(if cfg!(loom) { 0 } else { 50 });
 
 struct Waiter {
     id: u64,
@@ -115,7 +124,9 @@ impl Shard {
         let mut t = self.table.lock().unwrap();
         let has = t.words.iter().any(|e| e.addr == addr);
         if !has && t.words.len() >= WORDS_PER_SHARD {
-            return None;
+            // Make room by dropping a lingering word, if there is one.
+            let idle = t.words.iter().position(|e| e.waiters.is_empty())?;
+            t.words.swap_remove(idle);
         }
         t.next_id += 1;
         let id = t.next_id;
@@ -125,11 +136,15 @@ impl Shard {
             tick: None,
         };
         match t.words.iter_mut().find(|e| e.addr == addr) {
-            Some(e) => e.waiters.push(waiter),
+            Some(e) => {
+                e.waiters.push(waiter);
+                e.idle_since = None;
+            }
             None => t.words.push(WordEntry {
                 addr,
                 val: None,
                 waiters: vec![waiter],
+                idle_since: None,
             }),
         }
         Some(Registration {
@@ -180,6 +195,10 @@ impl Shard {
                 return false;
             }
             t.passes += 1;
+            // Words without waiters linger a moment, then go.
+            let now = Instant::now();
+            t.words
+                .retain(|e| !e.waiters.is_empty() || e.idle_since.is_some_and(|i| now - i < LINGER));
             // Relaxed: kicks bump it under this lock, which we hold.
             let ctl = self.ctl.load(Ordering::Relaxed);
             let list: Vec<(usize, u32)> = t
@@ -193,6 +212,7 @@ impl Shard {
                 .flat_map(|e| &e.waiters)
                 .filter(|w| w.waker.is_some())
                 .filter_map(|w| w.tick)
+                .chain(t.words.iter().filter_map(|e| e.idle_since.map(|i| i + LINGER)))
                 .min();
             t.sleeping = Some(Sleeping {
                 words: list.clone(),
@@ -388,6 +408,22 @@ impl Registration {
 
 }
 
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut t = self.shard.table.lock().unwrap();
+        if let Some(e) = t.words.iter_mut().find(|e| e.addr == self.addr) {
+            e.waiters.retain(|w| w.id != self.id);
+            if e.waiters.is_empty() {
+                // Linger (see `idle_since`); `val` stays what the thread
+                // waits on. Only the kernel reads the word from now on.
+                e.idle_since = Some(Instant::now());
+            } else if e.waiters.iter().all(|w| w.waker.is_none()) {
+                e.val = None;
+            }
+        }
+    }
+}
+
 /// The process's shards, each with its thread, created on demand.
 #[cfg(not(loom))]
 pub(crate) struct Reactor {
@@ -454,5 +490,71 @@ impl Reactor {
         let words = shards.iter().map(|s| s.words()).sum();
         let passes = shards.iter().map(|s| s.passes()).sum();
         (shards.len(), words, passes)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn waiters(s: &Shard) -> usize {
+        s.table.lock().unwrap().words.iter().map(|e| e.waiters.len()).sum()
+    }
+
+    /// Registrations share a word's entry and leave no waiter behind; an
+    /// emptied word lingers, then goes at a pass after `LINGER`.
+    #[test]
+    fn registrations_come_and_go() {
+        let shard = Arc::new(Shard::new(false));
+        let (a, b) = (AtomicU32::new(0), AtomicU32::new(0));
+        let addr = |w: &AtomicU32| w as *const AtomicU32 as usize;
+        let r1 = shard.try_add(addr(&a)).unwrap();
+        let r2 = shard.try_add(addr(&a)).unwrap();
+        let r3 = shard.try_add(addr(&b)).unwrap();
+        assert_eq!((shard.words(), waiters(&shard)), (2, 3));
+        let waker = futures_waker();
+        assert!(r1.arm(&a, 0, &waker, None));
+        assert!(!r2.arm(&a, 1, &waker, None), "stale value must not arm");
+        drop((r1, r2, r3));
+        assert_eq!(waiters(&shard), 0);
+        assert_eq!(shard.words(), 2, "emptied words linger");
+        // The thread's passes prune them once `LINGER` is over (its wait
+        // ends then: the linger is part of its deadline).
+        let runner = {
+            let shard = shard.clone();
+            std::thread::spawn(move || while shard.run_once() {})
+        };
+        let t0 = Instant::now();
+        while shard.words() != 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "words never pruned");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shard.quit();
+        runner.join().unwrap();
+    }
+
+    /// Room for 127 distinct words; the 128th needs another shard unless
+    /// a lingering word can be dropped.
+    #[test]
+    fn a_shard_holds_127_words() {
+        let shard = Arc::new(Shard::new(false));
+        let words: Vec<AtomicU32> = (0..=WORDS_PER_SHARD).map(|_| AtomicU32::new(0)).collect();
+        let addr = |w: &AtomicU32| w as *const AtomicU32 as usize;
+        let mut regs: Vec<Registration> = words[..WORDS_PER_SHARD]
+            .iter()
+            .map(|w| shard.try_add(addr(w)).unwrap())
+            .collect();
+        assert!(shard.try_add(addr(&words[WORDS_PER_SHARD])).is_none());
+        regs.pop();
+        // The freed (lingering) word makes room.
+        assert!(shard.try_add(addr(&words[WORDS_PER_SHARD])).is_some());
+    }
+
+    fn futures_waker() -> Waker {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        Waker::from(Arc::new(Noop))
     }
 }
