@@ -67,11 +67,7 @@ fn run_cmd(cmd: &[String], input: &[u8]) -> CliResult<Vec<u8>> {
         let _ = stdin.write_all(&input);
     });
     let mut out = Vec::new();
-    child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_end(&mut out)?;
+    child.stdout.take().expect("piped").read_to_end(&mut out)?;
     let status = child.wait()?;
     let _ = writer.join();
     if !status.success() {

@@ -57,7 +57,10 @@ fn start(name: &str, cmd: &[&str]) -> Serve {
         if o.status.success() {
             return s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "serve never came up");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "serve never came up"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -74,7 +77,11 @@ fn serve_runs_cmd_per_request_and_call_prints_the_reply() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("req");
     std::fs::write(&f, b"from a file").unwrap();
-    let out = Command::new(BIN).args(["call", &n]).arg(&f).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["call", &n])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.stdout, b"FROM A FILE");
     let hs: Vec<_> = (0..4)
         .map(|i| {
@@ -100,7 +107,10 @@ fn call_without_a_server_fails_and_times_out() {
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("shmkit: "));
     // A slow CMD (5 s for a non-empty request): --timeout ends the call.
     let slow = name("slow");
-    let _t = start(&slow, &["sh", "-c", "read x || true; [ -n \"$x\" ] && sleep 5; true"]);
+    let _t = start(
+        &slow,
+        &["sh", "-c", "read x || true; [ -n \"$x\" ] && sleep 5; true"],
+    );
     let t0 = Instant::now();
     let o = call(&slow, b"wait\n", &["--timeout", "300ms"]);
     assert_eq!(o.status.code(), Some(1));

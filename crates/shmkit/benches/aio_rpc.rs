@@ -111,7 +111,9 @@ fn child(role: &str) {
         }),
         "uds-tokio" => current_thread().block_on(async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::UnixStream::connect(socket_path(&name)).await.unwrap();
+            let mut s = tokio::net::UnixStream::connect(socket_path(&name))
+                .await
+                .unwrap();
             let mut buf = vec![0u8; size];
             while s.read_exact(&mut buf).await.is_ok() {
                 if s.write_all(&buf).await.is_err() {
@@ -408,13 +410,26 @@ fn main() {
         c.bench_function(id, |b| {
             b.iter_custom(|iters| (0..iters).map(|_| case.round_trip()).sum())
         });
-        let n = if quick() || id.ends_with("MiB") { 2_000 } else { 20_000 };
-        let mut s: Vec<f64> = (0..n).map(|_| case.round_trip().as_secs_f64() * 1e6).collect();
+        let n = if quick() || id.ends_with("MiB") {
+            2_000
+        } else {
+            20_000
+        };
+        let mut s: Vec<f64> = (0..n)
+            .map(|_| case.round_trip().as_secs_f64() * 1e6)
+            .collect();
         s.sort_by(f64::total_cmp);
         rows.push((id, s[s.len() / 2], s[s.len() * 99 / 100]));
     }
     c.final_summary();
-    println!("\n== round trip (µs, {} samples per case after criterion) ==", if quick() { "2,000" } else { "20,000 (2,000 at 1 MiB)" });
+    println!(
+        "\n== round trip (µs, {} samples per case after criterion) ==",
+        if quick() {
+            "2,000"
+        } else {
+            "20,000 (2,000 at 1 MiB)"
+        }
+    );
     for (id, p50, p99) in &rows {
         println!("{id:<26} p50 {p50:>10.2}  p99 {p99:>10.2}");
     }

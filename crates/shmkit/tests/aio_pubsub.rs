@@ -36,7 +36,10 @@ fn async_publisher_and_subscribers_with_back_pressure() {
         .into_iter()
         .map(|sub| {
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async {
                     for i in 0..M {
                         let s = sub.recv_async().await.unwrap();
@@ -72,7 +75,12 @@ fn publisher_death_reaches_an_async_subscriber() {
     let _c = Cleanup(name.clone());
     let seg = PubSubOptions::new(4, 8, 2).create(&name).unwrap();
     let sub = Subscriber::open(&name).unwrap();
-    let mut kid = spawn("publisher_death_reaches_an_async_subscriber", "publisher", &name, 0);
+    let mut kid = spawn(
+        "publisher_death_reaches_an_async_subscriber",
+        "publisher",
+        &name,
+        0,
+    );
     rt().block_on(async {
         let s = tokio::time::timeout(Duration::from_secs(30), sub.recv_async())
             .await

@@ -56,7 +56,10 @@ async fn receive_all(rx: &mut Receiver, n: u64) {
     // The producer exits after its last message: a close (its Drop) or,
     // if it was killed, a death.
     let end = rx.recv_async().await.unwrap_err();
-    assert!(matches!(end, RecvError::Disconnected | RecvError::SenderDied), "{end:?}");
+    assert!(
+        matches!(end, RecvError::Disconnected | RecvError::SenderDied),
+        "{end:?}"
+    );
 }
 
 #[test]
@@ -102,7 +105,10 @@ fn async_receiver_async_sender_across_processes() {
             }
         }
         let end = rx.recv_async().await.unwrap_err();
-        assert!(matches!(end, RecvError::Disconnected | RecvError::SenderDied));
+        assert!(matches!(
+            end,
+            RecvError::Disconnected | RecvError::SenderDied
+        ));
     });
     assert!(wait_child(&mut kid, 60).success());
 }
@@ -124,7 +130,10 @@ fn sender_death_reaches_an_async_receiver() {
     // Wait for the child to hold the producer role.
     let t0 = Instant::now();
     while rx.peer() != shmkit::channel::PeerState::Alive {
-        assert!(t0.elapsed() < Duration::from_secs(30), "child never attached");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "child never attached"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let r = rt().block_on(async {
@@ -205,7 +214,10 @@ fn cancellation_loses_and_duplicates_nothing() {
     assert_eq!(got, M);
     assert!(rx.try_recv().is_err(), "a message was duplicated");
     assert!(selects >= 10_000, "only {selects} selects");
-    assert!(cancelled > 0, "the timer never won: the test tested nothing");
+    assert!(
+        cancelled > 0,
+        "the timer never won: the test tested nothing"
+    );
     eprintln!("{selects} selects, {cancelled} cancelled receives");
 }
 
@@ -238,7 +250,11 @@ fn two_hundred_pending_receives() {
     // Let every task register.
     let t0 = Instant::now();
     while shmkit::aio::stats().1 < 200 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", shmkit::aio::stats());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            shmkit::aio::stats()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(shmkit::aio::stats().0 >= 2, "200 words need two threads");
@@ -288,7 +304,12 @@ fn idle_awaiting_receiver_uses_no_cpu() {
     let name = unique("aio-idle");
     let _c = Cleanup(name.clone());
     let _tx = Sender::create(&name, &RingOptions::new(2, 8)).unwrap();
-    let mut kid = spawn("idle_awaiting_receiver_uses_no_cpu", "idle-receiver", &name, 0);
+    let mut kid = spawn(
+        "idle_awaiting_receiver_uses_no_cpu",
+        "idle-receiver",
+        &name,
+        0,
+    );
     assert!(wait_child(&mut kid, 60).success());
 }
 
@@ -363,15 +384,26 @@ fn fallback_without_futex_waitv() {
     let _c = Cleanup(name.clone());
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "fallback_without_futex_waitv", "--nocapture", "--test-threads=1"])
-        .env(ROLE, "fallback")
-        .env(NAME, &name)
-        .env("SHMKIT_AIO_FALLBACK", "1")
-        .stdout(std::process::Stdio::null());
+    cmd.args([
+        "--exact",
+        "fallback_without_futex_waitv",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE, "fallback")
+    .env(NAME, &name)
+    .env("SHMKIT_AIO_FALLBACK", "1")
+    .stdout(std::process::Stdio::null());
     // SAFETY: async-signal-safe prctl only, between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             Ok(())
         });
     }

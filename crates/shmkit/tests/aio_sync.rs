@@ -50,11 +50,17 @@ fn thousand_awaits_on_two_hundred_semaphores() {
         .collect();
     let t0 = Instant::now();
     while sems.iter().map(|s| s.sleepers().unwrap()).sum::<u32>() < 1000 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "waiters never slept");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "waiters never slept"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let (threads, words, _) = shmkit::aio::stats();
-    assert!(threads >= 2 && words >= 200, "{threads} threads, {words} words");
+    assert!(
+        threads >= 2 && words >= 200,
+        "{threads} threads, {words} words"
+    );
     assert_eq!(done.load(Ordering::Relaxed), 0);
     let poster = {
         let sems = sems.clone();
@@ -78,7 +84,11 @@ fn thousand_awaits_on_two_hundred_semaphores() {
     assert_eq!(done.load(Ordering::Relaxed), 1000);
     for s in &sems {
         assert_eq!(s.value().unwrap(), 0);
-        assert_eq!(s.sleepers().unwrap(), 0, "a cancelled/finished waiter stayed counted");
+        assert_eq!(
+            s.sleepers().unwrap(),
+            0,
+            "a cancelled/finished waiter stayed counted"
+        );
     }
 }
 
@@ -160,7 +170,10 @@ fn semaphore_mixed_async_and_blocking_waiters() {
     }
     rt.block_on(async {
         for t in asyncs {
-            tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .unwrap()
+                .unwrap();
         }
     });
     assert_eq!(got.load(Ordering::Relaxed), 2000);
@@ -190,7 +203,10 @@ fn event_auto_and_manual() {
     em.reset().unwrap();
     rt.block_on(async {
         for w in waiters {
-            tokio::time::timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .unwrap()
+                .unwrap();
         }
     });
     // Auto: each set releases exactly one of three waiters.
@@ -213,11 +229,18 @@ fn event_auto_and_manual() {
         ea.set().unwrap();
         let t0 = Instant::now();
         while released.load(Ordering::SeqCst) < n as u64 {
-            assert!(t0.elapsed() < Duration::from_secs(30), "set {n} released nobody");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "set {n} released nobody"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(released.load(Ordering::SeqCst), n as u64, "one set released two");
+        assert_eq!(
+            released.load(Ordering::SeqCst),
+            n as u64,
+            "one set released two"
+        );
     }
     rt.block_on(async {
         for w in waiters {
@@ -266,7 +289,10 @@ fn mutex_async_and_blocking_lockers_exclude_each_other() {
     }
     rt.block_on(async {
         for t in tasks {
-            tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .unwrap()
+                .unwrap();
         }
     });
     assert_eq!(*m.lock().unwrap(), 12_000);
@@ -288,9 +314,20 @@ fn mutex_owner_death_reaches_an_async_locker() {
     let name = unique("aio-mtxd");
     let _c = Cleanup(name.clone());
     let m = NamedMutex::<u64>::create(&name, 0).unwrap();
-    let mut kid = spawn("mutex_owner_death_reaches_an_async_locker", "holder", &name, 0);
+    let mut kid = spawn(
+        "mutex_owner_death_reaches_an_async_locker",
+        "holder",
+        &name,
+        0,
+    );
     let t0 = Instant::now();
-    while *m.lock_timeout(Duration::ZERO).map(|g| *g).as_ref().unwrap_or(&0) == 0 {
+    while *m
+        .lock_timeout(Duration::ZERO)
+        .map(|g| *g)
+        .as_ref()
+        .unwrap_or(&0)
+        == 0
+    {
         // Until the child holds it (our try fails, or sees 7 after).
         if matches!(m.try_lock(), Err(LockError::WouldBlock)) {
             break;
@@ -298,7 +335,10 @@ fn mutex_owner_death_reaches_an_async_locker() {
         assert!(t0.elapsed() < Duration::from_secs(30), "child never locked");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let locker = async {
             match tokio::time::timeout(Duration::from_secs(10), m.lock_async()).await {

@@ -31,7 +31,10 @@ fn connect_retry(name: &str) -> Client {
         match Client::connect(name) {
             Ok(c) => return c,
             Err(e) => {
-                assert!(t0.elapsed() < Duration::from_secs(30), "cannot connect: {e}");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "cannot connect: {e}"
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
@@ -76,13 +79,19 @@ fn call_reply_timeout_and_limits() {
     let mut a = Client::connect(&name).unwrap();
     let mut b = Client::connect(&name).unwrap();
     assert_ne!(a.slot(), b.slot());
-    assert!(matches!(Client::connect(&name), Err(RpcError::NoSlot { slots: 2, .. })));
+    assert!(matches!(
+        Client::connect(&name),
+        Err(RpcError::NoSlot { slots: 2, .. })
+    ));
     // Nobody serves yet: a timed call gives up.
     assert!(matches!(
         a.call_timeout(b"late", Duration::from_millis(50)),
         Err(RpcError::Timeout)
     ));
-    assert!(matches!(a.call(&[0; 65]), Err(RpcError::TooLarge { len: 65, max: 64 })));
+    assert!(matches!(
+        a.call(&[0; 65]),
+        Err(RpcError::TooLarge { len: 65, max: 64 })
+    ));
     let h = std::thread::spawn(move || {
         // The late request is served first; its reply must be discarded.
         for _ in 0..3 {
@@ -100,7 +109,12 @@ fn call_reply_timeout_and_limits() {
         server
     });
     let sum = a
-        .call_with(10, Wait::Forever, |b| b.fill(1), |r| r.iter().map(|&x| u32::from(x)).sum::<u32>())
+        .call_with(
+            10,
+            Wait::Forever,
+            |b| b.fill(1),
+            |r| r.iter().map(|&x| u32::from(x)).sum::<u32>(),
+        )
         .unwrap();
     assert_eq!(sum, 70);
     let server = h.join().unwrap();
@@ -197,9 +211,15 @@ fn client_killed_mid_call_100_times() {
         kid.wait().unwrap();
         // Our calls still work, and the dead child's slot is free again.
         let req = (round as u64).to_le_bytes();
-        assert_eq!(mine.call_timeout(&req, Duration::from_secs(10)).unwrap(), answer(&req));
+        assert_eq!(
+            mine.call_timeout(&req, Duration::from_secs(10)).unwrap(),
+            answer(&req)
+        );
         let mut other = Client::connect(&name).unwrap_or_else(|e| panic!("round {round}: {e}"));
-        assert_eq!(other.call_timeout(b"x", Duration::from_secs(10)).unwrap(), answer(b"x"));
+        assert_eq!(
+            other.call_timeout(b"x", Duration::from_secs(10)).unwrap(),
+            answer(b"x")
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let (_server, n) = served.join().unwrap();
@@ -226,8 +246,15 @@ fn server_killed_and_restarted() {
         });
         let t0 = Instant::now();
         let r = c.call_timeout(b"doomed", Duration::from_secs(20));
-        assert!(matches!(r, Err(RpcError::ServerDied)), "round {round}: {r:?}");
-        assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+        assert!(
+            matches!(r, Err(RpcError::ServerDied)),
+            "round {round}: {r:?}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
         drop(killer.join().unwrap());
         // Restart: the same client works again (the killed server's
         // stale request and reply are skipped).
@@ -240,7 +267,10 @@ fn server_killed_and_restarted() {
                     break;
                 }
                 Err(RpcError::ServerDied | RpcError::Timeout) => {
-                    assert!(t0.elapsed() < Duration::from_secs(30), "restart never served");
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(30),
+                        "restart never served"
+                    );
                 }
                 Err(e) => panic!("{e}"),
             }
@@ -291,7 +321,10 @@ fn async_server_and_clients() {
             })
             .collect();
         for t in tasks {
-            tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .unwrap()
+                .unwrap();
         }
     });
     blocking.join().unwrap();

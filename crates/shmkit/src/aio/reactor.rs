@@ -197,8 +197,9 @@ impl Shard {
             t.passes += 1;
             // Words without waiters linger a moment, then go.
             let now = Instant::now();
-            t.words
-                .retain(|e| !e.waiters.is_empty() || e.idle_since.is_some_and(|i| now - i < LINGER));
+            t.words.retain(|e| {
+                !e.waiters.is_empty() || e.idle_since.is_some_and(|i| now - i < LINGER)
+            });
             // Relaxed: kicks bump it under this lock, which we hold.
             let ctl = self.ctl.load(Ordering::Relaxed);
             let list: Vec<(usize, u32)> = t
@@ -212,7 +213,11 @@ impl Shard {
                 .flat_map(|e| &e.waiters)
                 .filter(|w| w.waker.is_some())
                 .filter_map(|w| w.tick)
-                .chain(t.words.iter().filter_map(|e| e.idle_since.map(|i| i + LINGER)))
+                .chain(
+                    t.words
+                        .iter()
+                        .filter_map(|e| e.idle_since.map(|i| i + LINGER)),
+                )
                 .min();
             t.sleeping = Some(Sleeping {
                 words: list.clone(),
@@ -405,7 +410,6 @@ impl Registration {
         }
         true
     }
-
 }
 
 impl Drop for Registration {
@@ -498,7 +502,13 @@ mod tests {
     use super::*;
 
     fn waiters(s: &Shard) -> usize {
-        s.table.lock().unwrap().words.iter().map(|e| e.waiters.len()).sum()
+        s.table
+            .lock()
+            .unwrap()
+            .words
+            .iter()
+            .map(|e| e.waiters.len())
+            .sum()
     }
 
     /// Registrations share a word's entry and leave no waiter behind; an

@@ -269,9 +269,13 @@ impl<'a, T> Future for LockFuture<'a, T> {
                 if cur & word::WAITERS != 0 {
                     return None;
                 }
-                if w
-                    .compare_exchange(cur, cur | word::WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
+                if w.compare_exchange(
+                    cur,
+                    cur | word::WAITERS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
                 {
                     return None;
                 }

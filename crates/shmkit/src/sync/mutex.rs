@@ -375,7 +375,10 @@ impl<T> Mutex<T> {
     /// Turns the raw lock outcome into our result, applying the
     /// consistency state machine (module docs).
     #[inline]
-    pub(super) fn finish(&self, o: Outcome) -> Result<MutexGuard<'_, T>, LockError<MutexGuard<'_, T>>> {
+    pub(super) fn finish(
+        &self,
+        o: Outcome,
+    ) -> Result<MutexGuard<'_, T>, LockError<MutexGuard<'_, T>>> {
         let guard = |repair| MutexGuard {
             mutex: self,
             repair,

@@ -93,7 +93,17 @@ mod imp {
     pub fn is_mapped(addr: *const AtomicU32) -> bool {
         // SAFETY: the kernel validates the address (it never faults the
         // caller); waking zero waiters has no effect on anyone.
-        let rc = unsafe { libc::syscall(libc::SYS_futex, addr, libc::FUTEX_WAKE, 0u32, 0usize, 0usize, 0u32) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                addr,
+                libc::FUTEX_WAKE,
+                0u32,
+                0usize,
+                0usize,
+                0u32,
+            )
+        };
         rc >= 0
     }
 
@@ -143,7 +153,12 @@ mod imp {
                 tv_nsec: nsec,
             }
         });
-        match futex::waitv(&v[..n], futex::WaitvFlags::empty(), ts.as_ref(), ClockId::Monotonic) {
+        match futex::waitv(
+            &v[..n],
+            futex::WaitvFlags::empty(),
+            ts.as_ref(),
+            ClockId::Monotonic,
+        ) {
             Ok(i) => WaitvOutcome::Woken(i),
             Err(Errno::AGAIN) | Err(Errno::INTR) => WaitvOutcome::Changed,
             Err(Errno::TIMEDOUT) => WaitvOutcome::TimedOut,

@@ -82,7 +82,8 @@ impl<'a> Future for SubRecvFuture<'a> {
         let this = self.get_mut();
         let sub: &'a Subscriber = this.sub;
         let pool = sub.sh.pool();
-        this.park.poll(cx, sub_target(pool.core), |_| sub.poll_sample())
+        this.park
+            .poll(cx, sub_target(pool.core), |_| sub.poll_sample())
     }
 }
 

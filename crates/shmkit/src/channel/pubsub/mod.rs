@@ -154,10 +154,10 @@ mod subscriber;
 mod tests;
 mod typed;
 
-pub(crate) use pool::*;
-use publisher::live_subscribers;
 #[cfg(all(feature = "async", not(loom)))]
 pub use aio::{LoanFuture, SampleStream, SubRecvFuture};
+pub(crate) use pool::*;
+use publisher::live_subscribers;
 pub use publisher::{Loan, Publisher};
 pub use subscriber::{Sample, Subscriber};
 pub use typed::{PodRef, TypedLoan, TypedPublisher, TypedSample, TypedSubscriber};

@@ -203,15 +203,15 @@ impl Sender {
         match self.cur.try_reserve(core, self.sh.layout.cap) {
             Ok(_) => Some(Ok(())),
             Err(Stuck::Corrupt(m)) => Some(Err(SendError::Corrupt(m))),
-            Err(Stuck::Blocked) => match self.alive.status(
-                true,
-                self.sh.seg.fd(),
-                &core.cons_state.0,
-                CONSUMER,
-            ) {
-                PeerState::Closed | PeerState::Dead => Some(Err(SendError::Disconnected)),
-                PeerState::NotYet | PeerState::Alive => None,
-            },
+            Err(Stuck::Blocked) => {
+                match self
+                    .alive
+                    .status(true, self.sh.seg.fd(), &core.cons_state.0, CONSUMER)
+                {
+                    PeerState::Closed | PeerState::Dead => Some(Err(SendError::Disconnected)),
+                    PeerState::NotYet | PeerState::Alive => None,
+                }
+            }
         }
     }
 

@@ -31,7 +31,9 @@ fn new_session() -> u64 {
         .unwrap_or(0);
     // Relaxed: only uniqueness within the process matters.
     let n = N.fetch_add(1, Ordering::Relaxed);
-    (u64::from(std::process::id()) << 40) ^ t.rotate_left(17) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    (u64::from(std::process::id()) << 40)
+        ^ t.rotate_left(17)
+        ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl Client {
@@ -96,7 +98,12 @@ impl Client {
 
     /// Calls the service with `req` and waits for the reply.
     pub fn call(&mut self, req: &[u8]) -> Result<Vec<u8>, RpcError> {
-        self.call_with(req.len(), Wait::Forever, |b| b.copy_from_slice(req), <[u8]>::to_vec)
+        self.call_with(
+            req.len(),
+            Wait::Forever,
+            |b| b.copy_from_slice(req),
+            <[u8]>::to_vec,
+        )
     }
 
     /// [`call`](Self::call), giving up with [`RpcError::Timeout`] after
@@ -143,7 +150,11 @@ impl Client {
         let _ = self.bell.post();
     }
 
-    fn await_reply<R>(&mut self, wait: Wait, on_reply: impl FnOnce(&[u8]) -> R) -> Result<R, RpcError> {
+    fn await_reply<R>(
+        &mut self,
+        wait: Wait,
+        on_reply: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RpcError> {
         let (session, seq) = (self.session, self.seq);
         let mut on_reply = Some(on_reply);
         loop {

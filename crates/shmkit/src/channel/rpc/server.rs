@@ -108,7 +108,10 @@ impl Server {
     /// One pass over the slots: the first request found, handed to `f` in
     /// place. Requests from dead or closed clients, and malformed ones,
     /// are skipped: a client cannot stop the server.
-    pub(crate) fn scan<R>(&mut self, f: &mut Option<impl FnOnce(&[u8]) -> R>) -> Option<(Token, R)> {
+    pub(crate) fn scan<R>(
+        &mut self,
+        f: &mut Option<impl FnOnce(&[u8]) -> R>,
+    ) -> Option<(Token, R)> {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.next + k) % n;
