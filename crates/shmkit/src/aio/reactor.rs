@@ -247,7 +247,7 @@ impl Shard {
             match outcome {
                 WaitvOutcome::Woken(0) => {}
                 WaitvOutcome::Woken(i) => {
-                    let (addr, v) = list[i - 1];
+                    let (addr, v) = list.get(i - 1).copied().unwrap_or((0, 0));
                     if let Some(e) = t.words.iter_mut().find(|e| e.addr == addr) {
                         // Re-armed with another value since: already fired.
                         if e.val == Some(v) {
@@ -371,16 +371,39 @@ impl Registration {
             if cur != seen {
                 return false;
             }
-            let Some(e) = t.words.iter_mut().find(|e| e.addr == self.addr) else {
-                // Dropped by the Fault path: cannot happen for a live
-                // endpoint; the caller polls again.
-                return false;
-            };
+            if !t.words.iter().any(|e| e.addr == self.addr) {
+                // Only the Fault path drops a word with waiters, and only
+                // an unmapped one: not ours (we borrow the endpoint). Be
+                // robust anyway: put it back rather than fail for ever.
+                t.words.push(WordEntry {
+                    addr: self.addr,
+                    val: None,
+                    waiters: vec![Waiter {
+                        id: self.id,
+                        waker: None,
+                        tick: None,
+                    }],
+                    idle_since: None,
+                });
+            }
+            let e = t
+                .words
+                .iter_mut()
+                .find(|e| e.addr == self.addr)
+                .expect("just ensured");
             if e.val.is_some_and(|v| v != cur) {
                 // Others armed with an older value: it changed, fire them.
                 e.fire(&mut wake, |_| true);
             }
             e.val = Some(cur);
+            if !e.waiters.iter().any(|w| w.id == self.id) {
+                e.waiters.push(Waiter {
+                    id: self.id,
+                    waker: None,
+                    tick: None,
+                });
+            }
+            e.idle_since = None;
             if let Some(w) = e.waiters.iter_mut().find(|w| w.id == self.id) {
                 match &mut w.waker {
                     Some(old) if old.will_wake(waker) => {}
