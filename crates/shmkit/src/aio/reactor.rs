@@ -66,7 +66,8 @@ struct Table {
 }
 
 struct Sleeping {
-    words: Vec<(usize, u32)>,
+    /// `(address, value, entry uid)`.
+    words: Vec<(usize, u32, u64)>,
     deadline: Option<Instant>,
 }
 
@@ -76,15 +77,13 @@ struct WordEntry {
     /// or the value the thread keeps waiting on after a wake (`keep`).
     val: Option<u32>,
     waiters: Vec<Waiter>,
-    /// Set when the last waiter left: the entry lingers for [`LINGER`] so
-    /// that the next future on the word (the next receive of a loop)
-    /// finds the thread already waiting on it and needs no kick.
-    idle_since: Option<Instant>,
+    /// Unique per entry. An entry exists only while a waiter is
+    /// registered, so while it exists the address stays mapped to the same
+    /// object; a new entry for the same address may be another mapping
+    /// (another futex key in the kernel), so a wait snapshot covers an arm
+    /// only if it was taken of the same entry.
+    uid: u64,
 }
-
-/// How long a word without waiters stays in the table (not at all in the
-/// loom models, where time does not pass).
-const LINGER: Duration = Duration::from_millis(if cfg!(loom) { 0 } else { 50 });
 
 struct Waiter {
     id: u64,
@@ -124,9 +123,7 @@ impl Shard {
         let mut t = self.table.lock().unwrap();
         let has = t.words.iter().any(|e| e.addr == addr);
         if !has && t.words.len() >= WORDS_PER_SHARD {
-            // Make room by dropping a lingering word, if there is one.
-            let idle = t.words.iter().position(|e| e.waiters.is_empty())?;
-            t.words.swap_remove(idle);
+            return None;
         }
         t.next_id += 1;
         let id = t.next_id;
@@ -136,15 +133,12 @@ impl Shard {
             tick: None,
         };
         match t.words.iter_mut().find(|e| e.addr == addr) {
-            Some(e) => {
-                e.waiters.push(waiter);
-                e.idle_since = None;
-            }
+            Some(e) => e.waiters.push(waiter),
             None => t.words.push(WordEntry {
                 addr,
                 val: None,
                 waiters: vec![waiter],
-                idle_since: None,
+                uid: id,
             }),
         }
         Some(Registration {
@@ -195,17 +189,12 @@ impl Shard {
                 return false;
             }
             t.passes += 1;
-            // Words without waiters linger a moment, then go.
-            let now = Instant::now();
-            t.words.retain(|e| {
-                !e.waiters.is_empty() || e.idle_since.is_some_and(|i| now - i < LINGER)
-            });
             // Relaxed: kicks bump it under this lock, which we hold.
             let ctl = self.ctl.load(Ordering::Relaxed);
-            let list: Vec<(usize, u32)> = t
+            let list: Vec<(usize, u32, u64)> = t
                 .words
                 .iter()
-                .filter_map(|e| e.val.map(|v| (e.addr, v)))
+                .filter_map(|e| e.val.map(|v| (e.addr, v, e.uid)))
                 .collect();
             let deadline = t
                 .words
@@ -213,11 +202,6 @@ impl Shard {
                 .flat_map(|e| &e.waiters)
                 .filter(|w| w.waker.is_some())
                 .filter_map(|w| w.tick)
-                .chain(
-                    t.words
-                        .iter()
-                        .filter_map(|e| e.idle_since.map(|i| i + LINGER)),
-                )
                 .min();
             t.sleeping = Some(Sleeping {
                 words: list.clone(),
@@ -229,7 +213,7 @@ impl Shard {
             self.wait_fallback(ctl, deadline, !list.is_empty())
         } else {
             let words: Vec<(&AtomicU32, u32)> = std::iter::once((&self.ctl, ctl))
-                .chain(list.iter().map(|&(addr, v)| {
+                .chain(list.iter().map(|&(addr, v, _)| {
                     // SAFETY: only the kernel dereferences the address
                     // (futex_waitv validates it and fails with EFAULT if it
                     // is gone); `&AtomicU32` is the type its API takes. We
@@ -247,12 +231,13 @@ impl Shard {
             match outcome {
                 WaitvOutcome::Woken(0) => {}
                 WaitvOutcome::Woken(i) => {
-                    let (addr, v) = list.get(i - 1).copied().unwrap_or((0, 0));
+                    let (addr, v, uid) = list.get(i - 1).copied().unwrap_or((0, 0, 0));
                     if let Some(e) = t.words.iter_mut().find(|e| e.addr == addr) {
-                        // Re-armed with another value since: already fired.
-                        if e.val == Some(v) {
+                        // Re-armed with another value, or another entry,
+                        // since: already fired.
+                        if e.val == Some(v) && e.uid == uid {
                             e.fire(&mut wake, |_| true);
-                            fired_word = Some(addr);
+                            fired_word = Some((addr, uid));
                         }
                     }
                 }
@@ -292,8 +277,8 @@ impl Shard {
         for w in wake {
             w.wake();
         }
-        if let Some(addr) = fired_word {
-            self.keep(addr);
+        if let Some((addr, uid)) = fired_word {
+            self.keep(addr, uid);
         }
         true
     }
@@ -303,12 +288,12 @@ impl Shard {
     /// the futures that re-arm with that value (the next receive of a
     /// stream) find it covered and need no kick. Skipped if the value
     /// cannot be read or someone armed meanwhile.
-    fn keep(&self, addr: usize) {
+    fn keep(&self, addr: usize, uid: u64) {
         let Some(v) = futex::peek(addr as *const AtomicU32) else {
             return;
         };
         let mut t = self.table.lock().unwrap();
-        if let Some(e) = t.words.iter_mut().find(|e| e.addr == addr) {
+        if let Some(e) = t.words.iter_mut().find(|e| e.addr == addr && e.uid == uid) {
             if e.val.is_none() {
                 e.val = Some(v);
             }
@@ -375,6 +360,8 @@ impl Registration {
                 // Only the Fault path drops a word with waiters, and only
                 // an unmapped one: not ours (we borrow the endpoint). Be
                 // robust anyway: put it back rather than fail for ever.
+                t.next_id += 1;
+                let uid = t.next_id;
                 t.words.push(WordEntry {
                     addr: self.addr,
                     val: None,
@@ -383,7 +370,7 @@ impl Registration {
                         waker: None,
                         tick: None,
                     }],
-                    idle_since: None,
+                    uid,
                 });
             }
             let e = t
@@ -403,7 +390,6 @@ impl Registration {
                     tick: None,
                 });
             }
-            e.idle_since = None;
             if let Some(w) = e.waiters.iter_mut().find(|w| w.id == self.id) {
                 match &mut w.waker {
                     Some(old) if old.will_wake(waker) => {}
@@ -411,8 +397,9 @@ impl Registration {
                 }
                 w.tick = tick;
             }
+            let uid = e.uid;
             let covered = t.sleeping.as_ref().is_some_and(|s| {
-                s.words.contains(&(self.addr, cur))
+                s.words.contains(&(self.addr, cur, uid))
                     && match (tick, s.deadline) {
                         (None, _) => true,
                         (Some(k), Some(d)) => k >= d,
@@ -441,9 +428,9 @@ impl Drop for Registration {
         if let Some(e) = t.words.iter_mut().find(|e| e.addr == self.addr) {
             e.waiters.retain(|w| w.id != self.id);
             if e.waiters.is_empty() {
-                // Linger (see `idle_since`); `val` stays what the thread
-                // waits on. Only the kernel reads the word from now on.
-                e.idle_since = Some(Instant::now());
+                // The endpoint may be unmapped once we return: forget
+                // the word (see `uid`).
+                t.words.retain(|e| e.addr != self.addr);
             } else if e.waiters.iter().all(|w| w.waker.is_none()) {
                 e.val = None;
             }
@@ -534,8 +521,7 @@ mod tests {
             .sum()
     }
 
-    /// Registrations share a word's entry and leave no waiter behind; an
-    /// emptied word lingers, then goes at a pass after `LINGER`.
+    /// Registrations share a word's entry and leave nothing behind.
     #[test]
     fn registrations_come_and_go() {
         let shard = Arc::new(Shard::new(false));
@@ -549,25 +535,10 @@ mod tests {
         assert!(r1.arm(&a, 0, &waker, None));
         assert!(!r2.arm(&a, 1, &waker, None), "stale value must not arm");
         drop((r1, r2, r3));
-        assert_eq!(waiters(&shard), 0);
-        assert_eq!(shard.words(), 2, "emptied words linger");
-        // The thread's passes prune them once `LINGER` is over (its wait
-        // ends then: the linger is part of its deadline).
-        let runner = {
-            let shard = shard.clone();
-            std::thread::spawn(move || while shard.run_once() {})
-        };
-        let t0 = Instant::now();
-        while shard.words() != 0 {
-            assert!(t0.elapsed() < Duration::from_secs(10), "words never pruned");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        shard.quit();
-        runner.join().unwrap();
+        assert_eq!((shard.words(), waiters(&shard)), (0, 0));
     }
 
-    /// Room for 127 distinct words; the 128th needs another shard unless
-    /// a lingering word can be dropped.
+    /// Room for 127 distinct words; the 128th needs another shard.
     #[test]
     fn a_shard_holds_127_words() {
         let shard = Arc::new(Shard::new(false));
@@ -579,7 +550,6 @@ mod tests {
             .collect();
         assert!(shard.try_add(addr(&words[WORDS_PER_SHARD])).is_none());
         regs.pop();
-        // The freed (lingering) word makes room.
         assert!(shard.try_add(addr(&words[WORDS_PER_SHARD])).is_some());
     }
 
