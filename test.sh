@@ -8,6 +8,10 @@ cd "$(dirname "$0")"
 echo "=== Rust workspace: cargo test --workspace"
 cargo test --workspace
 
+# --- Async endpoints and rpc (issue 12): the `async` feature's tests ---
+echo "=== Rust: async endpoints (feature async)"
+cargo test -p shmkit --features async --test aio_ring --test aio_sync --test aio_pubsub --test rpc
+
 # --- C ABI and System V (issue 10): section added by that work ---
 # Nothing to add: these are cargo integration tests that invoke cc, make,
 # pkg-config, valgrind and ipcs, run above by `cargo test --workspace`:

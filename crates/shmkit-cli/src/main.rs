@@ -4,6 +4,7 @@
 mod cmd_bench;
 mod cmd_channel;
 mod cmd_demo;
+mod cmd_rpc;
 mod cmd_segment;
 mod cmd_sync;
 mod cmd_sysv;
@@ -67,6 +68,11 @@ enum Command {
     /// Internal: one side of `shmkit demo`.
     #[command(hide = true)]
     DemoPeer(cmd_demo::DemoPeerArgs),
+    /// Serve requests with a command: for each request, run CMD with the
+    /// request on its stdin and reply with its stdout (until Ctrl-C).
+    Serve(cmd_rpc::ServeArgs),
+    /// Send one request (FILE or stdin) to a service and print the reply.
+    Call(cmd_rpc::CallArgs),
     #[command(flatten)]
     Sync(cmd_sync::SyncCommand),
     /// System V shared memory (shmget keys): ls, stat, read, write, rm, create.
@@ -101,6 +107,8 @@ fn run(cli: Cli) -> CliResult {
         Command::Recv(a) => cmd_channel::recv(&a),
         Command::Demo(a) => cmd_demo::demo(&a),
         Command::DemoPeer(a) => cmd_demo::demo_peer(&a),
+        Command::Serve(a) => cmd_rpc::serve(&a),
+        Command::Call(a) => cmd_rpc::call(&a),
         Command::Sync(c) => cmd_sync::run(c),
         Command::Sysv(a) => cmd_sysv::run(&a),
     }

@@ -14,6 +14,8 @@
 
 pub(crate) mod primitive;
 
+#[cfg(feature = "async")]
+pub mod aio;
 pub mod channel;
 pub mod segment;
 pub mod sync;

@@ -59,6 +59,8 @@ mod error;
 pub mod peer;
 pub mod pubsub;
 pub mod ring;
+#[cfg(not(loom))]
+pub mod rpc;
 pub mod wait;
 
 #[cfg(all(test, loom))]

@@ -43,12 +43,12 @@ use crate::sys::futex;
 const MAGIC: u32 = 0x5348_4d65;
 
 /// The set flag in `state`.
-const SET_BIT: u32 = 1;
+pub(super) const SET_BIT: u32 = 1;
 /// The pulse flag in `state` (auto-reset only): a `set` that `reset`
 /// withdrew, still owed to one waiter of an older generation.
-const PULSE_BIT: u32 = 2;
+pub(super) const PULSE_BIT: u32 = 2;
 /// The generation bits of `state` (2..31).
-const GEN_MASK: u32 = !(SET_BIT | PULSE_BIT);
+pub(super) const GEN_MASK: u32 = !(SET_BIT | PULSE_BIT);
 /// One generation step in `state`.
 const GEN_ONE: u32 = 4;
 
@@ -64,14 +64,14 @@ fn set_state(s: u32) -> u32 {
 }
 
 /// What one look at `state` found.
-enum Poll {
+pub(super) enum Poll {
     /// Released (manual) or the set consumed by us (auto).
     Done,
     /// Not yet: sleep while `state` still holds this value.
     Sleep(u32),
 }
 
-const AUTO: u32 = 1;
+pub(super) const AUTO: u32 = 1;
 const MANUAL: u32 = 2;
 
 /// How an [`Event`] resets.
@@ -111,9 +111,9 @@ pub struct Event {
     /// `AUTO` or `MANUAL`; never changes after init.
     mode: AtomicU32,
     /// Set flag (bit 0) and generation (bits 1..31); the futex word.
-    state: AtomicU32,
+    pub(super) state: AtomicU32,
     /// Waiters in the slow path (may over-count after a crash).
-    sleepers: AtomicU32,
+    pub(super) sleepers: AtomicU32,
 }
 
 fn bad(what: &str, v: u32) -> Corrupt {
@@ -186,7 +186,7 @@ impl Event {
 
     /// Mode, after checking magic and mode.
     #[inline]
-    fn checked_mode(&self) -> Result<u32, Corrupt> {
+    pub(super) fn checked_mode(&self) -> Result<u32, Corrupt> {
         // Relaxed: immutable after init; the Acquire was done at open.
         let m = self.magic.load(Ordering::Relaxed);
         if m != MAGIC {
@@ -277,7 +277,7 @@ impl Event {
     /// began (manual: released by any later one; auto: may take a pulse
     /// of a later one).
     #[inline]
-    fn poll(&self, mode: u32, gen0: u32) -> Poll {
+    pub(super) fn poll(&self, mode: u32, gen0: u32) -> Poll {
         if mode == AUTO {
             // Relaxed: a guess for the CAS; in the slow path the load half
             // of the Dekker pair (after the fence).

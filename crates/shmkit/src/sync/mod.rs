@@ -41,6 +41,8 @@
 //! validated: a damaged object gives [`Corrupt`], never undefined
 //! behaviour. Design, orderings and measurements: `docs/sync.md`.
 
+#[cfg(all(feature = "async", not(loom)))]
+mod aio;
 mod event;
 #[cfg(not(loom))]
 pub mod lease;
@@ -51,6 +53,8 @@ mod semaphore;
 
 use std::time::{Duration, Instant};
 
+#[cfg(all(feature = "async", not(loom)))]
+pub use aio::{EventWait, LockFuture, SemWait};
 pub use event::{Event, EventMode};
 pub use mutex::{LockError, Mutex, MutexGuard, MutexState};
 #[cfg(not(loom))]

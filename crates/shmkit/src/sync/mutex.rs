@@ -85,7 +85,7 @@ pub(crate) struct RawMutex {
     /// (table in the module docs). Written only by the lock holder.
     state: AtomicU32,
     /// The kernel-assisted lock. 8-byte aligned, at offset 8.
-    lock: RobustMutex,
+    pub(super) lock: RobustMutex,
 }
 
 /// A robust mutex protecting a `T`, living in shared memory.
@@ -99,7 +99,7 @@ pub(crate) struct RawMutex {
 /// locking twice from one thread gives [`LockError::Deadlock`].
 #[repr(C)]
 pub struct Mutex<T> {
-    raw: RawMutex,
+    pub(super) raw: RawMutex,
     data: UnsafeCell<T>,
 }
 
@@ -216,7 +216,7 @@ impl RawMutex {
     /// (never call into glibc for an unrecoverable mutex: its trylock
     /// would leave the word locked, see `sys::robust_mutex`).
     #[inline]
-    fn check_entry<G>(&self) -> Result<(), LockError<G>> {
+    pub(super) fn check_entry<G>(&self) -> Result<(), LockError<G>> {
         self.check_magic()?;
         // Relaxed: UNRECOVERABLE is terminal; seeing it late only means we
         // learn it from glibc instead.
@@ -375,7 +375,10 @@ impl<T> Mutex<T> {
     /// Turns the raw lock outcome into our result, applying the
     /// consistency state machine (module docs).
     #[inline]
-    fn finish(&self, o: Outcome) -> Result<MutexGuard<'_, T>, LockError<MutexGuard<'_, T>>> {
+    pub(super) fn finish(
+        &self,
+        o: Outcome,
+    ) -> Result<MutexGuard<'_, T>, LockError<MutexGuard<'_, T>>> {
         let guard = |repair| MutexGuard {
             mutex: self,
             repair,

@@ -48,9 +48,9 @@ pub struct Semaphore {
     /// `MAGIC` once initialised (Release in `init_at`, Acquire in `from_ptr`).
     magic: AtomicU32,
     /// The value, `0..=MAX_VALUE`; futex word.
-    count: AtomicU32,
+    pub(super) count: AtomicU32,
     /// Waiters in the slow path (may over-count after a crash).
-    sleepers: AtomicU32,
+    pub(super) sleepers: AtomicU32,
     _reserved: AtomicU32,
 }
 
@@ -148,7 +148,7 @@ impl Semaphore {
     }
 
     #[inline]
-    fn check_magic(&self) -> Result<(), Corrupt> {
+    pub(super) fn check_magic(&self) -> Result<(), Corrupt> {
         // Relaxed: the Acquire was done at open/`from_ptr`; this re-check
         // catches later damage only.
         let m = self.magic.load(Ordering::Relaxed);
@@ -241,7 +241,7 @@ impl Semaphore {
 
     /// One attempt to take a unit: `Ok(true)` taken, `Ok(false)` count is 0.
     #[inline]
-    fn try_take(&self) -> Result<bool, Corrupt> {
+    pub(super) fn try_take(&self) -> Result<bool, Corrupt> {
         // Relaxed: only a guess for the CAS; in the slow path it is the
         // load half of the Dekker pair, ordered by the preceding fence.
         let mut c = self.count.load(Ordering::Relaxed);

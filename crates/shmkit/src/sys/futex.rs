@@ -24,6 +24,26 @@ pub enum WaitOutcome {
     TimedOut,
 }
 
+/// Most words one [`waitv`] call can wait on (the kernel's
+/// `FUTEX_WAITV_MAX`).
+pub const WAITV_MAX: usize = 128;
+
+/// Why [`waitv`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitvOutcome {
+    /// Woken through the word at this index.
+    Woken(usize),
+    /// A word differed from its expected value, a signal, or another
+    /// reason to re-check every word.
+    Changed,
+    /// The deadline passed.
+    TimedOut,
+    /// The kernel has no `futex_waitv` (Linux < 5.16).
+    Unsupported,
+    /// A word's address is not mapped (see [`is_mapped`]).
+    Fault,
+}
+
 #[cfg(not(loom))]
 mod imp {
     use std::time::Instant;
@@ -31,7 +51,7 @@ mod imp {
     use rustix::io::Errno;
     use rustix::thread::futex;
 
-    use super::WaitOutcome;
+    use super::{WaitOutcome, WaitvOutcome};
     use crate::primitive::AtomicU32;
 
     /// Sleeps while `*word == expected`, until woken or `deadline` passes.
@@ -67,6 +87,86 @@ mod imp {
     pub fn wake(word: &AtomicU32, n: u32) -> usize {
         futex::wake(word, futex::Flags::empty(), n).unwrap_or(0)
     }
+
+    /// Whether `addr` is a mapped, aligned futex address: a `FUTEX_WAKE`
+    /// of zero waiters, which the kernel answers with `EFAULT` otherwise.
+    pub fn is_mapped(addr: *const AtomicU32) -> bool {
+        // SAFETY: the kernel validates the address (it never faults the
+        // caller); waking zero waiters has no effect on anyone.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                addr,
+                libc::FUTEX_WAKE,
+                0u32,
+                0usize,
+                0usize,
+                0u32,
+            )
+        };
+        rc >= 0
+    }
+
+    /// Reads the `u32` at `addr` through the kernel (`process_vm_readv` on
+    /// ourselves): `None` if it is not mapped or the call is not allowed
+    /// (seccomp profiles may forbid it).
+    pub fn peek(addr: *const AtomicU32) -> Option<u32> {
+        let mut v = 0u32;
+        let local = libc::iovec {
+            iov_base: (&mut v as *mut u32).cast(),
+            iov_len: 4,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 4,
+        };
+        // SAFETY: `local` is 4 writable bytes of ours; the kernel reads
+        // `remote` with fault handling (EFAULT, never a signal).
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        (n == 4).then_some(v)
+    }
+
+    /// `futex_waitv` on `(word, expected)` pairs (shared, 32-bit).
+    pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> WaitvOutcome {
+        use rustix::time::ClockId;
+        let mut v = [futex::Wait::new(); super::WAITV_MAX];
+        let n = words.len().min(super::WAITV_MAX);
+        for (w, &(word, expected)) in v.iter_mut().zip(&words[..n]) {
+            w.val = u64::from(expected);
+            w.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+            // Shared (not PRIVATE): the wakers are other processes.
+            w.flags = futex::WaitFlags::SIZE_U32;
+        }
+        // The timeout of futex_waitv is absolute, on CLOCK_MONOTONIC (the
+        // clock `Instant` reads on Linux): convert through "now".
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            let now = rustix::time::clock_gettime(ClockId::Monotonic);
+            let mut sec = now.tv_sec.saturating_add(left.as_secs() as i64);
+            let mut nsec = now.tv_nsec + i64::from(left.subsec_nanos());
+            if nsec >= 1_000_000_000 {
+                sec = sec.saturating_add(1);
+                nsec -= 1_000_000_000;
+            }
+            futex::Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            }
+        });
+        match futex::waitv(
+            &v[..n],
+            futex::WaitvFlags::empty(),
+            ts.as_ref(),
+            ClockId::Monotonic,
+        ) {
+            Ok(i) => WaitvOutcome::Woken(i),
+            Err(Errno::AGAIN) | Err(Errno::INTR) => WaitvOutcome::Changed,
+            Err(Errno::TIMEDOUT) => WaitvOutcome::TimedOut,
+            Err(Errno::NOSYS) => WaitvOutcome::Unsupported,
+            Err(Errno::FAULT) => WaitvOutcome::Fault,
+            Err(_) => WaitvOutcome::Changed,
+        }
+    }
 }
 
 #[cfg(loom)]
@@ -101,19 +201,16 @@ mod imp {
         next_id: u64,
         /// Sleeping waiters: (word address, ticket), oldest first.
         queued: Vec<(usize, u64)>,
-        /// Tickets picked by a `wake`, not yet collected by their waiter.
-        woken: Vec<u64>,
+        /// Tickets picked by a `wake` (with the word woken through), not
+        /// yet collected by their waiter.
+        woken: Vec<(u64, usize)>,
     }
 
     impl Queues {
-        fn collect(&mut self, id: u64) -> bool {
-            match self.woken.iter().position(|&w| w == id) {
-                Some(i) => {
-                    self.woken.swap_remove(i);
-                    true
-                }
-                None => false,
-            }
+        /// The word `id` was woken through, if it was.
+        fn collect(&mut self, id: u64) -> Option<usize> {
+            let i = self.woken.iter().position(|&(w, _)| w == id)?;
+            Some(self.woken.swap_remove(i).1)
         }
     }
 
@@ -140,7 +237,7 @@ mod imp {
             // The timer runs while others do.
             loom::thread::yield_now();
             let mut q = BUCKET.0.lock().unwrap();
-            if q.collect(id) {
+            if q.collect(id).is_some() {
                 return WaitOutcome::Woken;
             }
             q.queued.retain(|&(_, t)| t != id);
@@ -148,7 +245,7 @@ mod imp {
         }
         loop {
             q = BUCKET.1.wait(q).unwrap();
-            if q.collect(id) {
+            if q.collect(id).is_some() {
                 return WaitOutcome::Woken;
             }
         }
@@ -166,12 +263,65 @@ mod imp {
                 true
             }
         });
+        // A `waitv` sleeper is queued on several words with one ticket:
+        // once picked through one, it leaves the others' queues.
+        q.queued.retain(|&(_, id)| !picked.contains(&id));
         let count = picked.len();
-        q.woken.extend(picked);
+        q.woken.extend(picked.into_iter().map(|id| (id, a)));
         if count != 0 {
             BUCKET.1.notify_all();
         }
         count
+    }
+
+    /// Model: not used.
+    pub fn peek(_addr: *const AtomicU32) -> Option<u32> {
+        None
+    }
+
+    /// Model: every address is mapped.
+    pub fn is_mapped(_addr: *const AtomicU32) -> bool {
+        true
+    }
+
+    /// Model `futex_waitv`, as strong as the kernel's and no stronger, like
+    /// `wait`: under the bucket lock, a word that already differs gives
+    /// `Changed` (EAGAIN); otherwise one ticket is queued on every word, a
+    /// `wake` of any of them picks it once, and the waiter reports
+    /// `Woken(i)` for the word it was woken through. A deadline is explored
+    /// as in `wait` (woken, or timed out while others ran).
+    pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> super::WaitvOutcome {
+        let mut q = BUCKET.0.lock().unwrap();
+        if words
+            .iter()
+            .any(|&(word, expected)| word.load(Ordering::Relaxed) != expected)
+        {
+            return super::WaitvOutcome::Changed;
+        }
+        let id = q.next_id;
+        q.next_id += 1;
+        for &(word, _) in words {
+            q.queued.push((addr(word), id));
+        }
+        let index = |a: usize| {
+            super::WaitvOutcome::Woken(words.iter().position(|&(w, _)| addr(w) == a).unwrap_or(0))
+        };
+        if deadline.is_some() {
+            drop(q);
+            loom::thread::yield_now();
+            let mut q = BUCKET.0.lock().unwrap();
+            if let Some(a) = q.collect(id) {
+                return index(a);
+            }
+            q.queued.retain(|&(_, t)| t != id);
+            return super::WaitvOutcome::TimedOut;
+        }
+        loop {
+            q = BUCKET.1.wait(q).unwrap();
+            if let Some(a) = q.collect(id) {
+                return index(a);
+            }
+        }
     }
 }
 
@@ -181,6 +331,32 @@ mod imp {
 #[inline]
 pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> WaitOutcome {
     imp::wait(word, expected, deadline)
+}
+
+/// Sleeps until one of `words` (at most [`WAITV_MAX`], extra ones are
+/// ignored) no longer holds its expected value, a wake on one of them, a
+/// signal, or `deadline` (Linux >= 5.16, `futex_waitv`). Shared futexes:
+/// a plain [`wake`] from another process on any of the words ends it.
+#[inline]
+pub fn waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> WaitvOutcome {
+    imp::waitv(words, deadline)
+}
+
+/// The value at `addr` read by the kernel, which fails cleanly if the
+/// address is not mapped (`None`, also where the call is forbidden): for
+/// the async waiter thread, which must never load a word whose endpoint a
+/// leaked future may have let go.
+#[inline]
+pub fn peek(addr: *const AtomicU32) -> Option<u32> {
+    imp::peek(addr)
+}
+
+/// Whether `addr` can be waited on (mapped and aligned), asked of the
+/// kernel without touching it: used to find a stale address after
+/// [`WaitvOutcome::Fault`].
+#[inline]
+pub fn is_mapped(addr: *const AtomicU32) -> bool {
+    imp::is_mapped(addr)
 }
 
 /// Wakes one waiter sleeping on `word`. Returns how many were woken.

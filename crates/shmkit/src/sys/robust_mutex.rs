@@ -217,6 +217,15 @@ mod imp {
             outcome(unsafe { libc::pthread_mutex_consistent(self.ptr()) })
         }
 
+        /// The lock word itself (async waiters set `WAITERS` in it and wait
+        /// on it, as glibc's own waiters do).
+        #[allow(dead_code)]
+        pub fn word(&self) -> &std::sync::atomic::AtomicU32 {
+            // SAFETY: as in `peek_word`: 4 bytes, aligned, accessed only
+            // atomically by glibc and the kernel; lives as long as `self`.
+            unsafe { &*self.ptr().cast::<std::sync::atomic::AtomicU32>() }
+        }
+
         /// The lock word (the kernel robust-futex word, see [`super::word`]),
         /// read without locking, for diagnostics only.
         ///

@@ -146,6 +146,8 @@ impl Policy {
     }
 }
 
+#[cfg(all(feature = "async", not(loom)))]
+mod aio;
 mod pool;
 mod publisher;
 mod subscriber;
@@ -153,6 +155,8 @@ mod subscriber;
 mod tests;
 mod typed;
 
+#[cfg(all(feature = "async", not(loom)))]
+pub use aio::{LoanFuture, SampleStream, SubRecvFuture};
 pub(crate) use pool::*;
 use publisher::live_subscribers;
 pub use publisher::{Loan, Publisher};

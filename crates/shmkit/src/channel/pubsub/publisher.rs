@@ -5,7 +5,7 @@ use super::*;
 /// The publishing end. One per channel at a time.
 #[derive(Debug)]
 pub struct Publisher {
-    sh: Shared,
+    pub(super) sh: Shared,
     tail: u64,
     rr: usize,
     strategy: WaitStrategy,

@@ -6,7 +6,7 @@ use super::*;
 /// `&self`, so a subscriber can hold several samples at once.
 #[derive(Debug)]
 pub struct Subscriber {
-    sh: Shared,
+    pub(super) sh: Shared,
     cur: Cell<SubCursor>,
     idx: usize,
     strategy: Cell<WaitStrategy>,

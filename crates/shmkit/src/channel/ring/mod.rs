@@ -66,6 +66,8 @@ use super::CachePadded;
 use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
 
+#[cfg(all(feature = "async", not(loom)))]
+mod aio;
 mod batch;
 mod receiver;
 mod sender;
@@ -73,6 +75,8 @@ mod sender;
 mod tests;
 mod typed;
 
+#[cfg(all(feature = "async", not(loom)))]
+pub use aio::{RecvFuture, RecvStream, RecvWithFuture, SendFuture, SendSink};
 pub use receiver::Receiver;
 pub use sender::Sender;
 pub use typed::{Pod, TypedReceiver, TypedSender};

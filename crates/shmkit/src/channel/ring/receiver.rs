@@ -8,12 +8,12 @@ pub struct Receiver {
     pub(super) sh: Shared,
     pub(super) cur: ConsCursor,
     strategy: WaitStrategy,
-    alive: peer::AliveCache,
+    pub(super) alive: peer::AliveCache,
     /// A producer that had closed or died before we attached, and `head`
     /// then: while we have received nothing (`cur.head` unchanged) its end
     /// is not ours, we wait for the next producer. Once we received a
     /// message, the end of whoever sent it ends us.
-    stale: (peer::Stale, u64),
+    pub(super) stale: (peer::Stale, u64),
 }
 
 impl Receiver {

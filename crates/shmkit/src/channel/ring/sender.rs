@@ -8,7 +8,7 @@ pub struct Sender {
     pub(super) sh: Shared,
     pub(super) cur: ProdCursor,
     strategy: WaitStrategy,
-    alive: peer::AliveCache,
+    pub(super) alive: peer::AliveCache,
     /// A consumer that had closed or died before we attached: not a
     /// reason to fail; we wait for the next one.
     pub(super) stale: peer::Stale,

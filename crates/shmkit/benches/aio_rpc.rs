@@ -1,0 +1,458 @@
+//! Async wake and request/response round trips, two processes, against
+//! baselines measured in the same run.
+//!
+//! ```text
+//! cargo bench -p shmkit --features async --bench aio_rpc
+//! SHMKIT_BENCH_QUICK=1 cargo bench -p shmkit --features async --bench aio_rpc
+//! ```
+//!
+//! Every case is a ping-pong between this process and a child (this binary
+//! re-executed): the parent sends N bytes, the child answers N bytes, the
+//! parent measures the round trip. Cases:
+//!
+//! - `ring/blocking-sleep`: byte ring, both ends `WaitStrategy::Sleep`
+//!   (every hand-off is a futex wake of a sleeping thread): the blocking
+//!   wake the async one is compared with;
+//! - `ring/blocking-default`: the same with the default spin-then-sleep;
+//! - `ring/async`: both ends tokio (current-thread runtime) with
+//!   `recv_async`/`send_async`: each hand-off goes through the waiter
+//!   thread (futex_waitv) and the executor's wake;
+//! - `uds/tokio`: a tokio `UnixStream` ping-pong (both ends tokio);
+//! - `rpc/call`: `Client::call` against a child `Server::serve`, 8 B and
+//!   1 MiB requests and replies;
+//! - `uds/reqrep`: the same request/response over a blocking
+//!   `std::os::unix::net::UnixStream` with a length prefix.
+//!
+//! Printed: criterion's estimates, then a table of round-trip p50/p99 from
+//! per-call samples with the ratios the issue asks about.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use shmkit::channel::ring::{Receiver, RingOptions, Sender};
+use shmkit::channel::rpc::{Client, RpcOptions, Server};
+use shmkit::channel::WaitStrategy;
+
+const ROLE: &str = "SHMKIT_BENCH_ROLE";
+const NAME: &str = "SHMKIT_BENCH_NAME";
+const SIZE: &str = "SHMKIT_BENCH_SIZE";
+
+fn quick() -> bool {
+    std::env::var_os("SHMKIT_BENCH_QUICK").is_some()
+}
+
+fn name(tag: &str) -> String {
+    format!("bench-aio-{tag}-{}", std::process::id())
+}
+
+fn spawn(role: &str, name: &str, size: usize) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .env(ROLE, role)
+        .env(NAME, name)
+        .env(SIZE, size.to_string())
+        .spawn()
+        .expect("spawn bench child")
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn socket_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{name}.sock"))
+}
+
+fn write_frame(s: &mut UnixStream, buf: &[u8]) {
+    s.write_all(&(buf.len() as u64).to_le_bytes()).unwrap();
+    s.write_all(buf).unwrap();
+}
+
+fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
+    let mut len = [0u8; 8];
+    if s.read_exact(&mut len).is_err() {
+        return false;
+    }
+    buf.resize(u64::from_le_bytes(len) as usize, 0);
+    s.read_exact(buf).is_ok()
+}
+
+/// The echoing side of each case.
+fn child(role: &str) {
+    let name = std::env::var(NAME).unwrap();
+    let size: usize = std::env::var(SIZE).unwrap().parse().unwrap();
+    match role {
+        "ring-sleep" | "ring-default" => {
+            let mut rx = Receiver::open(&format!("{name}.ping")).unwrap();
+            let mut tx = Sender::open(&format!("{name}.pong")).unwrap();
+            if role == "ring-sleep" {
+                rx.set_wait_strategy(WaitStrategy::Sleep);
+                tx.set_wait_strategy(WaitStrategy::Sleep);
+            }
+            while let Ok(m) = rx.recv() {
+                if tx.send(&m).is_err() {
+                    break;
+                }
+            }
+        }
+        "ring-async" => current_thread().block_on(async {
+            let mut rx = Receiver::open(&format!("{name}.ping")).unwrap();
+            let mut tx = Sender::open(&format!("{name}.pong")).unwrap();
+            while let Ok(m) = rx.recv_async().await {
+                if tx.send_async(&m).await.is_err() {
+                    break;
+                }
+            }
+        }),
+        "uds-tokio" => current_thread().block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::UnixStream::connect(socket_path(&name))
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; size];
+            while s.read_exact(&mut buf).await.is_ok() {
+                if s.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        }),
+        "rpc-server" => {
+            let mut s = Server::create(
+                &name,
+                &RpcOptions::new()
+                    .clients(1)
+                    .max_request(size as u64)
+                    .max_reply(size as u64)
+                    .remove_on_drop(false),
+            )
+            .unwrap();
+            // Reply with as many bytes as the request, read in place and
+            // written in place (zero-copy on both sides).
+            loop {
+                let (t, n) = s
+                    .recv_with(shmkit::channel::Wait::Forever, |r| {
+                        std::hint::black_box(r.iter().map(|&b| u64::from(b)).sum::<u64>());
+                        r.len()
+                    })
+                    .unwrap();
+                s.reply_with(t, n, |b| b.fill(1)).unwrap();
+            }
+        }
+        "uds-reqrep" => {
+            let mut s = UnixStream::connect(socket_path(&name)).unwrap();
+            let mut buf = Vec::new();
+            while read_frame(&mut s, &mut buf) {
+                write_frame(&mut s, &buf);
+            }
+        }
+        r => panic!("unknown role {r}"),
+    }
+}
+
+/// One ping-pong partner: `round_trip` does one and times it.
+trait Case {
+    fn round_trip(&mut self) -> Duration;
+}
+
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct RingCase {
+    tx: Sender,
+    rx: Receiver,
+    msg: Vec<u8>,
+    _kid: Kid,
+    name: String,
+}
+
+impl RingCase {
+    fn new(role: &str, size: usize) -> RingCase {
+        let name = name(role);
+        let opts = RingOptions::new(4, size as u64);
+        let mut tx = Sender::create(&format!("{name}.ping"), &opts).unwrap();
+        let mut rx = Receiver::create(&format!("{name}.pong"), &opts).unwrap();
+        if role == "ring-sleep" {
+            tx.set_wait_strategy(WaitStrategy::Sleep);
+            rx.set_wait_strategy(WaitStrategy::Sleep);
+        }
+        let kid = Kid(spawn(role, &name, size));
+        RingCase {
+            tx,
+            rx,
+            msg: vec![7; size],
+            _kid: kid,
+            name,
+        }
+    }
+}
+
+impl Drop for RingCase {
+    fn drop(&mut self) {
+        let _ = shmkit::segment::remove(&format!("{}.ping", self.name));
+        let _ = shmkit::segment::remove(&format!("{}.pong", self.name));
+    }
+}
+
+impl Case for RingCase {
+    fn round_trip(&mut self) -> Duration {
+        let t0 = Instant::now();
+        self.tx.send(&self.msg).unwrap();
+        let m = self.rx.recv().unwrap();
+        let d = t0.elapsed();
+        assert_eq!(m.len(), self.msg.len());
+        d
+    }
+}
+
+struct AsyncRingCase {
+    inner: RingCase,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Case for AsyncRingCase {
+    fn round_trip(&mut self) -> Duration {
+        let c = &mut self.inner;
+        self.rt.block_on(async {
+            let t0 = Instant::now();
+            c.tx.send_async(&c.msg).await.unwrap();
+            let m = c.rx.recv_async().await.unwrap();
+            let d = t0.elapsed();
+            assert_eq!(m.len(), c.msg.len());
+            d
+        })
+    }
+}
+
+struct TokioUdsCase {
+    rt: tokio::runtime::Runtime,
+    s: tokio::net::UnixStream,
+    msg: Vec<u8>,
+    _kid: Kid,
+}
+
+impl TokioUdsCase {
+    fn new(size: usize) -> TokioUdsCase {
+        let name = name("uds-tokio");
+        let path = socket_path(&name);
+        let _ = std::fs::remove_file(&path);
+        let rt = current_thread();
+        let listener = rt.block_on(async { tokio::net::UnixListener::bind(&path).unwrap() });
+        let kid = Kid(spawn("uds-tokio", &name, size));
+        let s = rt.block_on(async { listener.accept().await.unwrap().0 });
+        let _ = std::fs::remove_file(&path);
+        TokioUdsCase {
+            rt,
+            s,
+            msg: vec![7; size],
+            _kid: kid,
+        }
+    }
+}
+
+impl Case for TokioUdsCase {
+    fn round_trip(&mut self) -> Duration {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (s, msg) = (&mut self.s, &mut self.msg);
+        self.rt.block_on(async {
+            let t0 = Instant::now();
+            s.write_all(msg).await.unwrap();
+            s.read_exact(msg).await.unwrap();
+            t0.elapsed()
+        })
+    }
+}
+
+struct RpcCase {
+    c: Client,
+    size: usize,
+    _kid: Kid,
+    name: String,
+}
+
+impl RpcCase {
+    fn new(size: usize) -> RpcCase {
+        let name = name(&format!("rpc{size}"));
+        let kid = Kid(spawn("rpc-server", &name, size));
+        let t0 = Instant::now();
+        let c = loop {
+            match Client::connect(&name) {
+                Ok(c) => break c,
+                Err(_) if t0.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        RpcCase {
+            c,
+            size,
+            _kid: kid,
+            name,
+        }
+    }
+}
+
+impl Drop for RpcCase {
+    fn drop(&mut self) {
+        let _ = Server::remove(&self.name);
+    }
+}
+
+impl Case for RpcCase {
+    fn round_trip(&mut self) -> Duration {
+        let t0 = Instant::now();
+        let n = self
+            .c
+            .call_with(
+                self.size,
+                shmkit::channel::Wait::Forever,
+                |b| b.fill(7),
+                |r| std::hint::black_box(r.iter().map(|&b| u64::from(b)).sum::<u64>()),
+            )
+            .unwrap();
+        let d = t0.elapsed();
+        assert_eq!(n, self.size as u64);
+        d
+    }
+}
+
+struct UdsReqRepCase {
+    s: UnixStream,
+    msg: Vec<u8>,
+    buf: Vec<u8>,
+    _kid: Kid,
+}
+
+impl UdsReqRepCase {
+    fn new(size: usize) -> UdsReqRepCase {
+        let name = name("uds-reqrep");
+        let path = socket_path(&name);
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let kid = Kid(spawn("uds-reqrep", &name, size));
+        let (s, _) = listener.accept().unwrap();
+        let _ = std::fs::remove_file(&path);
+        UdsReqRepCase {
+            s,
+            msg: vec![7; size],
+            buf: Vec::new(),
+            _kid: kid,
+        }
+    }
+}
+
+impl Case for UdsReqRepCase {
+    fn round_trip(&mut self) -> Duration {
+        let t0 = Instant::now();
+        write_frame(&mut self.s, &self.msg);
+        assert!(read_frame(&mut self.s, &mut self.buf));
+        let d = t0.elapsed();
+        std::hint::black_box(self.buf.iter().map(|&b| u64::from(b)).sum::<u64>());
+        d
+    }
+}
+
+fn make(id: &str) -> Box<dyn Case> {
+    match id {
+        "ring/blocking-sleep/8" => Box::new(RingCase::new("ring-sleep", 8)),
+        "ring/blocking-default/8" => Box::new(RingCase::new("ring-default", 8)),
+        "ring/async/8" => Box::new(AsyncRingCase {
+            inner: RingCase::new("ring-async", 8),
+            rt: current_thread(),
+        }),
+        "uds/tokio/8" => Box::new(TokioUdsCase::new(8)),
+        "rpc/call/8" => Box::new(RpcCase::new(8)),
+        "rpc/call/1MiB" => Box::new(RpcCase::new(1 << 20)),
+        "uds/reqrep/8" => Box::new(UdsReqRepCase::new(8)),
+        "uds/reqrep/1MiB" => Box::new(UdsReqRepCase::new(1 << 20)),
+        _ => unreachable!(),
+    }
+}
+
+const CASES: [&str; 8] = [
+    "ring/blocking-sleep/8",
+    "ring/blocking-default/8",
+    "ring/async/8",
+    "uds/tokio/8",
+    "rpc/call/8",
+    "uds/reqrep/8",
+    "rpc/call/1MiB",
+    "uds/reqrep/1MiB",
+];
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        child(&role);
+        return;
+    }
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(if quick() { 200 } else { 500 }))
+        .measurement_time(Duration::from_secs(if quick() { 1 } else { 3 }))
+        .sample_size(20)
+        .configure_from_args();
+    // (id, p50 µs, p99 µs)
+    let mut rows: Vec<(&str, f64, f64)> = Vec::new();
+    // SHMKIT_BENCH_ONLY=ring: only the cases whose id contains "ring".
+    let only = std::env::var("SHMKIT_BENCH_ONLY").unwrap_or_default();
+    for id in CASES.into_iter().filter(|id| id.contains(only.as_str())) {
+        let mut case = make(id);
+        c.bench_function(id, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| case.round_trip()).sum())
+        });
+        let n = if quick() || id.ends_with("MiB") {
+            2_000
+        } else {
+            20_000
+        };
+        let mut s: Vec<f64> = (0..n)
+            .map(|_| case.round_trip().as_secs_f64() * 1e6)
+            .collect();
+        s.sort_by(f64::total_cmp);
+        rows.push((id, s[s.len() / 2], s[s.len() * 99 / 100]));
+    }
+    c.final_summary();
+    println!(
+        "\n== round trip (µs, {} samples per case after criterion) ==",
+        if quick() {
+            "2,000"
+        } else {
+            "20,000 (2,000 at 1 MiB)"
+        }
+    );
+    for (id, p50, p99) in &rows {
+        println!("{id:<26} p50 {p50:>10.2}  p99 {p99:>10.2}");
+    }
+    let p50 = |id: &str| rows.iter().find(|r| r.0 == id).map_or(f64::NAN, |r| r.1);
+    println!("\n== ratios (p50; NaN: a case was filtered out) ==");
+    println!(
+        "async wake / blocking wake (ring/async vs ring/blocking-sleep): {:.2}x (goal <= 1.3x)",
+        p50("ring/async/8") / p50("ring/blocking-sleep/8")
+    );
+    println!(
+        "async shmkit / tokio UnixStream:                                 {:.2}x",
+        p50("ring/async/8") / p50("uds/tokio/8")
+    );
+    println!(
+        "rpc 8 B / ring ping-pong (blocking-default):                     {:.2}x (goal <= 2x)",
+        p50("rpc/call/8") / p50("ring/blocking-default/8")
+    );
+    println!(
+        "rpc 8 B / Unix-socket request/response:                          {:.2}x",
+        p50("rpc/call/8") / p50("uds/reqrep/8")
+    );
+    println!(
+        "rpc 1 MiB / Unix-socket request/response:                        {:.2}x",
+        p50("rpc/call/1MiB") / p50("uds/reqrep/1MiB")
+    );
+}

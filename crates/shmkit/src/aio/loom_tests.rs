@@ -1,0 +1,156 @@
+//! Loom models of the async handshake, run with
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p shmkit
+//! --features async --lib --release aio::loom_tests`.
+//!
+//! The real [`Park`], [`Shard`] (waiter thread pass, table, kick) and the
+//! real waking side ([`notify`]) run against loom's atomics and the model
+//! futex (`sys::futex` under loom, `waitv` included). A lost wake shows up
+//! as a deadlock, which loom reports.
+
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use loom::sync::Arc;
+use loom::thread;
+
+use super::park::{Park, Registrar, Target};
+use super::reactor::{Registration, Shard};
+use crate::channel::wait::notify;
+use crate::primitive::{AtomicU32, Ordering};
+use crate::sys::futex;
+
+struct ModelRegistrar(StdArc<Shard>);
+
+impl Registrar for ModelRegistrar {
+    fn register(&self, word: &AtomicU32) -> Registration {
+        self.0
+            .try_add(word as *const AtomicU32 as usize)
+            .expect("room")
+    }
+}
+
+/// A waker that bumps a futex word the test thread sleeps on.
+struct Flag(AtomicU32);
+
+impl Wake for Flag {
+    fn wake(self: StdArc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &StdArc<Self>) {
+        self.0.fetch_add(1, Ordering::Release);
+        futex::wake_all(&self.0);
+    }
+}
+
+/// The shared object: a progress flag (a ring's tail, a semaphore's
+/// count), its futex word and its sleeper count.
+struct Obj {
+    progress: AtomicU32,
+    word: AtomicU32,
+    sleepers: AtomicU32,
+}
+
+/// Runs a future-like waiter on `obj` to completion on this thread,
+/// sleeping on its waker between polls; `counted` says whether it
+/// announces itself in the sleeper count.
+fn await_progress(obj: &Obj, registrar: &ModelRegistrar, counted: bool) {
+    let flag = StdArc::new(Flag(AtomicU32::new(0)));
+    let waker = Waker::from(flag.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut park = Park::default();
+    let target = Target {
+        word: &obj.word,
+        sleepers: counted.then_some(&obj.sleepers),
+        slice: None,
+    };
+    loop {
+        // Acquire: pairs with the Release bump in `Flag::wake_by_ref`.
+        let seen = flag.0.load(Ordering::Acquire);
+        let mut check = |_| {
+            // Acquire: pairs with the notifier's Release store.
+            (obj.progress.load(Ordering::Acquire) == 1).then_some(())
+        };
+        match park.poll_with(registrar, &mut cx, target, &mut check) {
+            Poll::Ready(()) => break,
+            Poll::Pending => {
+                futex::wait(&flag.0, seen, None);
+            }
+        }
+    }
+    park.done(target);
+}
+
+fn model(counted: bool) {
+    loom::model(move || {
+        let obj = Arc::new(Obj {
+            progress: AtomicU32::new(0),
+            word: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+        });
+        let shard = StdArc::new(Shard::new(false));
+        let reactor = {
+            let shard = shard.clone();
+            thread::spawn(move || while shard.run_once() {})
+        };
+        let notifier = {
+            let obj = obj.clone();
+            thread::spawn(move || {
+                // Release: the waiter's Acquire check sees it.
+                obj.progress.store(1, Ordering::Release);
+                notify(&obj.word, &obj.sleepers);
+            })
+        };
+        await_progress(&obj, &ModelRegistrar(shard.clone()), counted);
+        notifier.join().unwrap();
+        shard.quit();
+        reactor.join().unwrap();
+        // The future left: no sleeper stays counted.
+        assert_eq!(obj.sleepers.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Announce (count), re-check, arm; the waiter thread waits in `waitv`:
+/// whatever the interleaving with the notifier, the future completes.
+#[test]
+fn async_waiter_is_never_lost() {
+    model(true);
+}
+
+/// The same without counting the async waiter as a sleeper: the notifier
+/// skips its wake and the future can sleep for ever. Loom finds that
+/// interleaving (a deadlock), which is why every async waiter counts.
+#[test]
+#[should_panic]
+fn uncounted_async_waiter_can_be_lost() {
+    model(false);
+}
+
+/// Two futures share one word (one slot of the waiter thread, one
+/// expected value): the notifier's single bump wakes both.
+#[test]
+fn two_async_waiters_share_a_word() {
+    loom::model(|| {
+        let obj = Arc::new(Obj {
+            progress: AtomicU32::new(0),
+            word: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+        });
+        let shard = StdArc::new(Shard::new(false));
+        let reactor = {
+            let shard = shard.clone();
+            thread::spawn(move || while shard.run_once() {})
+        };
+        let other = {
+            let (obj, shard) = (obj.clone(), shard.clone());
+            thread::spawn(move || await_progress(&obj, &ModelRegistrar(shard), true))
+        };
+        // Release: the waiters' Acquire checks see it.
+        obj.progress.store(1, Ordering::Release);
+        notify(&obj.word, &obj.sleepers);
+        await_progress(&obj, &ModelRegistrar(shard.clone()), true);
+        other.join().unwrap();
+        shard.quit();
+        reactor.join().unwrap();
+        assert_eq!(obj.sleepers.load(Ordering::Relaxed), 0);
+    });
+}

@@ -1,0 +1,43 @@
+//! Async waiting, runtime-agnostic (feature `async`).
+//!
+//! The futures returned by `recv_async`, `send_async`, `loan_async`,
+//! `wait_async` and `lock_async` work with any executor: they never spin
+//! and never block the polling thread. A pending future registers the
+//! futex word it waits on with a per-process *waiter thread*, which blocks
+//! in `futex_waitv` (Linux >= 5.16) on up to 127 such words plus a control
+//! word of its own and wakes the `Waker`s of the words that change. More
+//! distinct words spill to more threads (one per 127 words); futures
+//! waiting on the same word share its slot. Without `futex_waitv` the
+//! thread falls back to polling every armed future once per millisecond.
+//!
+//! An async waiter counts as a sleeper on the object it waits for, so the
+//! waking side (which calls `FUTEX_WAKE` only when someone sleeps) always
+//! wakes it; the handshake is in [`park`] and its loom model in
+//! `loom_tests`. Peer death reaches async waiters through the same slices
+//! as blocking ones: a pending future is polled again at least every
+//! slice (20 ms for channels, 50 ms for semaphores and events) and checks.
+//!
+//! Design, limits and measurements: `docs/async.md`.
+//!
+//! [`stats`] reports the waiter threads for monitoring and tests.
+
+pub(crate) mod park;
+pub(crate) mod reactor;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+/// `(waiter threads, futex words registered, waiter-thread passes)` of
+/// this process: a snapshot for monitoring and tests. Passes count the
+/// thread's loop iterations, so an idle process shows a constant value.
+#[cfg(not(loom))]
+pub fn stats() -> (usize, usize, u64) {
+    reactor::Reactor::get().stats()
+}
+
+/// Whether this process's waiter threads poll (the fallback for kernels
+/// without `futex_waitv`, or `SHMKIT_AIO_FALLBACK=1` at first use).
+#[cfg(not(loom))]
+pub fn is_fallback() -> bool {
+    reactor::Reactor::get().is_fallback()
+}

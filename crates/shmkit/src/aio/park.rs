@@ -1,0 +1,143 @@
+//! The future side of the handshake: announce, re-check, arm.
+//!
+//! A future that cannot make progress:
+//!
+//! 1. reads the futex word (`seen`, Acquire),
+//! 2. counts itself in the object's sleeper count (once per wait), then a
+//!    `SeqCst` fence,
+//! 3. re-checks its condition,
+//! 4. arms its registration with `seen`; the arm fails if the word no
+//!    longer holds `seen` (then back to 1).
+//!
+//! The waking side stores its progress, fences (`SeqCst`), reads the
+//! sleeper count and, if non-zero, bumps the word and `FUTEX_WAKE`s it
+//! (`channel::wait::notify`, the semaphore's `post`, the event's `set`).
+//! As for a blocking sleeper (Dekker through the two fences): either the
+//! re-check (3) sees the progress, or the waker sees our count and bumps
+//! the word after our read (1); then either the arm (4) sees the new value
+//! and fails, or the waiter thread's `futex_waitv`, which covers `(word,
+//! seen)` once armed (see `reactor`), sees it or is woken by it. An async
+//! waiter is therefore a sleeper like any other: the count is held from
+//! the first arm until the future completes or is dropped.
+
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::reactor::Registration;
+use crate::primitive::{fence, AtomicU32, Ordering};
+
+/// What a future waits on.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    /// The futex word the waking side bumps.
+    pub(crate) word: &'a AtomicU32,
+    /// The sleeper count the waking side reads (`None`: the condition
+    /// itself announces us, as the mutex's WAITERS bit).
+    pub(crate) sleepers: Option<&'a AtomicU32>,
+    /// Re-check at least this often even without a wake (peer liveness,
+    /// a wake lost to a crashed waker).
+    pub(crate) slice: Option<Duration>,
+}
+
+/// Per-future waiting state. Its owner's `Drop` calls [`Park::done`] with
+/// the same target (the count lives in the endpoint the owner borrows).
+#[derive(Debug, Default)]
+pub(crate) struct Park {
+    reg: Option<Registration>,
+    /// Whether we incremented the target's sleeper count.
+    counted: bool,
+    /// When the slow check (`check(true)`) is next due.
+    next_slice: Option<Instant>,
+}
+
+/// How a registration is made; the model tests use their own shard.
+pub(crate) trait Registrar {
+    fn register(&self, word: &AtomicU32) -> Registration;
+}
+
+#[cfg(not(loom))]
+impl Registrar for super::reactor::Reactor {
+    fn register(&self, word: &AtomicU32) -> Registration {
+        super::reactor::Reactor::register(self, word)
+    }
+}
+
+impl Park {
+    /// Whether this future has announced itself (it was pending once).
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.counted || self.reg.is_some()
+    }
+
+    /// One poll. `check(slow)` tests the condition; `slow` asks it to also
+    /// make the slow check (peer liveness), due about once per slice.
+    #[cfg(not(loom))]
+    pub(crate) fn poll<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        target: Target<'_>,
+        mut check: impl FnMut(bool) -> Option<R>,
+    ) -> Poll<R> {
+        self.poll_with(super::reactor::Reactor::get(), cx, target, &mut check)
+    }
+
+    /// [`poll`](Self::poll) with the given registrar (model tests).
+    pub(crate) fn poll_with<R>(
+        &mut self,
+        registrar: &impl Registrar,
+        cx: &mut Context<'_>,
+        target: Target<'_>,
+        check: &mut impl FnMut(bool) -> Option<R>,
+    ) -> Poll<R> {
+        let now = target.slice.map(|_| Instant::now());
+        let due = match (now, self.next_slice) {
+            (Some(now), Some(t)) => now >= t,
+            // First poll: one slow check at once (a peer already gone).
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if let Some(r) = check(due) {
+            self.done(target);
+            return Poll::Ready(r);
+        }
+        if let (Some(now), Some(s)) = (now, target.slice) {
+            if due {
+                self.next_slice = Some(now + s);
+            }
+        }
+        loop {
+            // Acquire: pairs with the waker's Release bump of the word.
+            let seen = target.word.load(Ordering::Acquire);
+            if let (Some(s), false) = (target.sleepers, self.counted) {
+                // Relaxed + the fence below: the store half of the Dekker
+                // pair with the waker's [progress; fence; load count].
+                s.fetch_add(1, Ordering::Relaxed);
+                self.counted = true;
+            }
+            fence(Ordering::SeqCst);
+            if let Some(r) = check(false) {
+                self.done(target);
+                return Poll::Ready(r);
+            }
+            let reg = self
+                .reg
+                .get_or_insert_with(|| registrar.register(target.word));
+            if reg.arm(target.word, seen, cx.waker(), self.next_slice) {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Leaves: un-counts and unregisters. Called on completion and by the
+    /// owner's `Drop` (cancellation), with the target it polled.
+    pub(crate) fn done(&mut self, target: Target<'_>) {
+        self.reg = None;
+        self.next_slice = None;
+        if std::mem::take(&mut self.counted) {
+            if let Some(s) = target.sleepers {
+                // Relaxed: the count is a hint for wakers; a late
+                // decrement costs one spurious wake, never a lost one.
+                s.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

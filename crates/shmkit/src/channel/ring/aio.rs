@@ -1,0 +1,326 @@
+//! Async ring endpoints (feature `async`): [`Receiver::recv_async`],
+//! [`Sender::send_async`], a `Stream` of messages ([`Receiver::stream`])
+//! and a `Sink` ([`Sender::sink`]). Waiting: [`crate::aio`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use super::*;
+use crate::aio::park::{Park, Target};
+use crate::channel::wait::SLICE;
+
+impl Shared {
+    /// The control block, with a lifetime not tied to `&self`, so that a
+    /// future can hold its futex words while it calls `&mut` methods of
+    /// the endpoint.
+    ///
+    /// # Safety
+    ///
+    /// The caller must not use the reference after the endpoint owning
+    /// `self` is dropped (the futures hold `&mut` to it for their whole
+    /// life, so their `poll`/`drop` are fine). The block lives in the
+    /// segment's mapping, which no `&mut` method of an endpoint unmaps or
+    /// moves, and is only ever accessed through shared references to
+    /// atomics, so the `&mut` borrow of the endpoint does not alias it.
+    unsafe fn core_detached<'x>(&self) -> &'x RingCore {
+        let p: *const RingCore = self.core();
+        // SAFETY: see the contract above.
+        unsafe { &*p }
+    }
+}
+
+fn recv_target(core: &RingCore) -> Target<'_> {
+    Target {
+        word: &core.data_seq.0,
+        sleepers: Some(&core.cons_sleepers.0),
+        slice: Some(SLICE),
+    }
+}
+
+fn send_target(core: &RingCore) -> Target<'_> {
+    Target {
+        word: &core.space_seq.0,
+        sleepers: Some(&core.prod_sleepers.0),
+        slice: Some(SLICE),
+    }
+}
+
+impl Receiver {
+    /// One receive attempt for the futures: `None` if the ring is empty
+    /// and the producer may still send.
+    fn poll_recv<R, F: FnOnce(&[u8]) -> R>(
+        &mut self,
+        f: &mut Option<F>,
+    ) -> Option<Result<R, RecvError>> {
+        // Liveness is checked here at most once per slice (`AliveCache`).
+        match self.recv_with(Wait::No, |b| (f.take().expect("called once"))(b)) {
+            Err(RecvError::Empty) => None,
+            r => Some(r),
+        }
+    }
+
+    /// Receives a message, waiting asynchronously for one. Same results as
+    /// [`recv`](Self::recv): after the producer closes or dies its
+    /// messages are delivered, then [`RecvError::Disconnected`] or
+    /// [`RecvError::SenderDied`] (a death is noticed within a slice,
+    /// 20 ms).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message leaves the ring only in the poll that
+    /// returns it, so dropping the future (the losing branch of a
+    /// `select!`, a timeout) loses no message; the next receive gets it.
+    pub fn recv_async(&mut self) -> RecvFuture<'_> {
+        self.recv_with_async(<[u8]>::to_vec)
+    }
+
+    /// Zero-copy async receive: calls `f` on the message in place, then
+    /// frees its slot (see [`recv_with`](Self::recv_with) about trust).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`recv_async`](Self::recv_async): `f` runs in the
+    /// poll that completes, or never.
+    pub fn recv_with_async<R, F: FnOnce(&[u8]) -> R + Unpin>(
+        &mut self,
+        f: F,
+    ) -> RecvWithFuture<'_, F> {
+        RecvWithFuture {
+            rx: self,
+            f: Some(f),
+            park: Park::default(),
+        }
+    }
+
+    /// A `futures_core::Stream` of the messages, borrowing the receiver.
+    /// It ends after [`RecvError::Disconnected`]; another error is yielded
+    /// once, then it ends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping a pending `next()` loses no message.
+    pub fn stream(&mut self) -> RecvStream<'_> {
+        RecvStream {
+            rx: self,
+            park: Park::default(),
+            ended: false,
+        }
+    }
+}
+
+/// Future of [`Receiver::recv_async`].
+pub type RecvFuture<'a> = RecvWithFuture<'a, fn(&[u8]) -> Vec<u8>>;
+
+/// Future of [`Receiver::recv_async`] and [`Receiver::recv_with_async`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct RecvWithFuture<'a, F> {
+    rx: &'a mut Receiver,
+    f: Option<F>,
+    park: Park,
+}
+
+impl<R, F: FnOnce(&[u8]) -> R + Unpin> Future for RecvWithFuture<'_, F> {
+    type Output = Result<R, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // SAFETY: used only within this call, while `this.rx` is borrowed.
+        let core = unsafe { this.rx.sh.core_detached() };
+        let (rx, f) = (&mut *this.rx, &mut this.f);
+        if f.is_none() {
+            panic!("RecvWithFuture polled after completion");
+        }
+        this.park.poll(cx, recv_target(core), |_| rx.poll_recv(f))
+    }
+}
+
+impl<F> Drop for RecvWithFuture<'_, F> {
+    fn drop(&mut self) {
+        self.park.done(recv_target(self.rx.sh.core()));
+    }
+}
+
+/// A `Stream` of the messages of a [`Receiver`] ([`Receiver::stream`]).
+#[must_use = "streams do nothing unless polled"]
+#[derive(Debug)]
+pub struct RecvStream<'a> {
+    rx: &'a mut Receiver,
+    park: Park,
+    ended: bool,
+}
+
+impl futures_core::Stream for RecvStream<'_> {
+    type Item = Result<Vec<u8>, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // SAFETY: used only within this call, while `this.rx` is borrowed.
+        let core = unsafe { this.rx.sh.core_detached() };
+        let rx = &mut *this.rx;
+        let r = std::task::ready!(this.park.poll(cx, recv_target(core), |_| {
+            rx.poll_recv(&mut Some(<[u8]>::to_vec))
+        }));
+        Poll::Ready(match r {
+            Ok(m) => Some(Ok(m)),
+            Err(RecvError::Disconnected) => {
+                this.ended = true;
+                None
+            }
+            Err(e) => {
+                this.ended = true;
+                Some(Err(e))
+            }
+        })
+    }
+}
+
+impl futures_core::FusedStream for RecvStream<'_> {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+impl Drop for RecvStream<'_> {
+    fn drop(&mut self) {
+        self.park.done(recv_target(self.rx.sh.core()));
+    }
+}
+
+impl Sender {
+    /// Whether a message can be sent now: `None` if the ring is full and
+    /// the consumer may still read.
+    fn poll_room(&mut self) -> Option<Result<(), SendError>> {
+        let core = self.sh.core();
+        // Relaxed: advisory, as in `send_with` (a close from before we
+        // attached does not count).
+        if self
+            .stale
+            .closed_since(core.cons_state.0.load(Ordering::Relaxed))
+        {
+            return Some(Err(SendError::Disconnected));
+        }
+        match self.cur.try_reserve(core, self.sh.layout.cap) {
+            Ok(_) => Some(Ok(())),
+            Err(Stuck::Corrupt(m)) => Some(Err(SendError::Corrupt(m))),
+            Err(Stuck::Blocked) => {
+                match self.alive.status(
+                    true,
+                    self.sh.seg.fd(),
+                    &core.cons_state.0,
+                    CONSUMER,
+                    self.stale,
+                ) {
+                    PeerState::Closed | PeerState::Dead => Some(Err(SendError::Disconnected)),
+                    PeerState::NotYet | PeerState::Alive => None,
+                }
+            }
+        }
+    }
+
+    /// Sends `msg`, waiting asynchronously while the ring is full. Same
+    /// results as [`send`](Self::send).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the message is written and published in the poll that
+    /// returns `Ready(Ok)`, or not at all; a dropped future sent nothing.
+    pub fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
+        SendFuture {
+            tx: self,
+            msg,
+            park: Park::default(),
+        }
+    }
+
+    /// A `futures_sink::Sink` of byte messages (`&[u8]`, `Vec<u8>`),
+    /// borrowing the sender. `poll_ready` waits for a free slot;
+    /// `start_send` then cannot find the ring full; flush and close are
+    /// no-ops (a sent message is already visible).
+    pub fn sink(&mut self) -> SendSink<'_> {
+        SendSink {
+            tx: self,
+            park: Park::default(),
+        }
+    }
+}
+
+/// Future of [`Sender::send_async`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct SendFuture<'a> {
+    tx: &'a mut Sender,
+    msg: &'a [u8],
+    park: Park,
+}
+
+impl Future for SendFuture<'_> {
+    type Output = Result<(), SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // SAFETY: used only within this call, while `this.tx` is borrowed.
+        let core = unsafe { this.tx.sh.core_detached() };
+        let (tx, msg) = (&mut *this.tx, this.msg);
+        this.park
+            .poll(cx, send_target(core), |_| match tx.try_send(msg) {
+                Err(SendError::Full) => None,
+                r => Some(r),
+            })
+    }
+}
+
+impl Drop for SendFuture<'_> {
+    fn drop(&mut self) {
+        self.park.done(send_target(self.tx.sh.core()));
+    }
+}
+
+/// A `Sink` of messages into a [`Sender`] ([`Sender::sink`]).
+#[must_use = "sinks do nothing unless polled"]
+#[derive(Debug)]
+pub struct SendSink<'a> {
+    tx: &'a mut Sender,
+    park: Park,
+}
+
+impl SendSink<'_> {
+    fn ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        // SAFETY: used only within this call, while `self.tx` is borrowed.
+        let core = unsafe { self.tx.sh.core_detached() };
+        let tx = &mut *self.tx;
+        self.park.poll(cx, send_target(core), |_| tx.poll_room())
+    }
+}
+
+impl<B: AsRef<[u8]>> futures_sink::Sink<B> for SendSink<'_> {
+    type Error = SendError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.get_mut().ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: B) -> Result<(), SendError> {
+        // After `poll_ready` said ready this cannot be `Full`: only we fill
+        // the ring. Without it, `Full` is the honest answer.
+        self.get_mut().tx.try_send(item.as_ref())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for SendSink<'_> {
+    fn drop(&mut self) {
+        self.park.done(send_target(self.tx.sh.core()));
+    }
+}
