@@ -385,11 +385,17 @@ fn stat_marks_lock_holders_of_another_uid_as_foreign() {
         r#"
 $S create v --size 4KiB --mode 644
 # Read access is enough to take the lock that counts as an attachment.
-runuser -u nobody -- flock -s /dev/shm/shmkit.v sleep 2 &
+# The holder keeps the lock until we are done (bounded: 20 s).
+done_file=/tmp/shmkit-test-foreign-$$
+rm -f "$done_file"
+runuser -u nobody -- flock -s /dev/shm/shmkit.v sh -c \
+  'i=0; while [ ! -e "$1" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done' _ "$done_file" &
 i=0; while [ $i -lt 200 ] && ! $S stat v | grep -q '^attached: *1$'; do sleep 0.05; i=$((i+1)); done
 step stat $S stat v
 step json $S stat v --json
+touch "$done_file"
 wait
+rm -f "$done_file"
 "#,
     ) else {
         return;
