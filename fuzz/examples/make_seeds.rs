@@ -3,7 +3,9 @@
 //! raw target starts from these instead of having to find a checksum.
 
 fn main() {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "seeds/segment_raw".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "seeds/segment_raw".into());
     std::fs::create_dir_all(&dir).expect("create seed dir");
     for (name, bytes) in shmkit_fuzz::seeds::all() {
         let path = format!("{dir}/{name}");

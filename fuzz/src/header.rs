@@ -144,36 +144,41 @@ impl Fields {
     }
 }
 
+/// Panics unless this encoder and parser agree with the library's on a
+/// sample header. Run once per fuzzing process (and by `cargo test`), so
+/// a format change cannot silently turn every input into a checksum error.
+pub fn check_against_library() {
+    use shmkit::segment::{Fingerprint, Header, Kind, Lifetime};
+    let h = Header {
+        kind: Kind::Ring,
+        lifetime: Lifetime::UntilLastDetach,
+        mode: 0o640,
+        creator_pid: 4242,
+        created_at_ns: 123_456_789,
+        data_len: 8192,
+        fingerprint: Fingerprint::of::<u64>(),
+        params: [1, 2, 3, 4, 5, 6, 7, 8],
+    };
+    let lib = h.encode();
+    let mut f = Fields::new(kind::RING, 8192);
+    f.lifetime = 1;
+    f.mode = 0o640;
+    f.pid = 4242;
+    f.created_ns = 123_456_789;
+    f.fp = [h.fingerprint.size, h.fingerprint.align, h.fingerprint.hash];
+    f.params = h.params;
+    let ours = f.encode();
+    assert_eq!(&lib[..ours.len()], &ours[..], "header encoders disagree");
+    let parsed = Fields::parse(lib[..CHECKED].try_into().expect("CHECKED bytes"));
+    assert_eq!(parsed, f, "header parsers disagree");
+    let (back, _) = Header::decode("t", "n", &lib, HEADER_SIZE + 8192).expect("decodes");
+    assert_eq!(back, h);
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use shmkit::segment::{Fingerprint, Header, Kind, Lifetime};
-
     #[test]
     fn matches_the_library() {
-        let h = Header {
-            kind: Kind::Ring,
-            lifetime: Lifetime::UntilLastDetach,
-            mode: 0o640,
-            creator_pid: 4242,
-            created_at_ns: 123_456_789,
-            data_len: 8192,
-            fingerprint: Fingerprint::of::<u64>(),
-            params: [1, 2, 3, 4, 5, 6, 7, 8],
-        };
-        let lib = h.encode();
-        let mut f = Fields::new(kind::RING, 8192);
-        f.lifetime = 1;
-        f.mode = 0o640;
-        f.pid = 4242;
-        f.created_ns = 123_456_789;
-        f.fp = [h.fingerprint.size, h.fingerprint.align, h.fingerprint.hash];
-        f.params = h.params;
-        let ours = f.encode();
-        assert_eq!(&lib[..ours.len()], &ours[..]);
-        let parsed = Fields::parse(lib[..CHECKED].try_into().unwrap());
-        assert_eq!(parsed, f);
-        let (back, _) = Header::decode("t", "n", &lib, HEADER_SIZE + 8192).unwrap();
-        assert_eq!(back, h);
+        super::check_against_library();
     }
 }

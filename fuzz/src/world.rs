@@ -186,10 +186,13 @@ pub fn hot_words(kind: Kind, p: &[u64; 8], len: u64) -> Vec<u64> {
             v.extend((0..8).map(|i| i * 128));
             let (cap, max, prefix) = (p[0], p[1], p[2]);
             if prefix > 0 {
-                let stride = prefix.saturating_add(max).div_ceil(prefix).saturating_mul(prefix);
+                let stride = prefix
+                    .saturating_add(max)
+                    .div_ceil(prefix)
+                    .saturating_mul(prefix);
                 for i in 0..cap.min(64) {
                     let s = 4096u64.saturating_add(i.saturating_mul(stride));
-                    v.extend([s, s + 8]);
+                    v.extend([s, s.saturating_add(8)]);
                 }
             }
         }
@@ -206,12 +209,16 @@ pub fn hot_words(kind: Kind, p: &[u64; 8], len: u64) -> Vec<u64> {
             }
             let meta_off = (queue_off + q * 4).div_ceil(64) * 64;
             for i in 0..slots.min(64) {
-                v.extend([meta_off + i * 64, meta_off + i * 64 + 8, meta_off + i * 64 + 16]);
+                v.extend([
+                    meta_off + i * 64,
+                    meta_off + i * 64 + 8,
+                    meta_off + i * 64 + 16,
+                ]);
             }
         }
         _ => v.extend([0, 8, 16]),
     }
-    v.retain(|&o| o + 8 <= len);
+    v.retain(|&o| o.saturating_add(8) <= len);
     v
 }
 
@@ -304,7 +311,11 @@ impl<'s> World<'s> {
     }
 
     fn check_sample(&self, len: usize) {
-        assert!(len as u64 <= self.limit, "sample of {len} > slot size {}", self.limit);
+        assert!(
+            len as u64 <= self.limit,
+            "sample of {len} > slot size {}",
+            self.limit
+        );
     }
 
     fn step(&mut self, subs: &mut Subs<'_>, op: Op) {
@@ -336,7 +347,11 @@ impl<'s> World<'s> {
             }
             5 => {
                 if let Some(s) = &self.sem {
-                    let _ = if x % 2 == 0 { s.post() } else { s.post_n(x >> 1) };
+                    let _ = if x % 2 == 0 {
+                        s.post()
+                    } else {
+                        s.post_n(x >> 1)
+                    };
                 }
             }
             6 => {
@@ -361,7 +376,11 @@ impl<'s> World<'s> {
             }
             10 | 11 if self.lock_mutex => {
                 if let Some(m) = &self.mtx {
-                    let r = if op.code % OPS == 10 { m.try_lock() } else { m.lock_timeout(zero) };
+                    let r = if op.code % OPS == 10 {
+                        m.try_lock()
+                    } else {
+                        m.lock_timeout(zero)
+                    };
                     match r {
                         Ok(mut g) => *g = g.wrapping_add(y),
                         Err(LockError::OwnerDied(mut g)) => {
@@ -493,7 +512,12 @@ impl<'s> World<'s> {
                                 let _ = (*v, v.missed());
                             }
                         }
-                        let _ = (s.raw().len(), s.raw().is_empty(), s.raw().peer(), s.raw().index());
+                        let _ = (
+                            s.raw().len(),
+                            s.raw().is_empty(),
+                            s.raw().peer(),
+                            s.raw().index(),
+                        );
                     }
                 }
             }
@@ -561,7 +585,8 @@ impl<'s> World<'s> {
             return;
         }
         let bytes = y.to_le_bytes();
-        p.write_at(at, &bytes[..w as usize]).expect("poke in bounds");
+        p.write_at(at, &bytes[..w as usize])
+            .expect("poke in bounds");
     }
 }
 
@@ -622,7 +647,7 @@ fn open_sub(name: &str, typed: bool) -> Option<Sub> {
 
 /// Event mode from a byte.
 pub fn event_mode(b: u8) -> EventMode {
-    if b % 2 == 0 {
+    if b.is_multiple_of(2) {
         EventMode::AutoReset
     } else {
         EventMode::ManualReset
