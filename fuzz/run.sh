@@ -10,7 +10,8 @@
 # on /dev/shm (nothing else on the machine can see or collect the
 # fuzzer's segments, and the fuzzer's `list` sees no one else's).
 set -euo pipefail
-cd "$(dirname "$0")"
+self=$(readlink -f "$0")
+cd "$(dirname "$self")"
 secs=${1:-30}
 shift || true
 targets=("$@")
@@ -23,7 +24,7 @@ if [ "${SHMKIT_FUZZ_NS:-}" != 1 ] && [ "$(id -u)" = 0 ] && command -v unshare >/
   unshare -m -i true 2>/dev/null; then
   export SHMKIT_FUZZ_NS=1
   exec unshare -m -i -- bash -c 'mount -t tmpfs -o size=4G tmpfs /dev/shm && exec "$0" "$@"' \
-    "$0" "$secs" "${targets[@]}"
+    "$self" "$secs" "${targets[@]}"
 fi
 # One build for all targets (ASan is cargo-fuzz's default sanitizer).
 cargo fuzz build
@@ -47,7 +48,7 @@ run_all() {
     cargo fuzz run "$t" "corpus/$t" "seeds/$t" "regressions/$t" -- \
       -max_total_time="$secs" -timeout=20 -rss_limit_mb=3000 \
       -print_final_stats=1 $(opts "$t") >"$log" 2>&1 || rc=$?
-    grep -E '^(#[0-9]+ +(INITED|DONE)|stat::number_of_executed_units|stat::average_exec_per_sec|Done )' "$log" || true
+    grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units|stat::average_exec_per_sec|Done )' "$log" || true
     if [ "$rc" -ne 0 ]; then
       tail -n 60 "$log"
       echo "FAIL: $t crashed (exit $rc); the input is saved under fuzz/artifacts/$t/"

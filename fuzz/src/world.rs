@@ -134,14 +134,15 @@ pub struct World<'s> {
     tx: Option<Tx>,
     rx: Option<Rx>,
     publ: Option<Pub>,
-    /// `params[1]` of the header (a ring's max message, a pool's slot
-    /// size) once a channel endpoint validated it.
-    limit: u64,
+    /// `params[1]` of the header (a pool's slot size): no sample may be
+    /// longer. `None` if the raw open failed (then nothing opened).
+    limit: Option<u64>,
 }
 
 /// Runs every library call that reads a segment by name without
 /// attaching a role: stat, a read-only open with the `describe`/`stats`
-/// paths the CLI's `ls`/`stat` use, and (if `list`) the full listing.
+/// paths the CLI's `ls`/`stat` use, and (if `list`) the full listing and
+/// a `gc` dry run.
 pub fn inspect(name: &str, list: bool) {
     if let Ok(info) = segment::stat(name) {
         let _ = (info.size(), info.created_at(), info.marked, info.pids.len());
@@ -159,6 +160,8 @@ pub fn inspect(name: &str, list: bool) {
                 let _ = (i.size(), &i.header);
             }
         }
+        // A dry run reports what `gc` would collect, removing nothing.
+        let _ = segment::gc(true);
     }
 }
 
@@ -251,14 +254,14 @@ impl<'s> World<'s> {
             tx: None,
             rx: None,
             publ: None,
-            limit: 0,
+            limit: None,
         };
         w.open_sync();
         w.tx = open_tx(name, false).or_else(|| open_tx(name, true));
         w.rx = open_rx(name, false).or_else(|| open_rx(name, true));
         w.publ = open_pub(name, false).or_else(|| open_pub(name, true));
         if let Some(p) = &w.poker {
-            w.limit = p.header().params[1];
+            w.limit = Some(p.header().params[1]);
         }
         w
     }
@@ -311,11 +314,9 @@ impl<'s> World<'s> {
     }
 
     fn check_sample(&self, len: usize) {
-        assert!(
-            len as u64 <= self.limit,
-            "sample of {len} > slot size {}",
-            self.limit
-        );
+        if let Some(limit) = self.limit {
+            assert!(len as u64 <= limit, "sample of {len} > slot size {limit}");
+        }
     }
 
     fn step(&mut self, subs: &mut Subs<'_>, op: Op) {
