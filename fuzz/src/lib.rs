@@ -227,6 +227,16 @@ fn patch_body(u: &mut Unstructured<'_>, s: &Scratch) -> std::io::Result<()> {
         let sel: u8 = u.arbitrary().unwrap_or(0);
         let off: u32 = u.arbitrary().unwrap_or(0);
         let v: u64 = u.arbitrary().unwrap_or(0);
+        if sel & 8 != 0 {
+            // A scribbled range: `v` repeated over up to the whole area.
+            let start = u64::from(off) % len;
+            let n = (v >> 40) % (len - start) + 1;
+            if h.kind == header::kind::MUTEX && !world::outside_glibc(start, n) {
+                continue;
+            }
+            world::fill(&f, HEADER_SIZE + start, n, v)?;
+            continue;
+        }
         let w = [8u64, 4, 2, 1][usize::from(sel % 4)];
         if len < w {
             continue;

@@ -29,7 +29,7 @@ pub struct Op {
 }
 
 /// Number of distinct operation codes.
-pub const OPS: u8 = 34;
+pub const OPS: u8 = 35;
 
 /// Deepest nesting of held samples.
 const MAX_DEPTH: u32 = 4;
@@ -567,6 +567,22 @@ impl<'s> World<'s> {
                 self.mtx_any = None;
                 self.open_sync();
             }
+            34 => {
+                // Scribble a range through the file (a peer's memset).
+                let Some(p) = &self.poker else { return };
+                let len = p.len() as u64;
+                if len == 0 {
+                    return;
+                }
+                let start = u64::from(x) % len;
+                let n = (y >> 40) % (len - start) + 1;
+                if p.kind() == Kind::Mutex && !outside_glibc(start, n) {
+                    return;
+                }
+                if let Ok(f) = self.scratch.edit() {
+                    let _ = fill(&f, HEADER_SIZE + start, n, y);
+                }
+            }
             _ => {}
         }
     }
@@ -609,6 +625,20 @@ impl<'a> Subs<'a> {
 
 /// An open subscriber (raw or typed).
 pub struct SubHandle(Sub);
+
+/// Writes `n` bytes at file offset `at`: the 8 bytes of `v`, repeated.
+pub fn fill(f: &std::fs::File, at: u64, n: u64, v: u64) -> std::io::Result<()> {
+    let chunk: Vec<u8> = (0..n.min(1 << 16))
+        .map(|i| (v >> (8 * (i % 8))) as u8)
+        .collect();
+    let mut done = 0;
+    while done < n {
+        let k = (n - done).min(chunk.len() as u64);
+        f.write_all_at(&chunk[..k as usize], at + done)?;
+        done += k;
+    }
+    Ok(())
+}
 
 fn payload(len: usize, y: u64) -> Vec<u8> {
     (0..len).map(|i| (y >> (8 * (i % 8))) as u8).collect()
