@@ -260,6 +260,30 @@ fn patch_body(u: &mut Unstructured<'_>, s: &Scratch) -> std::io::Result<()> {
         }
         f.write_all_at(&v.to_le_bytes()[..w as usize], HEADER_SIZE + at)?;
     }
+    if h.kind == header::kind::MUTEX && len >= world::MUTEX_OWNER_WORD + 4 {
+        // The lock word (owner tid, FUTEX_OWNER_DIED, FUTEX_WAITERS) and
+        // glibc's owner field: held, dead-owner and unrecoverable states.
+        let sel: u8 = u.arbitrary().unwrap_or(0);
+        let word: u32 = u.arbitrary().unwrap_or(0);
+        if sel & 1 != 0 {
+            let word = match sel >> 1 & 3 {
+                0 => word,
+                1 => word | 0x4000_0000,
+                2 => std::process::id() | (word & 0xc000_0000),
+                _ => 0x4000_0000 | (word & 0x3fff_ffff),
+            };
+            f.write_all_at(&word.to_le_bytes(), HEADER_SIZE + world::MUTEX_LOCK_WORD)?;
+        }
+        if sel & 8 != 0 {
+            let owner: u32 = u.arbitrary().unwrap_or(0);
+            let owner = if sel & 16 != 0 {
+                0x7fff_ffff - (owner % 2)
+            } else {
+                owner
+            };
+            f.write_all_at(&owner.to_le_bytes(), HEADER_SIZE + world::MUTEX_OWNER_WORD)?;
+        }
+    }
     Ok(())
 }
 
