@@ -51,7 +51,7 @@ run_all() {
     grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units|stat::average_exec_per_sec|Done )' "$log" || true
     if [ "$rc" -ne 0 ]; then
       tail -n 60 "$log"
-      echo "FAIL: $t crashed (exit $rc); the input is saved under fuzz/artifacts/$t/"
+      echo "FAIL: $t failed (exit $rc: crash, hang, OOM or build error); a failing input is saved under fuzz/artifacts/$t/"
       return 1
     fi
   done
