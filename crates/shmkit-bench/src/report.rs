@@ -360,7 +360,7 @@ impl Report {
             crate::plan::FIXED_RATES
                 .iter()
                 .map(|(size, rate)| format!(
-                    "{} at {} /s",
+                    "{} at {}",
                     size_label(*size),
                     fmt_rate(*rate as f64)
                 ))
