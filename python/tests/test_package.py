@@ -45,9 +45,6 @@ def test_rust_messages_are_kept(name):
         raise AssertionError("no error")
 
 
-@pytest.mark.xfail(
-    reason="needs the segment layer's no-space check (issue 8, developed in parallel); "
-    "the binding maps it (and ENOSPC) to NoSpace once present", strict=False)
 def test_no_space_is_raised_when_dev_shm_is_full(name):
     """A segment larger than /dev/shm's free space is NoSpace at creation,
     not a SIGBUS when it is touched (cpython #114389)."""
@@ -57,7 +54,7 @@ def test_no_space_is_raised_when_dev_shm_is_full(name):
     try:
         seg = shmkit.Segment.create(name, free + (1 << 30))
     except shmkit.NoSpace as e:
-        assert "space" in str(e).lower() or "No space" in str(e)
+        assert "does not fit" in str(e) and "/dev/shm has" in str(e), str(e)
         return
     # The library may reserve lazily: then this platform does not detect
     # it at creation. Fail loudly rather than pass silently.
