@@ -359,11 +359,7 @@ impl Report {
              against it.\n",
             crate::plan::FIXED_RATES
                 .iter()
-                .map(|(size, rate)| format!(
-                    "{} at {}",
-                    size_label(*size),
-                    fmt_rate(*rate as f64)
-                ))
+                .map(|(size, rate)| format!("{} at {}", size_label(*size), fmt_rate(*rate as f64)))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
