@@ -9,28 +9,15 @@
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p shmkit --lib
 //! --release channel::loom_batch`
 
-use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
 
-use super::ring::{ConsCursor, ProdCursor, RingCore, Stuck};
+use super::loom_tests::Ring;
+use super::ring::{ConsCursor, ProdCursor, Stuck};
 use crate::primitive::{spin_hint, AtomicU64};
 
-struct Ring {
-    core: RingCore,
-    stamps: [AtomicU64; 2],
-    slots: [UnsafeCell<u64>; 2],
-}
-
+/// Helpers for the batch models.
 impl Ring {
-    fn new() -> Ring {
-        Ring {
-            core: RingCore::new(),
-            stamps: [AtomicU64::new(0), AtomicU64::new(0)],
-            slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
-        }
-    }
-
     fn stamp(&self, pos: u64) -> &AtomicU64 {
         &self.stamps[(pos & 1) as usize]
     }

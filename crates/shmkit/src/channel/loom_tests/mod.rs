@@ -23,14 +23,15 @@ use crate::primitive::{now, spin_hint, AtomicU64, Ordering};
 
 mod pubsub;
 
-struct Ring {
-    core: RingCore,
-    stamps: [AtomicU64; 2],
-    slots: [UnsafeCell<u64>; 2],
+/// A two-slot ring on the heap (also used by `loom_batch`).
+pub(super) struct Ring {
+    pub(super) core: RingCore,
+    pub(super) stamps: [AtomicU64; 2],
+    pub(super) slots: [UnsafeCell<u64>; 2],
 }
 
 impl Ring {
-    fn new() -> Ring {
+    pub(super) fn new() -> Ring {
         Ring {
             core: RingCore::new(),
             stamps: [AtomicU64::new(0), AtomicU64::new(0)],
