@@ -155,21 +155,52 @@ fn reserve(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
 
 /// Gives the unnamed file `fd` the name `file_name`. Fails with `EEXIST`
 /// if the name is taken: this is the atomic "create new" step.
+///
+/// `linkat(fd, "", AT_EMPTY_PATH)` links the descriptor directly. Linux
+/// allows it to a process with `CAP_DAC_READ_SEARCH` and, since 6.10, to
+/// the process whose credentials opened the file (our `O_TMPFILE`); older
+/// kernels refuse anyone else with `ENOENT`. The fallback is the same
+/// link through the `/proc/self/fd/N` magic link (any user, but a procfs
+/// path walk per call). Which one works is remembered per process, so a
+/// refused `AT_EMPTY_PATH` costs one extra system call once.
 pub fn publish(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
-    let dir = dir()?;
-    // Through /proc (works for every user); AT_EMPTY_PATH needs
-    // CAP_DAC_READ_SEARCH, so it is only the fallback when /proc is absent.
-    let proc_path = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
-    match fs::linkat(
-        fs::CWD,
-        proc_path.as_str(),
-        dir,
-        file_name,
-        AtFlags::SYMLINK_FOLLOW,
-    ) {
-        Err(Errno::NOENT) => fs::linkat(fd, "", dir, file_name, AtFlags::EMPTY_PATH),
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Whether `AT_EMPTY_PATH` was refused here (a hint: both ways are
+    /// correct, so Relaxed suffices).
+    static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
+    let direct = || link_direct(fd, file_name);
+    let via_proc = || link_via_proc(fd, file_name);
+    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        match direct() {
+            // No capability (or credentials changed since the open): use
+            // /proc from now on.
+            Err(Errno::NOENT) => EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed),
+            other => return other,
+        }
+        return via_proc();
+    }
+    match via_proc() {
+        // No /proc (or the process gained the capability): try directly.
+        Err(Errno::NOENT) => direct(),
         other => other,
     }
+}
+
+/// `linkat(fd, "", AT_EMPTY_PATH)`: see [`publish`].
+fn link_direct(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+    fs::linkat(fd, "", dir()?, file_name, AtFlags::EMPTY_PATH)
+}
+
+/// `linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW)`: see [`publish`].
+fn link_via_proc(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+    let proc_path = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
+    fs::linkat(
+        fs::CWD,
+        proc_path.as_str(),
+        dir()?,
+        file_name,
+        AtFlags::SYMLINK_FOLLOW,
+    )
 }
 
 /// Opens the named shm file, read-write or read-only, never blocking and
@@ -319,4 +350,38 @@ pub fn names_with_prefix(prefix: &str) -> Result<Vec<String>, Errno> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both publication paths give the unnamed file its name, atomically
+    /// refusing a taken one. (Which one `publish` uses depends on the
+    /// kernel and the capabilities; both must work.)
+    #[test]
+    fn both_link_paths_publish_and_refuse_a_taken_name() {
+        type Link = fn(BorrowedFd<'_>, &str) -> Result<(), Errno>;
+        let paths: [(&str, Link); 2] = [("direct", link_direct), ("proc", link_via_proc)];
+        for (how, link) in paths {
+            let file = format!("shmkit.unit-link-{how}-{}", std::process::id());
+            let fd = create_unnamed(0o600, 4096).unwrap();
+            match link(fd.as_fd(), &file) {
+                Ok(()) => {}
+                // AT_EMPTY_PATH refused (kernel < 6.10 without
+                // CAP_DAC_READ_SEARCH): `publish` falls back to /proc.
+                Err(Errno::NOENT) if how == "direct" => {
+                    eprintln!("linkat(AT_EMPTY_PATH) refused here: fallback path only");
+                    continue;
+                }
+                Err(e) => panic!("{how}: {e}"),
+            }
+            let id = info_of(&fs::fstat(&fd).unwrap()).id;
+            assert_eq!(id_of_name(&file).unwrap(), id, "{how}");
+            let other = create_unnamed(0o600, 4096).unwrap();
+            assert_eq!(link(other.as_fd(), &file), Err(Errno::EXIST), "{how}");
+            assert_eq!(publish(other.as_fd(), &file), Err(Errno::EXIST), "{how}");
+            unlink(&file).unwrap();
+        }
+    }
 }
