@@ -32,6 +32,7 @@ pub struct SegmentBuilder<'a> {
     pub(super) open_timeout: Duration,
     pub(super) any_owner: bool,
     pub(super) sparse: bool,
+    pub(super) huge: bool,
 }
 
 impl std::fmt::Debug for SegmentBuilder<'_> {
@@ -43,6 +44,7 @@ impl std::fmt::Debug for SegmentBuilder<'_> {
             .field("lifetime", &self.lifetime)
             .field("kind", &self.kind)
             .field("sparse", &self.sparse)
+            .field("huge", &self.huge)
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +122,54 @@ impl<'a> SegmentBuilder<'a> {
         self
     }
 
+    /// Back a new segment with transparent huge pages (default `false`).
+    ///
+    /// The shm directory must be a tmpfs that gives new files huge pages
+    /// (mounted with `huge=always` or `huge=within_size`, or
+    /// `shmem_enabled` set to `force`) and has a size limit; otherwise
+    /// `create` fails with [`Error::InvalidArgument`] saying why, before
+    /// creating anything. The data area is rounded up so that header and
+    /// data fill whole huge pages ([`Segment::len`] reports the rounded
+    /// size), and the memory is reserved as always, so a full mount is
+    /// [`Error::NoSpace`] at creation, never SIGBUS later (hence not with
+    /// [`sparse`](SegmentBuilder::sparse)). Fewer page faults and TLB
+    /// misses: for 16 MiB frames, see BENCHMARKS.md "Huge pages". Openers
+    /// need nothing special.
+    pub fn huge_pages(mut self, huge: bool) -> Self {
+        self.huge = huge;
+        self
+    }
+
+    /// The data size a create with these options makes: `size`, or with
+    /// [`huge_pages`](SegmentBuilder::huge_pages), `size` rounded up so
+    /// that the file is a whole number of huge pages.
+    fn data_len(&self, op: &'static str, size: u64) -> Result<u64> {
+        if !self.huge {
+            return Ok(size);
+        }
+        let refuse = |reason: String| Error::InvalidArgument {
+            op,
+            name: self.name.clone(),
+            reason,
+        };
+        if self.sparse {
+            return Err(refuse(
+                "huge pages need the reservation: not with sparse".into(),
+            ));
+        }
+        let page = match shm::huge_support().map_err(|e| Error::from_errno(op, &self.name, e))? {
+            shm::HugeSupport::Yes { page_size } => page_size.max(header::HEADER_SIZE),
+            shm::HugeSupport::No(why) => {
+                return Err(refuse(format!("no huge pages for segments here: {why}")))
+            }
+        };
+        header::HEADER_SIZE
+            .checked_add(size)
+            .and_then(|t| t.checked_next_multiple_of(page))
+            .map(|t| t - header::HEADER_SIZE)
+            .ok_or_else(|| refuse(format!("size {size} is too large")))
+    }
+
     /// How long `open` waits for a segment that another process holds
     /// exclusively while deciding whether to delete it (default 2 s).
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
@@ -182,7 +232,10 @@ impl<'a> SegmentBuilder<'a> {
             match this.open_inner(OP) {
                 Err(Error::NotFound { .. }) => continue,
                 Ok(seg) => {
-                    let want = this.size.unwrap_or(seg.len() as u64);
+                    let want = match this.size {
+                        Some(n) => this.data_len(OP, n)?,
+                        None => seg.len() as u64,
+                    };
                     if want != seg.len() as u64 {
                         return Err(Error::InvalidArgument {
                             op: OP,
@@ -216,7 +269,7 @@ impl<'a> SegmentBuilder<'a> {
                     reason: "a new segment needs a size greater than zero".into(),
                 })
             }
-            Some(n) => n,
+            Some(n) => self.data_len(op, n)?,
         };
         if self.mode & !0o777 != 0 {
             return Err(Error::InvalidArgument {

@@ -109,6 +109,7 @@ impl Segment {
             open_timeout: Duration::from_secs(2),
             any_owner: false,
             sparse: false,
+            huge: false,
         }
     }
 

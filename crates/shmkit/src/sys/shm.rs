@@ -61,6 +61,105 @@ pub fn space() -> Result<Space, Errno> {
     })
 }
 
+/// Why the shm directory cannot hold a huge-page segment, or its huge
+/// page size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HugeSupport {
+    /// Transparent huge pages back new files there; segments should fill
+    /// whole pages of this many bytes.
+    Yes {
+        /// The PMD huge page size (`hpage_pmd_size`, 2 MiB on x86-64).
+        page_size: u64,
+    },
+    /// Not possible, and why (a sentence for the error message).
+    No(String),
+}
+
+/// Whether files created in the shm directory get transparent huge pages:
+/// a tmpfs mounted with `huge=always` or `huge=within_size` (or any tmpfs
+/// when `shmem_enabled` is `force`), not `deny`, and with a size limit
+/// (`size=0`, unlimited, is refused: there a full machine would only be
+/// found by the page allocator, not as `ENOSPC` by the reservation).
+pub fn huge_support() -> Result<HugeSupport, Errno> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    let no = |why: String| Ok(HugeSupport::No(why));
+    let sys = |f: &str| {
+        std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{f}"))
+            .unwrap_or_default()
+    };
+    let fs = fs::fstatfs(dir()?)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
+    match fs.f_type as i64 {
+        TMPFS_MAGIC => {}
+        HUGETLBFS_MAGIC => {
+            return no(format!(
+                "{SHM_DIR} is a hugetlbfs, which shmkit does not support (no pwrite/pread \
+                 there); mount a tmpfs with huge=always instead"
+            ))
+        }
+        t => return no(format!("{SHM_DIR} is not a tmpfs (f_type {t:#x})")),
+    }
+    let policy = sys("shmem_enabled");
+    if policy.contains("[deny]") {
+        return no(
+            "transparent huge pages are disabled for every tmpfs (shmem_enabled is deny)".into(),
+        );
+    }
+    let force = policy.contains("[force]");
+    let mount_huge =
+        mount_huge_option(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    if !force && !matches!(mount_huge.as_deref(), Some("always" | "within_size")) {
+        return no(format!(
+            "the tmpfs on {SHM_DIR} is mounted with huge={} (needs always or within_size: \
+             mount -o remount,huge=within_size {SHM_DIR})",
+            mount_huge.as_deref().unwrap_or("never")
+        ));
+    }
+    if space()?.total == 0 {
+        return no(format!(
+            "the tmpfs on {SHM_DIR} has no size limit (size=0): mount it with a size so that \
+             a full file system is an error at creation"
+        ));
+    }
+    let page_size = sys("hpage_pmd_size").trim().parse().unwrap_or(2 << 20);
+    Ok(HugeSupport::Yes { page_size })
+}
+
+/// The `huge=` option of the mount that holds [`SHM_DIR`], from
+/// `/proc/self/mountinfo` text: the last (topmost) mount whose mount point
+/// is the longest prefix of the directory. `None` when absent (`never`).
+pub fn mount_huge_option(mountinfo: &str) -> Option<String> {
+    let mut best: Option<(usize, Option<String>)> = None;
+    for line in mountinfo.lines() {
+        // id parent maj:min root mount-point opts [optional...] - fstype source super-opts
+        let mut fields = line.split(' ');
+        let Some(point) = fields.nth(4) else { continue };
+        let covers = SHM_DIR == point
+            || point == "/"
+            || SHM_DIR
+                .strip_prefix(point)
+                .is_some_and(|r| r.starts_with('/'));
+        if !covers {
+            continue;
+        }
+        let Some((_, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let huge = tail
+            .split(' ')
+            .nth(2)
+            .unwrap_or("")
+            .split(',')
+            .find_map(|o| o.strip_prefix("huge="))
+            .map(str::to_owned);
+        if best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
+            best = Some((point.len(), huge));
+        }
+    }
+    best.and_then(|(_, h)| h)
+}
+
 /// Fails with `EFBIG` when a file of `size` bytes would pass this
 /// process's `RLIMIT_FSIZE` (`ulimit -f`): growing past it would raise
 /// SIGXFSZ, which kills by default, so the library never tries.
@@ -355,6 +454,20 @@ pub fn names_with_prefix(prefix: &str) -> Result<Vec<String>, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_topmost_longest_mount_decides_the_huge_option() {
+        let info = "22 1 0:20 / / rw - ext4 /dev/vda rw\n\
+                    30 22 0:25 / /dev rw - devtmpfs udev rw\n\
+                    31 30 0:26 / /dev/shm rw,nosuid - tmpfs tmpfs rw,size=65536k\n\
+                    40 31 0:40 / /dev/shm rw - tmpfs tmpfs rw,size=1048576k,huge=always\n\
+                    41 22 0:41 / /dev/shmother rw - tmpfs tmpfs rw,huge=never\n";
+        assert_eq!(mount_huge_option(info).as_deref(), Some("always"));
+        let lower = info.lines().take(3).collect::<Vec<_>>().join("\n");
+        assert_eq!(mount_huge_option(&lower), None);
+        let within = "1 0 0:1 / / rw - tmpfs tmpfs rw,huge=within_size,size=8m\n";
+        assert_eq!(mount_huge_option(within).as_deref(), Some("within_size"));
+    }
 
     /// Both publication paths give the unnamed file its name, atomically
     /// refusing a taken one. (Which one `publish` uses depends on the
