@@ -4,7 +4,8 @@
 # (tmpfs huge=always). Each run gets its own private mount namespace with
 # a fresh tmpfs mounted over /dev/shm, so the machine's /dev/shm is never
 # touched. The two kinds alternate round by round (load changes hit both);
-# the table gives the median over rounds and the ratio huge / 4 KiB.
+# the table gives the median over rounds (min–max) and the ratio of the
+# medians, huge / 4 KiB.
 # Needs root (unshare -m, mount).
 #
 #   benchmarks/hugepages.sh [ROUNDS] [FRAMES]
@@ -44,7 +45,9 @@ for key, label in [("create_ms", "create (reserve 64 MiB), ms"),
                    ("first_pass_ms", "first 4 frames (cold slots, faults), ms"),
                    ("steady_gbps", "steady 16 MiB frames, GB/s"),
                    ("shmem_pmd_mapped_kb", "ShmemPmdMapped during the run, KiB")]:
-    a, b = st.median(rows["never"][key]), st.median(rows["always"][key])
+    na, nb = rows["never"][key], rows["always"][key]
+    a, b = st.median(na), st.median(nb)
     ratio = f"{b / a:.2f}" if a else "-"
-    print(f"| {label} | {a:.3f} | {b:.3f} | {ratio} |")
+    span = lambda v: f"{st.median(v):.3f} ({min(v):.3f}–{max(v):.3f})"
+    print(f"| {label} | {span(na)} | {span(nb)} | {ratio} |")
 PY
