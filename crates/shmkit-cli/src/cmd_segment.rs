@@ -28,6 +28,11 @@ pub struct CreateArgs {
     /// page when /dev/shm is full is killed by SIGBUS.
     #[arg(long)]
     pub sparse: bool,
+    /// Raw only: back the segment with transparent huge pages. /dev/shm
+    /// must be a size-limited tmpfs mounted with huge=always or
+    /// huge=within_size; the size is rounded up to whole huge pages.
+    #[arg(long, conflicts_with = "sparse")]
+    pub huge: bool,
 }
 
 /// Parses an octal mode like `600` or `0640`.
@@ -50,6 +55,7 @@ pub fn create_raw(a: &CreateArgs) -> CliResult {
         .size(size)
         .mode(a.mode)
         .sparse(a.sparse)
+        .huge_pages(a.huge)
         .create()?;
     seg.detach()?;
     Ok(())

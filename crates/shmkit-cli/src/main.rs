@@ -92,6 +92,9 @@ fn run(cli: Cli) -> CliResult {
                     "create: --sparse is for raw segments (channels reserve their memory)",
                 ));
             }
+            if a.base.huge && !matches!(a.kind, cmd_channel::CreateKind::Raw) {
+                return Err(CliError::usage("create: --huge is for raw segments"));
+            }
             cmd_channel::create_cmd(&a)
         }
         Command::Write(a) => cmd_segment::write(&a),

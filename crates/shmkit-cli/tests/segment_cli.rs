@@ -275,6 +275,35 @@ fn usage_errors_exit_2_with_one_line() {
 }
 
 #[test]
+fn create_huge_is_checked_before_anything_is_created() {
+    let n = Name::new("huge");
+    fails(
+        shmkit(&["create", &n.0, "--size", "1", "--huge", "--sparse"]),
+        2,
+    );
+    let e = fails(
+        shmkit(&["create", &n.0, "--size", "1", "--huge", "--kind", "ring"]),
+        2,
+    );
+    assert!(e.contains("--huge is for raw segments"), "{e}");
+    // On this machine's /dev/shm: refused with the reason, or (a huge
+    // tmpfs) created with the size rounded to whole huge pages.
+    let out = shmkit(&["create", &n.0, "--size", "1", "--huge"]);
+    match shmkit::sys::shm::huge_support().unwrap() {
+        shmkit::sys::shm::HugeSupport::No(why) => {
+            let e = fails(out, 1);
+            assert!(e.contains("no huge pages") && e.contains(&why), "{e}");
+            assert!(shmkit::segment::stat(&n.0).unwrap_err().is_not_found());
+        }
+        shmkit::sys::shm::HugeSupport::Yes { page_size } => {
+            ok(out);
+            let size = shmkit::segment::stat(&n.0).unwrap().file_size;
+            assert_eq!(size % page_size, 0, "not rounded");
+        }
+    }
+}
+
+#[test]
 fn create_existing_fails() {
     let n = Name::new("dup");
     ok(shmkit(&["create", &n.0, "--size", "1"]));

@@ -191,6 +191,57 @@ fn until_last_detach_goes_with_the_last_handle() {
     assert!(!name.exists());
 }
 
+/// Whether the page at `addr` is mapped in this process's page tables
+/// (`/proc/self/pagemap`, bit 63), i.e. whether it was faulted in.
+fn page_present(addr: usize) -> bool {
+    use std::os::unix::fs::FileExt;
+    let page = 4096;
+    let mut entry = [0u8; 8];
+    std::fs::File::open("/proc/self/pagemap")
+        .unwrap()
+        .read_exact_at(&mut entry, (addr / page * 8) as u64)
+        .unwrap();
+    u64::from_le_bytes(entry) >> 63 == 1
+}
+
+/// The header is written and read with `pwrite`/`pread`, never through
+/// the mapping: a page fault (and the page table entry `munmap` must then
+/// clear) costs more than the system call. Create, open and the data page
+/// stay untouched until the program touches them.
+#[test]
+fn a_life_cycle_never_faults_the_header_page_in() {
+    for lifetime in [Lifetime::Persistent, Lifetime::UntilLastDetach] {
+        let name = Name::new("nofault");
+        let a = Segment::builder(&name)
+            .size(4096)
+            .lifetime(lifetime)
+            .create()
+            .unwrap();
+        let b = Segment::open(&name).unwrap();
+        for (who, seg) in [("creator", &a), ("opener", &b)] {
+            let header_page = seg.as_ptr() as usize - 4096;
+            assert!(
+                !page_present(header_page),
+                "{lifetime:?}: the {who}'s header page was faulted in"
+            );
+            assert!(!page_present(seg.as_ptr() as usize), "{who}: data page");
+        }
+        // A write fault maps that page only (no fault-around on writes),
+        // unless /dev/shm gives huge pages (then one fault maps 2 MiB).
+        b.write_at(0, b"x").unwrap();
+        assert!(page_present(b.as_ptr() as usize));
+        if matches!(
+            shmkit::sys::shm::huge_support(),
+            Ok(shmkit::sys::shm::HugeSupport::No(_))
+        ) {
+            assert!(!page_present(b.as_ptr() as usize - 4096));
+        }
+        assert!(!b.detach().unwrap());
+        let removed = a.detach().unwrap();
+        assert_eq!(removed, lifetime == Lifetime::UntilLastDetach);
+    }
+}
+
 #[test]
 fn remove_when_unused_deletes_at_once_when_nobody_is_attached() {
     let name = Name::new("rwu");

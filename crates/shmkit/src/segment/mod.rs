@@ -109,6 +109,7 @@ impl Segment {
             open_timeout: Duration::from_secs(2),
             any_owner: false,
             sparse: false,
+            huge: false,
         }
     }
 
@@ -357,6 +358,23 @@ pub(crate) fn flags_word(map: &Mapping) -> &AtomicU32 {
     unsafe { &*(map.as_ptr().add(header::FLAGS_OFFSET) as *const AtomicU32) }
 }
 
+/// Whether the segment is marked for removal, read after our `flock`
+/// unlock. With `pread` (the kernel copies the word after the unlock
+/// returned, so after the lock operation that orders us with the marker):
+/// reading it through the mapping would fault the header page in, which
+/// nothing else in a plain life cycle does, and a page table entry makes
+/// the `munmap` dearer. The mapping is the fallback if `pread` fails.
+fn marked_after_unlock(fd: &OwnedFd, map: &Mapping) -> bool {
+    let mut word = [0u8; 4];
+    let flags = match shm::read_at(fd.as_fd(), &mut word, header::FLAGS_OFFSET as u64) {
+        Ok(4) => u32::from_le_bytes(word),
+        // Acquire: pairs with the SeqCst fetch_or of the marker, as the
+        // kernel's lock ordering does for the `pread`.
+        _ => flags_word(map).load(Ordering::Acquire),
+    };
+    flags & header::FLAG_MARKED != 0
+}
+
 /// The detach protocol (the caller then closes the fd and unmaps).
 /// Returns whether it deleted the segment.
 fn detach_protocol(
@@ -372,15 +390,15 @@ fn detach_protocol(
         // A persistent segment is due only if marked, so no exclusive
         // probe in the common case: our attachment ends here.
         flock::unlock(fd.as_fd()).map_err(err)?;
-        // Then the mark. Acquire: pairs with the SeqCst fetch_or in
-        // `remove_when_unused`, which stores the mark *before* its own
-        // exclusive attempt. If that attempt failed because of our shared
-        // lock, it came before our unlock in the kernel's order of lock
-        // operations on this file, so we see the mark here and do the
+        // Then the mark. `remove_when_unused` stores it (SeqCst fetch_or)
+        // *before* its own exclusive attempt. If that attempt failed
+        // because of our shared lock, it came before our unlock in the
+        // kernel's order of lock operations on this file (one spinlock),
+        // and our read, made after the unlock, sees the mark: we do the
         // collection it left to the last detacher. If it came after our
         // unlock, it saw us gone and deleted the segment itself (our
         // collection then finds nothing, or another file under the name).
-        if flags_word(map).load(Ordering::Acquire) & header::FLAG_MARKED == 0 {
+        if !marked_after_unlock(fd, map) {
             return Ok(false);
         }
         return registry::collect_if_same(name, id);

@@ -12,6 +12,45 @@ pub fn current_pid() -> u32 {
     rustix::process::getpid().as_raw_nonzero().get() as u32
 }
 
+/// This process's pid, from a per-process cache: no system call after the
+/// first. For informational records only (the creator pid in a segment
+/// header), never for liveness or ownership decisions: a child made by a
+/// raw `clone`/`vfork` system call that bypasses libc's `fork` (so skips
+/// the `pthread_atfork` handler that resets the cache) would see its
+/// parent's pid here.
+pub fn cached_pid() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Once;
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static REGISTER: Once = Once::new();
+    extern "C" fn forget_in_child() {
+        // Relaxed: the child is single-threaded when this runs.
+        PID.store(0, Ordering::Relaxed);
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: registers a child handler that only stores to an atomic
+        // (async-signal-safe, no allocation); no prepare/parent handler.
+        // A failure (ENOMEM) leaves no handler: then never cache.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) };
+        if rc != 0 {
+            PID.store(u32::MAX, Ordering::Relaxed);
+        }
+    });
+    // Relaxed: the value is the same for every thread of this process;
+    // a stale 0 only costs a getpid.
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let pid = current_pid();
+            // Relaxed: see above. compare_exchange so the "no handler"
+            // marker (u32::MAX) is never overwritten.
+            let _ = PID.compare_exchange(0, pid, Ordering::Relaxed, Ordering::Relaxed);
+            pid
+        }
+        u32::MAX => current_pid(),
+        pid => pid,
+    }
+}
+
 /// This thread's id (the value the kernel's robust-futex ABI stores).
 pub fn current_tid() -> u32 {
     rustix::thread::gettid().as_raw_nonzero().get() as u32
@@ -113,6 +152,28 @@ mod tests {
         };
         assert_eq!(m.get(&id), Some(&vec![4242, 4243]));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn cached_pid_is_ours_and_reset_in_a_forked_child() {
+        assert_eq!(cached_pid(), current_pid());
+        assert_eq!(cached_pid(), current_pid());
+        // SAFETY: the child only calls getpid (through cached_pid, which
+        // is an atomic load, a getpid and an atomic store) and _exit.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            let ok = cached_pid() == current_pid() && cached_pid() != 0;
+            // SAFETY: ends the forked child without running Rust cleanup.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child saw its parent's pid"
+        );
     }
 
     #[test]

@@ -61,6 +61,105 @@ pub fn space() -> Result<Space, Errno> {
     })
 }
 
+/// Why the shm directory cannot hold a huge-page segment, or its huge
+/// page size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HugeSupport {
+    /// Transparent huge pages back new files there; segments should fill
+    /// whole pages of this many bytes.
+    Yes {
+        /// The PMD huge page size (`hpage_pmd_size`, 2 MiB on x86-64).
+        page_size: u64,
+    },
+    /// Not possible, and why (a sentence for the error message).
+    No(String),
+}
+
+/// Whether files created in the shm directory get transparent huge pages:
+/// a tmpfs mounted with `huge=always` or `huge=within_size` (or any tmpfs
+/// when `shmem_enabled` is `force`), not `deny`, and with a size limit
+/// (`size=0`, unlimited, is refused: there a full machine would only be
+/// found by the page allocator, not as `ENOSPC` by the reservation).
+pub fn huge_support() -> Result<HugeSupport, Errno> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    let no = |why: String| Ok(HugeSupport::No(why));
+    let sys = |f: &str| {
+        std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{f}"))
+            .unwrap_or_default()
+    };
+    let fs = fs::fstatfs(dir()?)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
+    match fs.f_type as i64 {
+        TMPFS_MAGIC => {}
+        HUGETLBFS_MAGIC => {
+            return no(format!(
+                "{SHM_DIR} is a hugetlbfs, which shmkit does not support (no pwrite/pread \
+                 there); mount a tmpfs with huge=always instead"
+            ))
+        }
+        t => return no(format!("{SHM_DIR} is not a tmpfs (f_type {t:#x})")),
+    }
+    let policy = sys("shmem_enabled");
+    if policy.contains("[deny]") {
+        return no(
+            "transparent huge pages are disabled for every tmpfs (shmem_enabled is deny)".into(),
+        );
+    }
+    let force = policy.contains("[force]");
+    let mount_huge =
+        mount_huge_option(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    if !force && !matches!(mount_huge.as_deref(), Some("always" | "within_size")) {
+        return no(format!(
+            "the tmpfs on {SHM_DIR} is mounted with huge={} (needs always or within_size: \
+             mount -o remount,huge=within_size {SHM_DIR})",
+            mount_huge.as_deref().unwrap_or("never")
+        ));
+    }
+    if space()?.total == 0 {
+        return no(format!(
+            "the tmpfs on {SHM_DIR} has no size limit (size=0): mount it with a size so that \
+             a full file system is an error at creation"
+        ));
+    }
+    let page_size = sys("hpage_pmd_size").trim().parse().unwrap_or(2 << 20);
+    Ok(HugeSupport::Yes { page_size })
+}
+
+/// The `huge=` option of the mount that holds [`SHM_DIR`], from
+/// `/proc/self/mountinfo` text: the last (topmost) mount whose mount point
+/// is the longest prefix of the directory. `None` when absent (`never`).
+pub fn mount_huge_option(mountinfo: &str) -> Option<String> {
+    let mut best: Option<(usize, Option<String>)> = None;
+    for line in mountinfo.lines() {
+        // id parent maj:min root mount-point opts [optional...] - fstype source super-opts
+        let mut fields = line.split(' ');
+        let Some(point) = fields.nth(4) else { continue };
+        let covers = SHM_DIR == point
+            || point == "/"
+            || SHM_DIR
+                .strip_prefix(point)
+                .is_some_and(|r| r.starts_with('/'));
+        if !covers {
+            continue;
+        }
+        let Some((_, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let huge = tail
+            .split(' ')
+            .nth(2)
+            .unwrap_or("")
+            .split(',')
+            .find_map(|o| o.strip_prefix("huge="))
+            .map(str::to_owned);
+        if best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
+            best = Some((point.len(), huge));
+        }
+    }
+    best.and_then(|(_, h)| h)
+}
+
 /// Fails with `EFBIG` when a file of `size` bytes would pass this
 /// process's `RLIMIT_FSIZE` (`ulimit -f`): growing past it would raise
 /// SIGXFSZ, which kills by default, so the library never tries.
@@ -155,21 +254,52 @@ fn reserve(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
 
 /// Gives the unnamed file `fd` the name `file_name`. Fails with `EEXIST`
 /// if the name is taken: this is the atomic "create new" step.
+///
+/// `linkat(fd, "", AT_EMPTY_PATH)` links the descriptor directly. Linux
+/// allows it to a process with `CAP_DAC_READ_SEARCH` and, since 6.10, to
+/// the process whose credentials opened the file (our `O_TMPFILE`); older
+/// kernels refuse anyone else with `ENOENT`. The fallback is the same
+/// link through the `/proc/self/fd/N` magic link (any user, but a procfs
+/// path walk per call). Which one works is remembered per process, so a
+/// refused `AT_EMPTY_PATH` costs one extra system call once.
 pub fn publish(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
-    let dir = dir()?;
-    // Through /proc (works for every user); AT_EMPTY_PATH needs
-    // CAP_DAC_READ_SEARCH, so it is only the fallback when /proc is absent.
-    let proc_path = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
-    match fs::linkat(
-        fs::CWD,
-        proc_path.as_str(),
-        dir,
-        file_name,
-        AtFlags::SYMLINK_FOLLOW,
-    ) {
-        Err(Errno::NOENT) => fs::linkat(fd, "", dir, file_name, AtFlags::EMPTY_PATH),
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Whether `AT_EMPTY_PATH` was refused here (a hint: both ways are
+    /// correct, so Relaxed suffices).
+    static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
+    let direct = || link_direct(fd, file_name);
+    let via_proc = || link_via_proc(fd, file_name);
+    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        match direct() {
+            // No capability (or credentials changed since the open): use
+            // /proc from now on.
+            Err(Errno::NOENT) => EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed),
+            other => return other,
+        }
+        return via_proc();
+    }
+    match via_proc() {
+        // No /proc (or the process gained the capability): try directly.
+        Err(Errno::NOENT) => direct(),
         other => other,
     }
+}
+
+/// `linkat(fd, "", AT_EMPTY_PATH)`: see [`publish`].
+fn link_direct(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+    fs::linkat(fd, "", dir()?, file_name, AtFlags::EMPTY_PATH)
+}
+
+/// `linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW)`: see [`publish`].
+fn link_via_proc(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+    let proc_path = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
+    fs::linkat(
+        fs::CWD,
+        proc_path.as_str(),
+        dir()?,
+        file_name,
+        AtFlags::SYMLINK_FOLLOW,
+    )
 }
 
 /// Opens the named shm file, read-write or read-only, never blocking and
@@ -319,4 +449,52 @@ pub fn names_with_prefix(prefix: &str) -> Result<Vec<String>, Errno> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topmost_longest_mount_decides_the_huge_option() {
+        let info = "22 1 0:20 / / rw - ext4 /dev/vda rw\n\
+                    30 22 0:25 / /dev rw - devtmpfs udev rw\n\
+                    31 30 0:26 / /dev/shm rw,nosuid - tmpfs tmpfs rw,size=65536k\n\
+                    40 31 0:40 / /dev/shm rw - tmpfs tmpfs rw,size=1048576k,huge=always\n\
+                    41 22 0:41 / /dev/shmother rw - tmpfs tmpfs rw,huge=never\n";
+        assert_eq!(mount_huge_option(info).as_deref(), Some("always"));
+        let lower = info.lines().take(3).collect::<Vec<_>>().join("\n");
+        assert_eq!(mount_huge_option(&lower), None);
+        let within = "1 0 0:1 / / rw - tmpfs tmpfs rw,huge=within_size,size=8m\n";
+        assert_eq!(mount_huge_option(within).as_deref(), Some("within_size"));
+    }
+
+    /// Both publication paths give the unnamed file its name, atomically
+    /// refusing a taken one. (Which one `publish` uses depends on the
+    /// kernel and the capabilities; both must work.)
+    #[test]
+    fn both_link_paths_publish_and_refuse_a_taken_name() {
+        type Link = fn(BorrowedFd<'_>, &str) -> Result<(), Errno>;
+        let paths: [(&str, Link); 2] = [("direct", link_direct), ("proc", link_via_proc)];
+        for (how, link) in paths {
+            let file = format!("shmkit.unit-link-{how}-{}", std::process::id());
+            let fd = create_unnamed(0o600, 4096).unwrap();
+            match link(fd.as_fd(), &file) {
+                Ok(()) => {}
+                // AT_EMPTY_PATH refused (kernel < 6.10 without
+                // CAP_DAC_READ_SEARCH): `publish` falls back to /proc.
+                Err(Errno::NOENT) if how == "direct" => {
+                    eprintln!("linkat(AT_EMPTY_PATH) refused here: fallback path only");
+                    continue;
+                }
+                Err(e) => panic!("{how}: {e}"),
+            }
+            let id = info_of(&fs::fstat(&fd).unwrap()).id;
+            assert_eq!(id_of_name(&file).unwrap(), id, "{how}");
+            let other = create_unnamed(0o600, 4096).unwrap();
+            assert_eq!(link(other.as_fd(), &file), Err(Errno::EXIST), "{how}");
+            assert_eq!(publish(other.as_fd(), &file), Err(Errno::EXIST), "{how}");
+            unlink(&file).unwrap();
+        }
+    }
 }
