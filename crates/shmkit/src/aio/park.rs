@@ -62,6 +62,7 @@ pub(crate) enum Check {
 /// Most spins a future makes before it goes pending (about 10 µs): a
 /// future must not hold its executor's thread long, so a larger
 /// `SpinThenSleep` budget, or `BusyPoll`, is capped to this.
+#[cfg(not(loom))]
 pub(crate) const MAX_SPINS: u32 = 2_000;
 
 /// The spin budget of an async wait on an endpoint with `strategy`: its

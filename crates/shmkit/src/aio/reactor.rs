@@ -69,16 +69,10 @@ pub(crate) const LINGER: Duration = Duration::from_secs(1);
 /// arm is covered without a kick.
 pub(crate) const LINGER_TICK: Duration = crate::channel::wait::SLICE;
 
-/// The process's unmap count (see "Lingering entries").
-#[cfg(not(loom))]
+/// The process's unmap count (see "Lingering entries"; the model tests
+/// map nothing, so it stays put there).
 fn unmap_gen() -> u64 {
     crate::sys::mmap::unmaps()
-}
-
-/// Model tests map nothing.
-#[cfg(loom)]
-fn unmap_gen() -> u64 {
-    0
 }
 
 /// One waiter thread's state.

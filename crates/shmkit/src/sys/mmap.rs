@@ -71,6 +71,7 @@ static UNMAPS: AtomicU64 = AtomicU64::new(0);
 /// How many [`Mapping`]s this process has unmapped. While it is unchanged,
 /// an address inside a mapping seen earlier still maps the same object (the
 /// async waiter threads rely on it to keep a futex word across futures).
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) fn unmaps() -> u64 {
     // SeqCst: pairs with the increment in `drop`, which precedes the
     // munmap (and so any new mapping at the same address).
