@@ -317,7 +317,7 @@ mod iox {
                 return Ok(v);
             }
             i = i.wrapping_add(1);
-            if i % 4096 == 0 && Instant::now() > deadline {
+            if i.is_multiple_of(4096) && Instant::now() > deadline {
                 return Err(format!("iceoryx2: no {what} within 10 s"));
             }
             std::hint::spin_loop();
