@@ -178,6 +178,13 @@ fn child(role: &str) {
 /// One ping-pong partner: `round_trip` does one and times it.
 trait Case {
     fn round_trip(&mut self) -> Duration;
+
+    /// `n` round trips, each timed. The async cases override it to run
+    /// them all in one `block_on` (as an async program would), so that
+    /// entering the runtime for every round trip is not counted.
+    fn round_trips(&mut self, n: u64) -> Vec<Duration> {
+        (0..n).map(|_| self.round_trip()).collect()
+    }
 }
 
 struct Kid(Child);
@@ -243,14 +250,21 @@ struct AsyncRingCase {
 
 impl Case for AsyncRingCase {
     fn round_trip(&mut self) -> Duration {
+        self.round_trips(1)[0]
+    }
+
+    fn round_trips(&mut self, n: u64) -> Vec<Duration> {
         let c = &mut self.inner;
         self.rt.block_on(async {
-            let t0 = Instant::now();
-            c.tx.send_async(&c.msg).await.unwrap();
-            let m = c.rx.recv_async().await.unwrap();
-            let d = t0.elapsed();
-            assert_eq!(m.len(), c.msg.len());
-            d
+            let mut out = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                c.tx.send_async(&c.msg).await.unwrap();
+                let m = c.rx.recv_async().await.unwrap();
+                out.push(t0.elapsed());
+                assert_eq!(m.len(), c.msg.len());
+            }
+            out
         })
     }
 }
@@ -307,12 +321,20 @@ impl Drop for NotifyCase {
 
 impl Case for NotifyCase {
     fn round_trip(&mut self) -> Duration {
+        self.round_trips(1)[0]
+    }
+
+    fn round_trips(&mut self, n: u64) -> Vec<Duration> {
         let (ping, pong) = (&self.ping, &self.pong);
         self.rt.block_on(async {
-            let t0 = Instant::now();
-            ping.notify_one();
-            pong.notified().await;
-            t0.elapsed()
+            let mut out = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                ping.notify_one();
+                pong.notified().await;
+                out.push(t0.elapsed());
+            }
+            out
         })
     }
 }
@@ -345,13 +367,21 @@ impl TokioUdsCase {
 
 impl Case for TokioUdsCase {
     fn round_trip(&mut self) -> Duration {
+        self.round_trips(1)[0]
+    }
+
+    fn round_trips(&mut self, n: u64) -> Vec<Duration> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (s, msg) = (&mut self.s, &mut self.msg);
         self.rt.block_on(async {
-            let t0 = Instant::now();
-            s.write_all(msg).await.unwrap();
-            s.read_exact(msg).await.unwrap();
-            t0.elapsed()
+            let mut out = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                s.write_all(msg).await.unwrap();
+                s.read_exact(msg).await.unwrap();
+                out.push(t0.elapsed());
+            }
+            out
         })
     }
 }
@@ -516,7 +546,7 @@ fn main() {
         let mut case = make(id);
         if samples.is_none() {
             c.bench_function(id, |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| case.round_trip()).sum())
+                b.iter_custom(|iters| case.round_trips(iters).into_iter().sum())
             });
         }
         let n = samples.unwrap_or(if quick() || id.ends_with("MiB") {
@@ -524,8 +554,10 @@ fn main() {
         } else {
             20_000
         });
-        let mut s: Vec<f64> = (0..n)
-            .map(|_| case.round_trip().as_secs_f64() * 1e6)
+        let mut s: Vec<f64> = case
+            .round_trips(n as u64)
+            .into_iter()
+            .map(|d| d.as_secs_f64() * 1e6)
             .collect();
         s.sort_by(f64::total_cmp);
         rows.push((id, s[s.len() / 2], s[s.len() * 99 / 100]));

@@ -60,6 +60,10 @@ pub(crate) const WORDS_PER_SHARD: usize = futex::WAITV_MAX - 1;
 /// Poll period of the fallback for kernels without `futex_waitv`.
 pub(crate) const FALLBACK_PERIOD: Duration = Duration::from_millis(1);
 
+/// On `EAGAIN`, the words are read one by one to fire only those that
+/// moved, up to this many; past it every word fires.
+const SELECTIVE_MAX: usize = 16;
+
 /// A lingering entry (no registration) is dropped after this long.
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
@@ -320,7 +324,6 @@ impl Shard {
             futex::waitv(&words, deadline)
         };
         let mut wake = Vec::new();
-        let mut fired_word = None;
         {
             let mut t = self.table.lock().unwrap();
             t.sleeping = None;
@@ -333,7 +336,17 @@ impl Shard {
                         // since: already fired.
                         if e.val == Some(v) && e.uid == uid {
                             e.fire(&mut wake, |_| true);
-                            fired_word = Some((addr, uid));
+                            // Keep waiting on the word, with the value a
+                            // waker leaves it at (`notify` bumps it by
+                            // one), so that the futures re-arming with it
+                            // (the next receive of a loop) are covered and
+                            // need no kick. A guess, not a load: if wrong,
+                            // the next wait fails at once (EAGAIN, below)
+                            // and the thread reads the real value; an arm
+                            // with another value is not covered and kicks.
+                            if e.val.is_none() {
+                                e.val = Some(v.wrapping_add(1));
+                            }
                         }
                     }
                 }
@@ -365,8 +378,9 @@ impl Shard {
                 // (EAGAIN): read them (fault-safe) and fire only the ones
                 // that moved, keeping their new value, as for a wake. Firing
                 // every word instead would drop the values kept for the
-                // next futures, and each of those would kick again.
-                WaitvOutcome::Changed => {
+                // next futures, and each of those would kick again. (One
+                // read per word: past `SELECTIVE_MAX` words, fire all.)
+                WaitvOutcome::Changed if list.len() <= SELECTIVE_MAX => {
                     for &(addr, v, uid) in &list {
                         let now = read_word(addr);
                         if now == Some(v) {
@@ -383,8 +397,9 @@ impl Shard {
                         }
                     }
                 }
-                // A signal, or a fallback period: every armed waiter checks.
-                WaitvOutcome::TimedOut => {
+                // A signal, a fallback period, or EAGAIN with many words:
+                // every armed waiter checks.
+                WaitvOutcome::Changed | WaitvOutcome::TimedOut => {
                     for e in &mut t.words {
                         e.fire(&mut wake, |_| true);
                     }
@@ -394,27 +409,7 @@ impl Shard {
         for w in wake {
             w.wake();
         }
-        if let Some((addr, uid)) = fired_word {
-            self.keep(addr, uid);
-        }
         true
-    }
-
-    /// After firing the waiters of `addr`: keep waiting on the word with
-    /// its new value (read through the kernel, see `futex::peek`), so that
-    /// the futures that re-arm with that value (the next receive of a
-    /// stream) find it covered and need no kick. Skipped if the value
-    /// cannot be read or someone armed meanwhile.
-    fn keep(&self, addr: usize, uid: u64) {
-        let Some(v) = read_word(addr) else {
-            return;
-        };
-        let mut t = self.table.lock().unwrap();
-        if let Some(e) = t.words.iter_mut().find(|e| e.addr == addr && e.uid == uid) {
-            if e.val.is_none() {
-                e.val = Some(v);
-            }
-        }
     }
 
     /// Without `futex_waitv`: sleep on `ctl` alone, for at most one
