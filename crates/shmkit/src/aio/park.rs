@@ -125,10 +125,10 @@ impl Park {
         target: Target<'_>,
         check: &mut impl FnMut(Check) -> Option<R>,
     ) -> Poll<R> {
-        let now = target.slice.map(|_| Instant::now());
-        let due = match (now, self.next_slice) {
-            (Some(now), Some(t)) => now >= t,
-            // First poll: one slow check at once (a peer already gone).
+        let due = match (target.slice, self.next_slice) {
+            (Some(_), Some(t)) => Instant::now() >= t,
+            // First poll: one slow check at once (a peer already gone);
+            // no clock read for a future that is ready at once.
             (Some(_), None) => true,
             _ => false,
         };
@@ -136,10 +136,8 @@ impl Park {
             self.done(target);
             return Poll::Ready(r);
         }
-        if let (Some(now), Some(s)) = (now, target.slice) {
-            if due {
-                self.next_slice = Some(now + s);
-            }
+        if let (Some(s), true) = (target.slice, due) {
+            self.next_slice = Some(Instant::now() + s);
         }
         // Bounded spin, as the blocking SpinThenSleep: a peer answering
         // within about a microsecond costs no wake at all. Not counted as
