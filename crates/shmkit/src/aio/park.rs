@@ -102,6 +102,7 @@ impl Registrar for super::reactor::Reactor {
 
 impl Park {
     /// Whether this future has announced itself (it was pending once).
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn is_waiting(&self) -> bool {
         self.counted || self.reg.is_some()
     }
