@@ -14,12 +14,22 @@
 //!   (every hand-off is a futex wake of a sleeping thread): the blocking
 //!   wake the async one is compared with;
 //! - `ring/blocking-default`: the same with the default spin-then-sleep;
-//! - `ring/async`: both ends tokio (current-thread runtime) with
-//!   `recv_async`/`send_async`: each hand-off goes through the waiter
-//!   thread (futex_waitv) and the executor's wake;
+//! - `ring/async-sleep`: both ends tokio (current-thread runtime) with
+//!   `recv_async`/`send_async`, `WaitStrategy::Sleep` (no spin): each
+//!   hand-off goes through the waiter thread (futex_waitv) and the
+//!   executor's wake; compared with `ring/blocking-sleep`;
+//! - `ring/async-default`: the same with the default strategy (the future
+//!   spins the same 200 times before it goes pending); compared with
+//!   `ring/blocking-default`;
+//! - `wake/tokio-notify`: two tokio current-thread runtimes on two threads
+//!   of this process ping-ponging through `tokio::sync::Notify`: the cost
+//!   of waking an executor from another thread, which every async
+//!   hand-off pays on top of the futex wake;
 //! - `uds/tokio`: a tokio `UnixStream` ping-pong (both ends tokio);
 //! - `rpc/call`: `Client::call` against a child `Server::serve`, 8 B and
-//!   1 MiB requests and replies;
+//!   1 MiB requests and replies, default strategy (both spin, then sleep);
+//! - `rpc/call-sleep`: the same at 8 B with `WaitStrategy::Sleep` on both
+//!   sides (compared with `ring/blocking-sleep`);
 //! - `uds/reqrep`: the same request/response over a blocking
 //!   `std::os::unix::net::UnixStream` with a length prefix.
 //!
@@ -82,27 +92,32 @@ fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
     s.read_exact(buf).is_ok()
 }
 
+/// The child's ends of a ring case, with the case's wait strategy.
+fn open_ring(role: &str, name: &str) -> (Receiver, Sender) {
+    let mut rx = Receiver::open(&format!("{name}.ping")).unwrap();
+    let mut tx = Sender::open(&format!("{name}.pong")).unwrap();
+    if role.ends_with("sleep") {
+        rx.set_wait_strategy(WaitStrategy::Sleep);
+        tx.set_wait_strategy(WaitStrategy::Sleep);
+    }
+    (rx, tx)
+}
+
 /// The echoing side of each case.
 fn child(role: &str) {
     let name = std::env::var(NAME).unwrap();
     let size: usize = std::env::var(SIZE).unwrap().parse().unwrap();
     match role {
         "ring-sleep" | "ring-default" => {
-            let mut rx = Receiver::open(&format!("{name}.ping")).unwrap();
-            let mut tx = Sender::open(&format!("{name}.pong")).unwrap();
-            if role == "ring-sleep" {
-                rx.set_wait_strategy(WaitStrategy::Sleep);
-                tx.set_wait_strategy(WaitStrategy::Sleep);
-            }
+            let (mut rx, mut tx) = open_ring(role, &name);
             while let Ok(m) = rx.recv() {
                 if tx.send(&m).is_err() {
                     break;
                 }
             }
         }
-        "ring-async" => current_thread().block_on(async {
-            let mut rx = Receiver::open(&format!("{name}.ping")).unwrap();
-            let mut tx = Sender::open(&format!("{name}.pong")).unwrap();
+        "ring-async-sleep" | "ring-async-default" => current_thread().block_on(async {
+            let (mut rx, mut tx) = open_ring(role, &name);
             while let Ok(m) = rx.recv_async().await {
                 if tx.send_async(&m).await.is_err() {
                     break;
@@ -121,14 +136,20 @@ fn child(role: &str) {
                 }
             }
         }),
-        "rpc-server" => {
+        "rpc-server" | "rpc-server-sleep" => {
+            let strategy = if role.ends_with("sleep") {
+                WaitStrategy::Sleep
+            } else {
+                WaitStrategy::default()
+            };
             let mut s = Server::create(
                 &name,
                 &RpcOptions::new()
                     .clients(1)
                     .max_request(size as u64)
                     .max_reply(size as u64)
-                    .remove_on_drop(false),
+                    .remove_on_drop(false)
+                    .wait_strategy(strategy),
             )
             .unwrap();
             // Reply with as many bytes as the request, read in place and
@@ -157,6 +178,13 @@ fn child(role: &str) {
 /// One ping-pong partner: `round_trip` does one and times it.
 trait Case {
     fn round_trip(&mut self) -> Duration;
+
+    /// `n` round trips, each timed. The async cases override it to run
+    /// them all in one `block_on` (as an async program would), so that
+    /// entering the runtime for every round trip is not counted.
+    fn round_trips(&mut self, n: u64) -> Vec<Duration> {
+        (0..n).map(|_| self.round_trip()).collect()
+    }
 }
 
 struct Kid(Child);
@@ -182,7 +210,7 @@ impl RingCase {
         let opts = RingOptions::new(4, size as u64);
         let mut tx = Sender::create(&format!("{name}.ping"), &opts).unwrap();
         let mut rx = Receiver::create(&format!("{name}.pong"), &opts).unwrap();
-        if role == "ring-sleep" {
+        if role.ends_with("sleep") {
             tx.set_wait_strategy(WaitStrategy::Sleep);
             rx.set_wait_strategy(WaitStrategy::Sleep);
         }
@@ -222,14 +250,91 @@ struct AsyncRingCase {
 
 impl Case for AsyncRingCase {
     fn round_trip(&mut self) -> Duration {
+        self.round_trips(1)[0]
+    }
+
+    fn round_trips(&mut self, n: u64) -> Vec<Duration> {
         let c = &mut self.inner;
         self.rt.block_on(async {
-            let t0 = Instant::now();
-            c.tx.send_async(&c.msg).await.unwrap();
-            let m = c.rx.recv_async().await.unwrap();
-            let d = t0.elapsed();
-            assert_eq!(m.len(), c.msg.len());
-            d
+            let mut out = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                c.tx.send_async(&c.msg).await.unwrap();
+                let m = c.rx.recv_async().await.unwrap();
+                out.push(t0.elapsed());
+                assert_eq!(m.len(), c.msg.len());
+            }
+            out
+        })
+    }
+}
+
+/// Two current-thread runtimes on two threads, ping-ponging through two
+/// `Notify`s: each round trip is two cross-thread executor wakes.
+struct NotifyCase {
+    rt: tokio::runtime::Runtime,
+    ping: std::sync::Arc<tokio::sync::Notify>,
+    pong: std::sync::Arc<tokio::sync::Notify>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NotifyCase {
+    fn new() -> NotifyCase {
+        use std::sync::Arc;
+        let ping = Arc::new(tokio::sync::Notify::new());
+        let pong = Arc::new(tokio::sync::Notify::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peer = {
+            let (ping, pong, stop) = (ping.clone(), pong.clone(), stop.clone());
+            std::thread::spawn(move || {
+                current_thread().block_on(async {
+                    loop {
+                        ping.notified().await;
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        pong.notify_one();
+                    }
+                })
+            })
+        };
+        NotifyCase {
+            rt: current_thread(),
+            ping,
+            pong,
+            stop,
+            peer: Some(peer),
+        }
+    }
+}
+
+impl Drop for NotifyCase {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.ping.notify_one();
+        if let Some(p) = self.peer.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+impl Case for NotifyCase {
+    fn round_trip(&mut self) -> Duration {
+        self.round_trips(1)[0]
+    }
+
+    fn round_trips(&mut self, n: u64) -> Vec<Duration> {
+        let (ping, pong) = (&self.ping, &self.pong);
+        self.rt.block_on(async {
+            let mut out = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                ping.notify_one();
+                pong.notified().await;
+                out.push(t0.elapsed());
+            }
+            out
         })
     }
 }
@@ -262,13 +367,21 @@ impl TokioUdsCase {
 
 impl Case for TokioUdsCase {
     fn round_trip(&mut self) -> Duration {
+        self.round_trips(1)[0]
+    }
+
+    fn round_trips(&mut self, n: u64) -> Vec<Duration> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (s, msg) = (&mut self.s, &mut self.msg);
         self.rt.block_on(async {
-            let t0 = Instant::now();
-            s.write_all(msg).await.unwrap();
-            s.read_exact(msg).await.unwrap();
-            t0.elapsed()
+            let mut out = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                s.write_all(msg).await.unwrap();
+                s.read_exact(msg).await.unwrap();
+                out.push(t0.elapsed());
+            }
+            out
         })
     }
 }
@@ -281,9 +394,15 @@ struct RpcCase {
 }
 
 impl RpcCase {
-    fn new(size: usize) -> RpcCase {
-        let name = name(&format!("rpc{size}"));
-        let kid = Kid(spawn("rpc-server", &name, size));
+    /// `sleep`: server and client wait with `WaitStrategy::Sleep`.
+    fn new(size: usize, sleep: bool) -> RpcCase {
+        let name = name(&format!("rpc{size}{}", if sleep { "s" } else { "" }));
+        let role = if sleep {
+            "rpc-server-sleep"
+        } else {
+            "rpc-server"
+        };
+        let kid = Kid(spawn(role, &name, size));
         let t0 = Instant::now();
         let c = loop {
             match Client::connect(&name) {
@@ -294,6 +413,10 @@ impl RpcCase {
                 Err(e) => panic!("{e}"),
             }
         };
+        let mut c = c;
+        if sleep {
+            c.set_wait_strategy(WaitStrategy::Sleep);
+        }
         RpcCase {
             c,
             size,
@@ -367,28 +490,37 @@ fn make(id: &str) -> Box<dyn Case> {
     match id {
         "ring/blocking-sleep/8" => Box::new(RingCase::new("ring-sleep", 8)),
         "ring/blocking-default/8" => Box::new(RingCase::new("ring-default", 8)),
-        "ring/async/8" => Box::new(AsyncRingCase {
-            inner: RingCase::new("ring-async", 8),
+        "ring/async-sleep/8" => Box::new(AsyncRingCase {
+            inner: RingCase::new("ring-async-sleep", 8),
             rt: current_thread(),
         }),
+        "ring/async-default/8" => Box::new(AsyncRingCase {
+            inner: RingCase::new("ring-async-default", 8),
+            rt: current_thread(),
+        }),
+        "wake/tokio-notify" => Box::new(NotifyCase::new()),
         "uds/tokio/8" => Box::new(TokioUdsCase::new(8)),
-        "rpc/call/8" => Box::new(RpcCase::new(8)),
-        "rpc/call/1MiB" => Box::new(RpcCase::new(1 << 20)),
+        "rpc/call/8" => Box::new(RpcCase::new(8, false)),
+        "rpc/call-sleep/8" => Box::new(RpcCase::new(8, true)),
+        "rpc/call/1MiB" => Box::new(RpcCase::new(1 << 20, false)),
         "uds/reqrep/8" => Box::new(UdsReqRepCase::new(8)),
         "uds/reqrep/1MiB" => Box::new(UdsReqRepCase::new(1 << 20)),
         _ => unreachable!(),
     }
 }
 
-const CASES: [&str; 8] = [
+const CASES: [&str; 11] = [
     "ring/blocking-sleep/8",
     "ring/blocking-default/8",
-    "ring/async/8",
+    "ring/async-sleep/8",
+    "ring/async-default/8",
+    "wake/tokio-notify",
     "uds/tokio/8",
     "rpc/call/8",
     "uds/reqrep/8",
     "rpc/call/1MiB",
     "uds/reqrep/1MiB",
+    "rpc/call-sleep/8",
 ];
 
 fn main() {
@@ -405,18 +537,27 @@ fn main() {
     let mut rows: Vec<(&str, f64, f64)> = Vec::new();
     // SHMKIT_BENCH_ONLY=ring: only the cases whose id contains "ring".
     let only = std::env::var("SHMKIT_BENCH_ONLY").unwrap_or_default();
+    // SHMKIT_BENCH_SAMPLES=N: no criterion, N timed round trips per case
+    // (for `strace -c` / `perf` counts per round trip).
+    let samples: Option<usize> = std::env::var("SHMKIT_BENCH_SAMPLES")
+        .ok()
+        .map(|v| v.parse().expect("SHMKIT_BENCH_SAMPLES: a number"));
     for id in CASES.into_iter().filter(|id| id.contains(only.as_str())) {
         let mut case = make(id);
-        c.bench_function(id, |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| case.round_trip()).sum())
-        });
-        let n = if quick() || id.ends_with("MiB") {
+        if samples.is_none() {
+            c.bench_function(id, |b| {
+                b.iter_custom(|iters| case.round_trips(iters).into_iter().sum())
+            });
+        }
+        let n = samples.unwrap_or(if quick() || id.ends_with("MiB") {
             2_000
         } else {
             20_000
-        };
-        let mut s: Vec<f64> = (0..n)
-            .map(|_| case.round_trip().as_secs_f64() * 1e6)
+        });
+        let mut s: Vec<f64> = case
+            .round_trips(n as u64)
+            .into_iter()
+            .map(|d| d.as_secs_f64() * 1e6)
             .collect();
         s.sort_by(f64::total_cmp);
         rows.push((id, s[s.len() / 2], s[s.len() * 99 / 100]));
@@ -436,16 +577,32 @@ fn main() {
     let p50 = |id: &str| rows.iter().find(|r| r.0 == id).map_or(f64::NAN, |r| r.1);
     println!("\n== ratios (p50; NaN: a case was filtered out) ==");
     println!(
-        "async wake / blocking wake (ring/async vs ring/blocking-sleep): {:.2}x (goal <= 1.3x)",
-        p50("ring/async/8") / p50("ring/blocking-sleep/8")
+        "async wake / blocking wake, no spin (async-sleep / blocking-sleep):  {:.2}x (goal <= 1.3x)",
+        p50("ring/async-sleep/8") / p50("ring/blocking-sleep/8")
     );
     println!(
-        "async shmkit / tokio UnixStream:                                 {:.2}x",
-        p50("ring/async/8") / p50("uds/tokio/8")
+        "async wake / blocking wake, spin (async-default / blocking-default): {:.2}x (goal <= 1.3x)",
+        p50("ring/async-default/8") / p50("ring/blocking-default/8")
     );
     println!(
-        "rpc 8 B / ring ping-pong (blocking-default):                     {:.2}x (goal <= 2x)",
+        "floor: (blocking-sleep + tokio-notify) / blocking-sleep:             {:.2}x",
+        (p50("ring/blocking-sleep/8") + p50("wake/tokio-notify")) / p50("ring/blocking-sleep/8")
+    );
+    println!(
+        "async shmkit (sleep) / tokio UnixStream:                             {:.2}x",
+        p50("ring/async-sleep/8") / p50("uds/tokio/8")
+    );
+    println!(
+        "rpc 8 B / ring ping-pong (blocking-default):                         {:.2}x (goal <= 2x)",
         p50("rpc/call/8") / p50("ring/blocking-default/8")
+    );
+    println!(
+        "rpc 8 B / ring ping-pong (blocking-sleep):                           {:.2}x (goal <= 2x)",
+        p50("rpc/call/8") / p50("ring/blocking-sleep/8")
+    );
+    println!(
+        "rpc 8 B, server and client sleeping / ring (blocking-sleep):         {:.2}x",
+        p50("rpc/call-sleep/8") / p50("ring/blocking-sleep/8")
     );
     println!(
         "rpc 8 B / Unix-socket request/response:                          {:.2}x",

@@ -330,3 +330,55 @@ fn async_server_and_clients() {
     blocking.join().unwrap();
     serving.abort();
 }
+
+/// Each server wait strategy answers every call, and the doorbell's count
+/// stays small: a request the server finds without sleeping on the bell
+/// (by its spin, or by a scan) takes its unit back, so a server that never
+/// sleeps (`BusyPoll`) does not let the count grow by one per call.
+#[test]
+fn server_strategies_answer_and_keep_the_doorbell_small() {
+    use shmkit::channel::WaitStrategy;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for (k, strategy) in [
+        WaitStrategy::Sleep,
+        WaitStrategy::default(),
+        WaitStrategy::BusyPoll,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = unique(&format!("rpc-strategy{k}"));
+        let _s = Service(name.clone());
+        let opts = RpcOptions::new().clients(2).wait_strategy(strategy);
+        let mut server = Server::create(&name, &opts).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let serving = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Relaxed: a stop request, polled.
+                while !stop.load(Ordering::Relaxed) {
+                    let deadline = Instant::now() + Duration::from_millis(20);
+                    match server.recv(Wait::Until(deadline)) {
+                        Ok((t, req)) => server.reply(t, &answer(&req)).unwrap(),
+                        Err(RpcError::Timeout) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                server
+            })
+        };
+        let mut c = connect_retry(&name);
+        for i in 0..5_000u64 {
+            let req = i.to_le_bytes();
+            let rep = c.call_timeout(&req, Duration::from_secs(30)).unwrap();
+            assert_eq!(rep, answer(&req), "{strategy:?}: call {i}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let server = serving.join().unwrap();
+        let bell = shmkit::sync::NamedSemaphore::open(&format!("{name}.rpc.bell")).unwrap();
+        let units = bell.value().unwrap();
+        assert!(units <= 2, "{strategy:?}: the doorbell holds {units} units");
+        drop(server);
+    }
+}

@@ -1,6 +1,6 @@
 //! Loom models of the async handshake, run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p shmkit
-//! --features async --lib --release aio::loom_tests`.
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p shmkit
+//! --features async --lib --release aio::loom_tests` (as in `.ci/run`).
 //!
 //! The real [`Park`], [`Shard`] (waiter thread pass, table, kick) and the
 //! real waking side ([`notify`]) run against loom's atomics and the model
@@ -22,9 +22,9 @@ use crate::sys::futex;
 struct ModelRegistrar(StdArc<Shard>);
 
 impl Registrar for ModelRegistrar {
-    fn register(&self, word: &AtomicU32) -> Registration {
+    fn register(&self, word: &AtomicU32, linger: bool) -> Registration {
         self.0
-            .try_add(word as *const AtomicU32 as usize)
+            .try_add(word as *const AtomicU32 as usize, linger)
             .expect("room")
     }
 }
@@ -54,6 +54,11 @@ struct Obj {
 /// sleeping on its waker between polls; `counted` says whether it
 /// announces itself in the sleeper count.
 fn await_progress(obj: &Obj, registrar: &ModelRegistrar, counted: bool) {
+    await_progress_to(obj, registrar, counted, 1);
+}
+
+/// [`await_progress`] until the progress reaches `want`.
+fn await_progress_to(obj: &Obj, registrar: &ModelRegistrar, counted: bool, want: u32) {
     let flag = StdArc::new(Flag(AtomicU32::new(0)));
     let waker = Waker::from(flag.clone());
     let mut cx = Context::from_waker(&waker);
@@ -62,13 +67,15 @@ fn await_progress(obj: &Obj, registrar: &ModelRegistrar, counted: bool) {
         word: &obj.word,
         sleepers: counted.then_some(&obj.sleepers),
         slice: None,
+        linger: true,
+        spins: 0,
     };
     loop {
         // Acquire: pairs with the Release bump in `Flag::wake_by_ref`.
         let seen = flag.0.load(Ordering::Acquire);
         let mut check = |_| {
             // Acquire: pairs with the notifier's Release store.
-            (obj.progress.load(Ordering::Acquire) == 1).then_some(())
+            (obj.progress.load(Ordering::Acquire) >= want).then_some(())
         };
         match park.poll_with(registrar, &mut cx, target, &mut check) {
             Poll::Ready(()) => break,
@@ -149,6 +156,46 @@ fn two_async_waiters_share_a_word() {
         notify(&obj.word, &obj.sleepers);
         await_progress(&obj, &ModelRegistrar(shard.clone()), true);
         other.join().unwrap();
+        shard.quit();
+        reactor.join().unwrap();
+        assert_eq!(obj.sleepers.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// The registration kept across futures (a lingering entry: the word's
+/// table entry outlives the first future, and the thread keeps waiting on
+/// the word's new value, so the second future may arm without a kick):
+/// two futures in a row on one word against two notifications, the second
+/// future is never lost either.
+#[test]
+fn lingering_registration_is_never_lost() {
+    loom::model(|| {
+        let obj = Arc::new(Obj {
+            progress: AtomicU32::new(0),
+            word: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+        });
+        let shard = StdArc::new(Shard::new(false));
+        let reactor = {
+            let shard = shard.clone();
+            thread::spawn(move || while shard.run_once() {})
+        };
+        let notifier = {
+            let obj = obj.clone();
+            thread::spawn(move || {
+                for i in 1..=2 {
+                    // Release: the waiter's Acquire check sees it.
+                    obj.progress.store(i, Ordering::Release);
+                    notify(&obj.word, &obj.sleepers);
+                }
+            })
+        };
+        let registrar = ModelRegistrar(shard.clone());
+        await_progress_to(&obj, &registrar, true, 1);
+        await_progress_to(&obj, &registrar, true, 2);
+        notifier.join().unwrap();
+        // The entry lingers after its last future (no registration).
+        assert_eq!(shard.words(), 0);
         shard.quit();
         reactor.join().unwrap();
         assert_eq!(obj.sleepers.load(Ordering::Relaxed), 0);

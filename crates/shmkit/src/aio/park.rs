@@ -37,6 +37,44 @@ pub(crate) struct Target<'a> {
     /// Re-check at least this often even without a wake (peer liveness,
     /// a wake lost to a crashed waker).
     pub(crate) slice: Option<Duration>,
+    /// The word lives in a shmkit segment mapping, so its registration
+    /// may outlive the future (see `reactor`, "Lingering entries"): the
+    /// next future on the same endpoint arms without a kick.
+    pub(crate) linger: bool,
+    /// Spin this many times (`Check::Spin` probes) before announcing
+    /// ourselves: the endpoint's `SpinThenSleep` budget, 0 for `Sleep`.
+    pub(crate) spins: u32,
+}
+
+/// What a poll's condition check is asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// A cheap probe inside the bounded spin: shared loads only, no
+    /// system call; `None` unless the operation can complete now.
+    Spin,
+    /// The full check.
+    Normal,
+    /// The full check plus the slow one (peer liveness), about once per
+    /// slice.
+    Slow,
+}
+
+/// Most spins a future makes before it goes pending (about 10 µs): a
+/// future must not hold its executor's thread long, so a larger
+/// `SpinThenSleep` budget, or `BusyPoll`, is capped to this.
+#[cfg(not(loom))]
+pub(crate) const MAX_SPINS: u32 = 2_000;
+
+/// The spin budget of an async wait on an endpoint with `strategy`: its
+/// `SpinThenSleep` spins (capped), none for `Sleep`.
+#[cfg(not(loom))]
+pub(crate) fn spins_for(strategy: crate::channel::WaitStrategy) -> u32 {
+    use crate::channel::WaitStrategy;
+    match strategy {
+        WaitStrategy::Sleep => 0,
+        WaitStrategy::SpinThenSleep { spins } => spins.min(MAX_SPINS),
+        WaitStrategy::BusyPoll => MAX_SPINS,
+    }
 }
 
 /// Per-future waiting state. Its owner's `Drop` calls [`Park::done`] with
@@ -52,30 +90,30 @@ pub(crate) struct Park {
 
 /// How a registration is made; the model tests use their own shard.
 pub(crate) trait Registrar {
-    fn register(&self, word: &AtomicU32) -> Registration;
+    fn register(&self, word: &AtomicU32, linger: bool) -> Registration;
 }
 
 #[cfg(not(loom))]
 impl Registrar for super::reactor::Reactor {
-    fn register(&self, word: &AtomicU32) -> Registration {
-        super::reactor::Reactor::register(self, word)
+    fn register(&self, word: &AtomicU32, linger: bool) -> Registration {
+        super::reactor::Reactor::register(self, word, linger)
     }
 }
 
 impl Park {
     /// Whether this future has announced itself (it was pending once).
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn is_waiting(&self) -> bool {
         self.counted || self.reg.is_some()
     }
 
-    /// One poll. `check(slow)` tests the condition; `slow` asks it to also
-    /// make the slow check (peer liveness), due about once per slice.
+    /// One poll. `check(how)` tests the condition (see [`Check`]).
     #[cfg(not(loom))]
     pub(crate) fn poll<R>(
         &mut self,
         cx: &mut Context<'_>,
         target: Target<'_>,
-        mut check: impl FnMut(bool) -> Option<R>,
+        mut check: impl FnMut(Check) -> Option<R>,
     ) -> Poll<R> {
         self.poll_with(super::reactor::Reactor::get(), cx, target, &mut check)
     }
@@ -86,22 +124,30 @@ impl Park {
         registrar: &impl Registrar,
         cx: &mut Context<'_>,
         target: Target<'_>,
-        check: &mut impl FnMut(bool) -> Option<R>,
+        check: &mut impl FnMut(Check) -> Option<R>,
     ) -> Poll<R> {
-        let now = target.slice.map(|_| Instant::now());
-        let due = match (now, self.next_slice) {
-            (Some(now), Some(t)) => now >= t,
-            // First poll: one slow check at once (a peer already gone).
+        let due = match (target.slice, self.next_slice) {
+            (Some(_), Some(t)) => Instant::now() >= t,
+            // First poll: one slow check at once (a peer already gone);
+            // no clock read for a future that is ready at once.
             (Some(_), None) => true,
             _ => false,
         };
-        if let Some(r) = check(due) {
+        if let Some(r) = check(if due { Check::Slow } else { Check::Normal }) {
             self.done(target);
             return Poll::Ready(r);
         }
-        if let (Some(now), Some(s)) = (now, target.slice) {
-            if due {
-                self.next_slice = Some(now + s);
+        if let (Some(s), true) = (target.slice, due) {
+            self.next_slice = Some(Instant::now() + s);
+        }
+        // Bounded spin, as the blocking SpinThenSleep: a peer answering
+        // within about a microsecond costs no wake at all. Not counted as
+        // a sleeper yet, so the peer skips its FUTEX_WAKE meanwhile.
+        for _ in 0..target.spins {
+            crate::primitive::spin_hint();
+            if let Some(r) = check(Check::Spin) {
+                self.done(target);
+                return Poll::Ready(r);
             }
         }
         loop {
@@ -114,21 +160,23 @@ impl Park {
                 self.counted = true;
             }
             fence(Ordering::SeqCst);
-            if let Some(r) = check(false) {
+            if let Some(r) = check(Check::Normal) {
                 self.done(target);
                 return Poll::Ready(r);
             }
             let reg = self
                 .reg
-                .get_or_insert_with(|| registrar.register(target.word));
+                .get_or_insert_with(|| registrar.register(target.word, target.linger));
             if reg.arm(target.word, seen, cx.waker(), self.next_slice) {
                 return Poll::Pending;
             }
         }
     }
 
-    /// Leaves: un-counts and unregisters. Called on completion and by the
-    /// owner's `Drop` (cancellation), with the target it polled.
+    /// Leaves: un-counts and unregisters (a lingering word stays in the
+    /// waiter thread's table for the endpoint's next future). Called on
+    /// completion and by the owner's `Drop` (cancellation), with the
+    /// target it polled.
     pub(crate) fn done(&mut self, target: Target<'_>) {
         self.reg = None;
         self.next_slice = None;

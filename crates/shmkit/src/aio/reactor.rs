@@ -23,6 +23,23 @@
 //! before, fails or wakes) and `FUTEX_WAKE`s it. Hence an armed waiter is
 //! always either covered by the running wait or will be seen by the next
 //! pass, and a change of its word after the arming read ends that wait.
+//!
+//! # Lingering entries
+//!
+//! A word inside a shmkit segment mapping (`linger`: the channels) keeps
+//! its entry, with its `uid`, when its last registration goes, so that the
+//! endpoint's next future joins the same entry and, if the thread's wait
+//! covers its value (`keep`), arms without a kick: a steady receive loop
+//! costs no control-word wake. A lingering entry is valid only while the
+//! address still maps the object it was made for; a registration vouches
+//! for that while it lives (its future borrows the endpoint), and when it
+//! goes it stamps the entry with the process's unmap count
+//! (`sys::mmap::unmaps`). A later registration reuses the entry only if no
+//! mapping was unmapped since; otherwise the entry is replaced (new `uid`,
+//! kick). Lingering entries are also dropped when idle for [`LINGER`] (at
+//! the thread's next pass), when a shard needs room, and on `EFAULT`. While
+//! the thread keeps waiting on a lingering word, its wait ends at least
+//! every [`LINGER_TICK`], so an arm with a slice tick is covered too.
 
 use std::sync::Arc;
 use std::task::Waker;
@@ -42,6 +59,25 @@ pub(crate) const WORDS_PER_SHARD: usize = futex::WAITV_MAX - 1;
 
 /// Poll period of the fallback for kernels without `futex_waitv`.
 pub(crate) const FALLBACK_PERIOD: Duration = Duration::from_millis(1);
+
+/// On `EAGAIN`, the words are read one by one to fire only those that
+/// moved, up to this many; past it every word fires.
+const SELECTIVE_MAX: usize = 16;
+
+/// A lingering entry (no registration) is dropped after this long.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
+
+/// While the thread waits on a word nobody is armed on (kept for the next
+/// future), its wait ends at least this often: no later than the tick of
+/// any channel future (their slice, `channel::wait::SLICE`), so such an
+/// arm is covered without a kick.
+pub(crate) const LINGER_TICK: Duration = crate::channel::wait::SLICE;
+
+/// The process's unmap count (see "Lingering entries"; the model tests
+/// map nothing, so it stays put there).
+fn unmap_gen() -> u64 {
+    crate::sys::mmap::unmaps()
+}
 
 /// One waiter thread's state.
 pub(crate) struct Shard {
@@ -63,6 +99,8 @@ struct Table {
     quit: bool,
     /// Passes of the thread's loop (tests read it to check idleness).
     passes: u64,
+    /// Kicks so far (tests: a steady receive loop needs none).
+    kicks: u64,
 }
 
 struct Sleeping {
@@ -83,6 +121,12 @@ struct WordEntry {
     /// (another futex key in the kernel), so a wait snapshot covers an arm
     /// only if it was taken of the same entry.
     uid: u64,
+    /// May outlive its registrations (module docs, "Lingering entries").
+    linger: bool,
+    /// The unmap count when a registration last vouched for the address.
+    gen: u64,
+    /// Since when the entry has had no registration (lingering).
+    idle_since: Option<Instant>,
 }
 
 struct Waiter {
@@ -95,6 +139,26 @@ struct Waiter {
 }
 
 impl WordEntry {
+    fn new(addr: usize, uid: u64, linger: bool, waiters: Vec<Waiter>) -> WordEntry {
+        WordEntry {
+            addr,
+            val: None,
+            waiters,
+            uid,
+            linger,
+            gen: unmap_gen(),
+            idle_since: None,
+        }
+    }
+
+    /// A lingering entry that may no longer be used: its address may map
+    /// another object now, or it has been idle too long.
+    fn expired(&self, gen: u64, now: Option<Instant>) -> bool {
+        self.waiters.is_empty()
+            && (self.gen != gen
+                || now.is_some_and(|n| self.idle_since.is_some_and(|t| n >= t + LINGER)))
+    }
+
     fn fire(&mut self, out: &mut Vec<Waker>, due: impl Fn(&Waiter) -> bool) {
         for w in &mut self.waiters {
             if w.waker.is_some() && due(w) {
@@ -119,11 +183,18 @@ impl Shard {
     }
 
     /// Whether the shard has room for `addr` (or has it already).
-    pub(crate) fn try_add(self: &Arc<Self>, addr: usize) -> Option<Registration> {
+    /// `linger`: the word is in a shmkit segment mapping (module docs).
+    pub(crate) fn try_add(self: &Arc<Self>, addr: usize, linger: bool) -> Option<Registration> {
+        let gen = unmap_gen();
         let mut t = self.table.lock().unwrap();
+        // A lingering entry from before an unmap may be another object.
+        t.words
+            .retain(|e| !(e.addr == addr && e.waiters.is_empty() && e.gen != gen));
         let has = t.words.iter().any(|e| e.addr == addr);
         if !has && t.words.len() >= WORDS_PER_SHARD {
-            return None;
+            // Make room by forgetting a lingering entry, if any.
+            let i = t.words.iter().position(|e| e.waiters.is_empty())?;
+            t.words.swap_remove(i);
         }
         t.next_id += 1;
         let id = t.next_id;
@@ -133,18 +204,17 @@ impl Shard {
             tick: None,
         };
         match t.words.iter_mut().find(|e| e.addr == addr) {
-            Some(e) => e.waiters.push(waiter),
-            None => t.words.push(WordEntry {
-                addr,
-                val: None,
-                waiters: vec![waiter],
-                uid: id,
-            }),
+            Some(e) => {
+                e.waiters.push(waiter);
+                e.idle_since = None;
+            }
+            None => t.words.push(WordEntry::new(addr, id, linger, vec![waiter])),
         }
         Some(Registration {
             shard: self.clone(),
             addr,
             id,
+            linger,
         })
     }
 
@@ -152,6 +222,7 @@ impl Shard {
     /// `FUTEX_WAKE` `ctl` after unlocking).
     fn kick_locked(&self, t: &mut Table) {
         t.sleeping = None;
+        t.kicks += 1;
         // Release: orders nothing by itself (the table mutex does); the
         // change of value is what ends the thread's wait.
         self.ctl.fetch_add(1, Ordering::Release);
@@ -167,15 +238,28 @@ impl Shard {
         futex::wake_all(&self.ctl);
     }
 
+    /// Kicks of the thread so far.
+    #[allow(dead_code)]
+    pub(crate) fn kicks(&self) -> u64 {
+        self.table.lock().unwrap().kicks
+    }
+
     /// Passes of the thread's loop so far.
     #[allow(dead_code)]
     pub(crate) fn passes(&self) -> u64 {
         self.table.lock().unwrap().passes
     }
 
-    /// Words registered now.
+    /// Words registered now (lingering entries not counted).
     #[allow(dead_code)]
     pub(crate) fn words(&self) -> usize {
+        let t = self.table.lock().unwrap();
+        t.words.iter().filter(|e| !e.waiters.is_empty()).count()
+    }
+
+    /// Entries in the table, lingering ones included.
+    #[allow(dead_code)]
+    pub(crate) fn entries(&self) -> usize {
         self.table.lock().unwrap().words.len()
     }
 
@@ -189,6 +273,10 @@ impl Shard {
                 return false;
             }
             t.passes += 1;
+            // Lingering entries that may map another object now, or idle
+            // too long, leave before we hand addresses to the kernel.
+            let (gen, now) = (unmap_gen(), Instant::now());
+            t.words.retain(|e| !e.expired(gen, Some(now)));
             // Relaxed: kicks bump it under this lock, which we hold.
             let ctl = self.ctl.load(Ordering::Relaxed);
             let list: Vec<(usize, u32, u64)> = t
@@ -196,13 +284,25 @@ impl Shard {
                 .iter()
                 .filter_map(|e| e.val.map(|v| (e.addr, v, e.uid)))
                 .collect();
-            let deadline = t
+            let ticks = t
                 .words
                 .iter()
                 .flat_map(|e| &e.waiters)
                 .filter(|w| w.waker.is_some())
                 .filter_map(|w| w.tick)
                 .min();
+            // A word kept with nobody armed: wake by `LINGER_TICK`, so a
+            // future arming it with its slice tick is covered (and idle
+            // lingering entries get pruned).
+            let kept = t
+                .words
+                .iter()
+                .any(|e| e.val.is_some() && e.waiters.iter().all(|w| w.waker.is_none()));
+            let deadline = match (ticks, kept) {
+                (d, false) => d,
+                (None, true) => Some(now + LINGER_TICK),
+                (Some(d), true) => Some(d.min(now + LINGER_TICK)),
+            };
             t.sleeping = Some(Sleeping {
                 words: list.clone(),
                 deadline,
@@ -224,7 +324,6 @@ impl Shard {
             futex::waitv(&words, deadline)
         };
         let mut wake = Vec::new();
-        let mut fired_word = None;
         {
             let mut t = self.table.lock().unwrap();
             t.sleeping = None;
@@ -237,7 +336,17 @@ impl Shard {
                         // since: already fired.
                         if e.val == Some(v) && e.uid == uid {
                             e.fire(&mut wake, |_| true);
-                            fired_word = Some((addr, uid));
+                            // Keep waiting on the word, with the value a
+                            // waker leaves it at (`notify` bumps it by
+                            // one), so that the futures re-arming with it
+                            // (the next receive of a loop) are covered and
+                            // need no kick. A guess, not a load: if wrong,
+                            // the next wait fails at once (EAGAIN, below)
+                            // and the thread reads the real value; an arm
+                            // with another value is not covered and kicks.
+                            if e.val.is_none() {
+                                e.val = Some(v.wrapping_add(1));
+                            }
                         }
                     }
                 }
@@ -265,8 +374,31 @@ impl Shard {
                         e.fire(&mut wake, |_| true);
                     }
                 }
-                // A word differed from its value (unknown which), a
-                // signal, or a fallback period: every armed waiter checks.
+                // A word differed from its value when the wait began
+                // (EAGAIN): read them (fault-safe) and fire only the ones
+                // that moved, keeping their new value, as for a wake. Firing
+                // every word instead would drop the values kept for the
+                // next futures, and each of those would kick again. (One
+                // read per word: past `SELECTIVE_MAX` words, fire all.)
+                WaitvOutcome::Changed if list.len() <= SELECTIVE_MAX => {
+                    for &(addr, v, uid) in &list {
+                        let now = read_word(addr);
+                        if now == Some(v) {
+                            continue;
+                        }
+                        let Some(e) = t.words.iter_mut().find(|e| e.addr == addr) else {
+                            continue;
+                        };
+                        if e.val == Some(v) && e.uid == uid {
+                            e.fire(&mut wake, |_| true);
+                            if e.val.is_none() {
+                                e.val = now;
+                            }
+                        }
+                    }
+                }
+                // A signal, a fallback period, or EAGAIN with many words:
+                // every armed waiter checks.
                 WaitvOutcome::Changed | WaitvOutcome::TimedOut => {
                     for e in &mut t.words {
                         e.fire(&mut wake, |_| true);
@@ -277,27 +409,7 @@ impl Shard {
         for w in wake {
             w.wake();
         }
-        if let Some((addr, uid)) = fired_word {
-            self.keep(addr, uid);
-        }
         true
-    }
-
-    /// After firing the waiters of `addr`: keep waiting on the word with
-    /// its new value (read through the kernel, see `futex::peek`), so that
-    /// the futures that re-arm with that value (the next receive of a
-    /// stream) find it covered and need no kick. Skipped if the value
-    /// cannot be read or someone armed meanwhile.
-    fn keep(&self, addr: usize, uid: u64) {
-        let Some(v) = futex::peek(addr as *const AtomicU32) else {
-            return;
-        };
-        let mut t = self.table.lock().unwrap();
-        if let Some(e) = t.words.iter_mut().find(|e| e.addr == addr && e.uid == uid) {
-            if e.val.is_none() {
-                e.val = Some(v);
-            }
-        }
     }
 
     /// Without `futex_waitv`: sleep on `ctl` alone, for at most one
@@ -317,12 +429,25 @@ impl Shard {
     }
 }
 
+/// The value of the word at `addr`, read through the kernel (fault-safe:
+/// `None` if unmapped or not readable, see `futex::peek`).
+fn read_word(addr: usize) -> Option<u32> {
+    #[cfg(not(loom))]
+    let v = futex::peek(addr as *const AtomicU32);
+    // SAFETY: the model tests keep every word alive until the thread
+    // quits (the model futex has no fault-safe read).
+    #[cfg(loom)]
+    let v = Some(unsafe { &*(addr as *const AtomicU32) }.load(Ordering::Relaxed));
+    v
+}
+
 /// A future's place in a shard: one waiter on one word. Dropping it
 /// removes the waiter (and the word, if it was the last).
 pub(crate) struct Registration {
     shard: Arc<Shard>,
     addr: usize,
     id: u64,
+    linger: bool,
 }
 
 impl std::fmt::Debug for Registration {
@@ -362,16 +487,13 @@ impl Registration {
                 // robust anyway: put it back rather than fail for ever.
                 t.next_id += 1;
                 let uid = t.next_id;
-                t.words.push(WordEntry {
-                    addr: self.addr,
-                    val: None,
-                    waiters: vec![Waiter {
-                        id: self.id,
-                        waker: None,
-                        tick: None,
-                    }],
-                    uid,
-                });
+                let waiter = Waiter {
+                    id: self.id,
+                    waker: None,
+                    tick: None,
+                };
+                t.words
+                    .push(WordEntry::new(self.addr, uid, self.linger, vec![waiter]));
             }
             let e = t
                 .words
@@ -427,7 +549,14 @@ impl Drop for Registration {
         let mut t = self.shard.table.lock().unwrap();
         if let Some(e) = t.words.iter_mut().find(|e| e.addr == self.addr) {
             e.waiters.retain(|w| w.id != self.id);
-            if e.waiters.is_empty() {
+            if e.waiters.is_empty() && e.linger {
+                // Linger for the endpoint's next future. Our future
+                // borrows the endpoint, so the address maps the entry's
+                // object now: vouch for it with the current unmap count
+                // (module docs). The value kept, if any, stays waited on.
+                e.gen = unmap_gen();
+                e.idle_since = Some(Instant::now());
+            } else if e.waiters.is_empty() {
                 // The endpoint may be unmapped once we return: forget
                 // the word (see `uid`).
                 t.words.retain(|e| e.addr != self.addr);
@@ -459,20 +588,20 @@ impl Reactor {
 
     /// Registers a waiter on `word`: in the shard that already waits on
     /// it, else in one with room, else in a new shard (a new thread).
-    pub(crate) fn register(&self, word: &AtomicU32) -> Registration {
+    pub(crate) fn register(&self, word: &AtomicU32, linger: bool) -> Registration {
         let addr = word as *const AtomicU32 as usize;
         let mut shards = self.shards.lock().unwrap();
         // Prefer the shard that has the word (shared word, no new slot).
         for s in shards.iter() {
             let has = s.table.lock().unwrap().words.iter().any(|e| e.addr == addr);
             if has {
-                if let Some(r) = s.try_add(addr) {
+                if let Some(r) = s.try_add(addr, linger) {
                     return r;
                 }
             }
         }
         for s in shards.iter() {
-            if let Some(r) = s.try_add(addr) {
+            if let Some(r) = s.try_add(addr, linger) {
                 return r;
             }
         }
@@ -482,7 +611,7 @@ impl Reactor {
             .name(format!("shmkit-aio-{}", shards.len()))
             .spawn(move || while runner.run_once() {})
             .expect("shmkit: cannot start an async waiter thread");
-        let r = shard.try_add(addr).expect("a new shard has room");
+        let r = shard.try_add(addr, linger).expect("a new shard has room");
         shards.push(shard);
         r
     }
@@ -508,56 +637,5 @@ impl Reactor {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-
-    fn waiters(s: &Shard) -> usize {
-        s.table
-            .lock()
-            .unwrap()
-            .words
-            .iter()
-            .map(|e| e.waiters.len())
-            .sum()
-    }
-
-    /// Registrations share a word's entry and leave nothing behind.
-    #[test]
-    fn registrations_come_and_go() {
-        let shard = Arc::new(Shard::new(false));
-        let (a, b) = (AtomicU32::new(0), AtomicU32::new(0));
-        let addr = |w: &AtomicU32| w as *const AtomicU32 as usize;
-        let r1 = shard.try_add(addr(&a)).unwrap();
-        let r2 = shard.try_add(addr(&a)).unwrap();
-        let r3 = shard.try_add(addr(&b)).unwrap();
-        assert_eq!((shard.words(), waiters(&shard)), (2, 3));
-        let waker = futures_waker();
-        assert!(r1.arm(&a, 0, &waker, None));
-        assert!(!r2.arm(&a, 1, &waker, None), "stale value must not arm");
-        drop((r1, r2, r3));
-        assert_eq!((shard.words(), waiters(&shard)), (0, 0));
-    }
-
-    /// Room for 127 distinct words; the 128th needs another shard.
-    #[test]
-    fn a_shard_holds_127_words() {
-        let shard = Arc::new(Shard::new(false));
-        let words: Vec<AtomicU32> = (0..=WORDS_PER_SHARD).map(|_| AtomicU32::new(0)).collect();
-        let addr = |w: &AtomicU32| w as *const AtomicU32 as usize;
-        let mut regs: Vec<Registration> = words[..WORDS_PER_SHARD]
-            .iter()
-            .map(|w| shard.try_add(addr(w)).unwrap())
-            .collect();
-        assert!(shard.try_add(addr(&words[WORDS_PER_SHARD])).is_none());
-        regs.pop();
-        assert!(shard.try_add(addr(&words[WORDS_PER_SHARD])).is_some());
-    }
-
-    fn futures_waker() -> Waker {
-        struct Noop;
-        impl std::task::Wake for Noop {
-            fn wake(self: Arc<Self>) {}
-        }
-        Waker::from(Arc::new(Noop))
-    }
-}
+#[path = "reactor_tests.rs"]
+mod tests;

@@ -25,6 +25,10 @@ impl Semaphore {
             // before its FUTEX_WAKE delays us one slice, as a blocking
             // waiter.
             slice: Some(SLICE),
+            // In-place objects may live in memory shmkit did not map (and
+            // whose unmapping it cannot see): no lingering registration.
+            linger: false,
+            spins: 0,
         }
     }
 
@@ -104,6 +108,10 @@ impl Event {
             word: &self.state,
             sleepers: Some(&self.sleepers),
             slice: Some(SLICE),
+            // In-place objects may live in memory shmkit did not map (and
+            // whose unmapping it cannot see): no lingering registration.
+            linger: false,
+            spins: 0,
         }
     }
 
@@ -194,6 +202,10 @@ impl<T> Mutex<T> {
             // wake a waiter when WAITERS is set; the slice only covers a
             // waker killed between its unlock and its FUTEX_WAKE.
             slice: Some(SLICE),
+            // In-place objects may live in memory shmkit did not map (and
+            // whose unmapping it cannot see): no lingering registration.
+            linger: false,
+            spins: 0,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::io::Errno;
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
@@ -64,8 +65,23 @@ impl Mapping {
     }
 }
 
+/// Mappings unmapped so far by this process (see [`unmaps`]).
+static UNMAPS: AtomicU64 = AtomicU64::new(0);
+
+/// How many [`Mapping`]s this process has unmapped. While it is unchanged,
+/// an address inside a mapping seen earlier still maps the same object (the
+/// async waiter threads rely on it to keep a futex word across futures).
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+pub(crate) fn unmaps() -> u64 {
+    // SeqCst: pairs with the increment in `drop`, which precedes the
+    // munmap (and so any new mapping at the same address).
+    UNMAPS.load(Ordering::SeqCst)
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // SeqCst, before the munmap: see `unmaps`.
+        UNMAPS.fetch_add(1, Ordering::SeqCst);
         // SAFETY: by the type invariant `ptr`/`len` describe a mapping this
         // value owns; after drop nobody can reach it through `self`.
         // Borrowers (`&Segment` users) cannot outlive the owner.

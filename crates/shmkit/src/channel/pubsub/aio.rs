@@ -15,6 +15,9 @@ fn sub_target(core: &PubCore) -> Target<'_> {
         word: &core.data_seq.0,
         sleepers: Some(&core.sub_sleepers.0),
         slice: Some(SLICE),
+        // In the segment's mapping: the registration may linger.
+        linger: true,
+        spins: 0,
     }
 }
 
@@ -25,6 +28,9 @@ fn pub_target(core: &PubCore) -> Target<'_> {
         // Each slice also reaps dead subscribers (in `try_loan`), whose
         // slots would otherwise never come back.
         slice: Some(SLICE),
+        // In the segment's mapping: the registration may linger.
+        linger: true,
+        spins: 0,
     }
 }
 

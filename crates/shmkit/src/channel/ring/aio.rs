@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::*;
-use crate::aio::park::{Park, Target};
+use crate::aio::park::{spins_for, Check, Park, Target};
 use crate::channel::wait::SLICE;
 
 impl Shared {
@@ -30,29 +30,40 @@ impl Shared {
     }
 }
 
-fn recv_target(core: &RingCore) -> Target<'_> {
+fn recv_target(core: &RingCore, strategy: WaitStrategy) -> Target<'_> {
     Target {
         word: &core.data_seq.0,
         sleepers: Some(&core.cons_sleepers.0),
         slice: Some(SLICE),
+        // In the segment's mapping: the registration may linger.
+        linger: true,
+        spins: spins_for(strategy),
     }
 }
 
-fn send_target(core: &RingCore) -> Target<'_> {
+fn send_target(core: &RingCore, strategy: WaitStrategy) -> Target<'_> {
     Target {
         word: &core.space_seq.0,
         sleepers: Some(&core.prod_sleepers.0),
         slice: Some(SLICE),
+        // In the segment's mapping: the registration may linger.
+        linger: true,
+        spins: spins_for(strategy),
     }
 }
 
 impl Receiver {
     /// One receive attempt for the futures: `None` if the ring is empty
-    /// and the producer may still send.
+    /// and the producer may still send. In the spin (`Check::Spin`) only
+    /// a look at the indices, no system call and no clock.
     fn poll_recv<R, F: FnOnce(&[u8]) -> R>(
         &mut self,
+        how: Check,
         f: &mut Option<F>,
     ) -> Option<Result<R, RecvError>> {
+        if how == Check::Spin && self.is_empty() {
+            return None;
+        }
         // Liveness is checked here at most once per slice (`AliveCache`).
         match self.recv_with(Wait::No, |b| (f.take().expect("called once"))(b)) {
             Err(RecvError::Empty) => None,
@@ -132,13 +143,15 @@ impl<R, F: FnOnce(&[u8]) -> R + Unpin> Future for RecvWithFuture<'_, F> {
         if f.is_none() {
             panic!("RecvWithFuture polled after completion");
         }
-        this.park.poll(cx, recv_target(core), |_| rx.poll_recv(f))
+        let target = recv_target(core, rx.strategy);
+        this.park.poll(cx, target, |how| rx.poll_recv(how, f))
     }
 }
 
 impl<F> Drop for RecvWithFuture<'_, F> {
     fn drop(&mut self) {
-        self.park.done(recv_target(self.rx.sh.core()));
+        self.park
+            .done(recv_target(self.rx.sh.core(), self.rx.strategy));
     }
 }
 
@@ -162,8 +175,9 @@ impl futures_core::Stream for RecvStream<'_> {
         // SAFETY: used only within this call, while `this.rx` is borrowed.
         let core = unsafe { this.rx.sh.core_detached() };
         let rx = &mut *this.rx;
-        let r = std::task::ready!(this.park.poll(cx, recv_target(core), |_| {
-            rx.poll_recv(&mut Some(<[u8]>::to_vec))
+        let target = recv_target(core, rx.strategy);
+        let r = std::task::ready!(this.park.poll(cx, target, |how| {
+            rx.poll_recv(how, &mut Some(<[u8]>::to_vec))
         }));
         Poll::Ready(match r {
             Ok(m) => Some(Ok(m)),
@@ -187,14 +201,18 @@ impl futures_core::FusedStream for RecvStream<'_> {
 
 impl Drop for RecvStream<'_> {
     fn drop(&mut self) {
-        self.park.done(recv_target(self.rx.sh.core()));
+        self.park
+            .done(recv_target(self.rx.sh.core(), self.rx.strategy));
     }
 }
 
 impl Sender {
     /// Whether a message can be sent now: `None` if the ring is full and
     /// the consumer may still read.
-    fn poll_room(&mut self) -> Option<Result<(), SendError>> {
+    fn poll_room(&mut self, how: Check) -> Option<Result<(), SendError>> {
+        if how == Check::Spin && self.len() >= self.capacity() {
+            return None;
+        }
         let core = self.sh.core();
         // Relaxed: advisory, as in `send_with` (a close from before we
         // attached does not count).
@@ -266,17 +284,23 @@ impl Future for SendFuture<'_> {
         // SAFETY: used only within this call, while `this.tx` is borrowed.
         let core = unsafe { this.tx.sh.core_detached() };
         let (tx, msg) = (&mut *this.tx, this.msg);
-        this.park
-            .poll(cx, send_target(core), |_| match tx.try_send(msg) {
+        let target = send_target(core, tx.strategy);
+        this.park.poll(cx, target, |how| {
+            if how == Check::Spin && tx.len() >= tx.capacity() {
+                return None;
+            }
+            match tx.try_send(msg) {
                 Err(SendError::Full) => None,
                 r => Some(r),
-            })
+            }
+        })
     }
 }
 
 impl Drop for SendFuture<'_> {
     fn drop(&mut self) {
-        self.park.done(send_target(self.tx.sh.core()));
+        self.park
+            .done(send_target(self.tx.sh.core(), self.tx.strategy));
     }
 }
 
@@ -293,7 +317,8 @@ impl SendSink<'_> {
         // SAFETY: used only within this call, while `self.tx` is borrowed.
         let core = unsafe { self.tx.sh.core_detached() };
         let tx = &mut *self.tx;
-        self.park.poll(cx, send_target(core), |_| tx.poll_room())
+        let target = send_target(core, tx.strategy);
+        self.park.poll(cx, target, |how| tx.poll_room(how))
     }
 }
 
@@ -321,6 +346,7 @@ impl<B: AsRef<[u8]>> futures_sink::Sink<B> for SendSink<'_> {
 
 impl Drop for SendSink<'_> {
     fn drop(&mut self) {
-        self.park.done(send_target(self.tx.sh.core()));
+        self.park
+            .done(send_target(self.tx.sh.core(), self.tx.strategy));
     }
 }

@@ -7,7 +7,7 @@ use super::*;
 pub struct Receiver {
     pub(super) sh: Shared,
     pub(super) cur: ConsCursor,
-    strategy: WaitStrategy,
+    pub(super) strategy: WaitStrategy,
     pub(super) alive: peer::AliveCache,
     /// A producer that had closed or died before we attached, and `head`
     /// then: while we have received nothing (`cur.head` unchanged) its end

@@ -7,7 +7,7 @@ use super::*;
 pub struct Sender {
     pub(super) sh: Shared,
     pub(super) cur: ProdCursor,
-    strategy: WaitStrategy,
+    pub(super) strategy: WaitStrategy,
     pub(super) alive: peer::AliveCache,
     /// A consumer that had closed or died before we attached: not a
     /// reason to fail; we wait for the next one.

@@ -86,6 +86,13 @@ impl Client {
         &self.name
     }
 
+    /// Sets how the client waits for its reply (and for room in its
+    /// request ring), as a ring end (default: `SpinThenSleep { spins: 200 }`).
+    pub fn set_wait_strategy(&mut self, strategy: crate::channel::WaitStrategy) {
+        self.req.set_wait_strategy(strategy);
+        self.rep.set_wait_strategy(strategy);
+    }
+
     /// The client slot this client holds.
     pub fn slot(&self) -> u32 {
         self.slot

@@ -96,6 +96,7 @@ pub struct RpcOptions {
     pub(crate) max_request: u64,
     pub(crate) max_reply: u64,
     pub(crate) remove_on_drop: bool,
+    pub(crate) wait_strategy: crate::channel::WaitStrategy,
 }
 
 impl Default for RpcOptions {
@@ -106,14 +107,26 @@ impl Default for RpcOptions {
 
 impl RpcOptions {
     /// 8 client slots, requests and replies up to 64 KiB, segments
-    /// removed when the server is dropped.
+    /// removed when the server is dropped, the default wait strategy.
     pub fn new() -> RpcOptions {
         RpcOptions {
             clients: 8,
             max_request: 64 << 10,
             max_reply: 64 << 10,
             remove_on_drop: true,
+            wait_strategy: crate::channel::WaitStrategy::default(),
         }
+    }
+
+    /// How the server waits for a request, as a ring end waits
+    /// (default `SpinThenSleep { spins: 200 }`): with `SpinThenSleep` it
+    /// watches its request rings that many times (each a load per slot)
+    /// before it sleeps on the doorbell; `Sleep` sleeps at once; `BusyPoll`
+    /// never sleeps (blocking server only; the async server caps its spin,
+    /// see `docs/async.md`).
+    pub fn wait_strategy(mut self, strategy: crate::channel::WaitStrategy) -> Self {
+        self.wait_strategy = strategy;
+        self
     }
 
     /// Clients served at the same time (1..=1024).

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::channel::ring::{Receiver, RingOptions, Sender};
-use crate::channel::{SendError, Wait};
+use crate::channel::{SendError, Wait, WaitStrategy};
 use crate::sync::{NamedSemaphore, WaitError};
 
 /// Depth of each request and reply ring: one call in flight per client,
@@ -38,6 +38,7 @@ pub struct Server {
     next: usize,
     max_reply: usize,
     remove_on_drop: bool,
+    strategy: WaitStrategy,
 }
 
 fn is_exists(e: &OpenError) -> bool {
@@ -92,6 +93,7 @@ impl Server {
             next: 0,
             max_reply,
             remove_on_drop: options.remove_on_drop,
+            strategy: options.wait_strategy,
         })
     }
 
@@ -103,6 +105,34 @@ impl Server {
     /// Client slots.
     pub fn clients(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Sets how the server waits for a request (see
+    /// [`RpcOptions::wait_strategy`]).
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// Watches the request rings for up to `spins` rounds (a load of two
+    /// indices per slot, no system call): whether a request showed up.
+    fn spin(&self, spins: u64) -> bool {
+        for _ in 0..spins {
+            crate::primitive::spin_hint();
+            if self.slots.iter().any(|s| !s.req.is_empty()) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// After a request was found without a wait on the doorbell: take its
+    /// unit if it is there, so that the doorbell's count does not grow
+    /// with every request a spin or scan caught (it stays at most the
+    /// requests posted and not yet found). Safe because a client commits
+    /// its request before it posts: a unit taken here belongs to a request
+    /// already visible, which the next scan (before any sleep) finds.
+    fn take_unit(&self) {
+        let _ = self.bell.try_wait();
     }
 
     /// One pass over the slots: the first request found, handed to `f` in
@@ -144,9 +174,40 @@ impl Server {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<(Token, R), RpcError> {
         let mut f = Some(f);
+        // Whether the last unit taken was taken by a wait in this call.
+        let mut waited = false;
+        let spins = match self.strategy {
+            WaitStrategy::Sleep => 0,
+            WaitStrategy::SpinThenSleep { spins } => u64::from(spins),
+            WaitStrategy::BusyPoll => u64::MAX,
+        };
+        let mut spun = false;
         loop {
             if let Some(r) = self.scan(&mut f) {
+                if !waited {
+                    self.take_unit();
+                }
                 return Ok(r);
+            }
+            if wait == Wait::No {
+                return Err(RpcError::Timeout);
+            }
+            // Spin first, as a ring end does (once per call: a request
+            // seen goes back to the scan). BusyPoll never sleeps but
+            // still honours the deadline.
+            if !spun && spins > 0 {
+                spun = spins != u64::MAX;
+                if self.spin(spins.min(1 << 16)) {
+                    continue;
+                }
+                if !spun {
+                    if let Wait::Until(d) = wait {
+                        if std::time::Instant::now() >= d {
+                            return Err(RpcError::Timeout);
+                        }
+                    }
+                    continue;
+                }
             }
             // Nothing: sleep on the doorbell. Its count is at least the
             // number of requests posted since we last took a unit, so a
@@ -156,6 +217,7 @@ impl Server {
                 Wait::Until(d) => self.bell.wait_deadline(d),
                 Wait::Forever => self.bell.wait(),
             };
+            waited = r.is_ok();
             match r {
                 Ok(()) => {}
                 Err(WaitError::Timeout) | Err(WaitError::WouldBlock) => {
@@ -268,12 +330,26 @@ impl Server {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<(Token, R), RpcError> {
         let mut f = Some(f);
+        let mut waited = false;
+        let spins = u64::from(crate::aio::park::spins_for(self.strategy));
+        let mut spun = false;
         loop {
             if let Some(r) = self.scan(&mut f) {
+                if !waited {
+                    self.take_unit();
+                }
                 return Ok(r);
             }
+            // A bounded spin (the strategy's, capped: an executor thread
+            // must not be held long), then the doorbell.
+            if !spun && spins > 0 {
+                spun = true;
+                if self.spin(spins) {
+                    continue;
+                }
+            }
             match self.bell.wait_async().await {
-                Ok(()) => {}
+                Ok(()) => waited = true,
                 Err(e) => return Err(RpcError::Corrupt(e.to_string())),
             }
         }
