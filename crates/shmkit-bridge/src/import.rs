@@ -194,7 +194,11 @@ impl Lane {
         // Acquire: pairs with the worker's Release decrement after a
         // delivery, so that an inline delivery that sees 0 comes after
         // every queued one (the Deliver mutex orders their effects too).
-        // Only this callback increments, so 0 stays 0 until it enqueues.
+        // One publisher's samples come through one Zenoh transport, which
+        // calls back for them one at a time: for that stream, 0 stays 0
+        // until this callback enqueues. (Samples of other publishers may
+        // be delivered concurrently; the mutex serialises them, and each
+        // stream keeps its order.)
         if sample.payload().len() < LARGE && self.pending.load(Ordering::Acquire) == 0 {
             let r = self
                 .deliver
