@@ -1,6 +1,6 @@
 //! Zenoh → local channel.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,10 +89,6 @@ pub async fn import_with(
     let name = sink.name();
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
-    // Delivery runs in Zenoh's callback, on its receiving task: no hand-off
-    // to another thread per sample, and a full local channel blocks Zenoh's
-    // reader directly (back-pressure through TCP). The mutex serialises
-    // samples arriving over several links.
     let deliver = Arc::new(Mutex::new(Deliver::new(
         sink,
         session.clone(),
@@ -100,25 +96,38 @@ pub async fn import_with(
         stop.clone(),
     )));
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let subscriber = {
+    // Samples are delivered in arrival order by one of two paths, never
+    // both at once (see `Lane`): small ones inline in Zenoh's callback
+    // (no thread hand-off per sample), large ones, and anything arriving
+    // while the worker still has work, by the delivery thread, so that
+    // Zenoh's receiving task reads the next message while the previous one
+    // is copied into the local channel.
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Sample>(QUEUE);
+    let pending = Arc::new(AtomicUsize::new(0));
+    let worker = {
         let deliver = deliver.clone();
-        session
-            .declare_subscriber(key.to_owned())
-            .callback(move |sample| {
-                let mut d = deliver.lock().unwrap_or_else(|p| p.into_inner());
-                match d.sample(&sample) {
-                    Ok(None) => {}
-                    Ok(Some(end)) => {
-                        let _ = events_tx.send(Ok(end));
-                    }
-                    Err(e) => {
-                        let _ = events_tx.send(Err(e));
-                    }
-                }
-            })
-            .await
-            .map_err(|e| Error::Zenoh(format!("declaring subscriber {key:?}: {e}")))?
+        let pending = pending.clone();
+        let events_tx = events_tx.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("import {name}"))
+            .spawn(move || worker(jobs_rx, &deliver, &pending, &events_tx, &stop))
+            .map_err(|e| Error::Local {
+                name: name.clone(),
+                msg: format!("spawning the delivery thread: {e}"),
+            })?
     };
+    let lane = Lane {
+        deliver: deliver.clone(),
+        jobs: jobs_tx,
+        pending,
+        events: events_tx,
+    };
+    let subscriber = session
+        .declare_subscriber(key.to_owned())
+        .callback(move |sample| lane.sample(sample))
+        .await
+        .map_err(|e| Error::Zenoh(format!("declaring subscriber {key:?}: {e}")))?;
     tracing::info!(channel = %name, key, "importing");
     let mut shutdown = std::pin::pin!(opts.shutdown.triggered());
     let result = loop {
@@ -132,11 +141,16 @@ pub async fn import_with(
             _ = &mut shutdown => break Ok(Ended::Shutdown),
         }
     };
-    // Relaxed: a plain stop request, polled by a delivery in progress.
+    // Relaxed: a plain stop request, polled by a delivery in progress and
+    // by the delivery thread.
     stop.store(true, Ordering::Relaxed);
     if let Err(e) = subscriber.undeclare().await {
         tracing::warn!(key, error = %e, "undeclaring the subscriber");
     }
+    // The delivery thread ends within one SLICE of the stop request (a
+    // delivery in progress polls it); its end also wakes a callback blocked
+    // on the full queue.
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     // Close the local endpoint now (after any delivery in progress).
     drop(
         deliver
@@ -154,7 +168,99 @@ pub async fn import_with(
     result
 }
 
-/// Delivery state (lives in the subscriber's callback).
+/// Samples at least this long go to the delivery thread (a Zenoh batch is
+/// at most 64 KiB: anything longer arrived fragmented, and copying it
+/// costs more than the hand-off).
+const LARGE: usize = 64 << 10;
+
+/// Samples waiting for the delivery thread, beyond the one it is
+/// delivering. When full, Zenoh's callback blocks: back-pressure goes on
+/// through Zenoh and TCP as with inline delivery.
+const QUEUE: usize = 2;
+
+type Events = tokio::sync::mpsc::UnboundedSender<Result<Ended, Error>>;
+
+/// The callback's side: decides, per sample, inline delivery or the queue.
+struct Lane {
+    deliver: Arc<Mutex<Deliver>>,
+    jobs: std::sync::mpsc::SyncSender<Sample>,
+    /// Samples handed to the delivery thread and not yet delivered.
+    pending: Arc<AtomicUsize>,
+    events: Events,
+}
+
+impl Lane {
+    fn sample(&self, sample: Sample) {
+        // Acquire: pairs with the worker's Release decrement after a
+        // delivery, so that an inline delivery that sees 0 comes after
+        // every queued one (the Deliver mutex orders their effects too).
+        // One publisher's samples come through one Zenoh transport, which
+        // calls back for them one at a time: for that stream, 0 stays 0
+        // until this callback enqueues. (Samples of other publishers may
+        // be delivered concurrently; the mutex serialises them, and each
+        // stream keeps its order.)
+        if sample.payload().len() < LARGE && self.pending.load(Ordering::Acquire) == 0 {
+            let r = self
+                .deliver
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sample(&sample);
+            report(&self.events, r);
+            return;
+        }
+        // Relaxed: the channel's send/recv orders the sample itself; the
+        // counter is read with Acquire above (and only this thread adds).
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.jobs.send(sample).is_err() {
+            // The delivery thread ended (stop requested): nothing more is
+            // delivered.
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The delivery thread: delivers queued samples in order until stop.
+fn worker(
+    jobs: std::sync::mpsc::Receiver<Sample>,
+    deliver: &Mutex<Deliver>,
+    pending: &AtomicUsize,
+    events: &Events,
+    stop: &AtomicBool,
+) {
+    // Relaxed: a plain stop request, polled.
+    while !stop.load(Ordering::Relaxed) {
+        let sample = match jobs.recv_timeout(SLICE) {
+            Ok(s) => s,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let r = deliver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample(&sample);
+        // Hand the Zenoh buffers back before announcing the slot free.
+        drop(sample);
+        // Release: publishes this delivery (its effects on the Deliver
+        // state and the local channel) to the callback's Acquire load.
+        pending.fetch_sub(1, Ordering::Release);
+        report(events, r);
+    }
+}
+
+fn report(events: &Events, r: Result<Option<Ended>, Error>) {
+    match r {
+        Ok(None) => {}
+        Ok(Some(end)) => {
+            let _ = events.send(Ok(end));
+        }
+        Err(e) => {
+            let _ = events.send(Err(e));
+        }
+    }
+}
+
+/// Delivery state, shared by the callback's inline path and the delivery
+/// thread (used by one at a time, see `Lane`).
 struct Deliver {
     sink: Option<Sink>,
     kind: SinkKind,

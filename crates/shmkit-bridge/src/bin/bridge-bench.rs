@@ -2,7 +2,7 @@
 //! direct shmkit, in the same run.
 //!
 //! ```text
-//! cargo run --release --manifest-path crates/shmkit-bridge/Cargo.toml --bin bridge-bench [-- --quick] [--rounds N]
+//! cargo run --release --manifest-path crates/shmkit-bridge/Cargo.toml --bin bridge-bench [-- --quick] [--rounds N] [--case 8B-rate|8B-latency|1MiB|16MiB]...
 //! ```
 //!
 //! Three paths, each process to process on this machine:
@@ -42,6 +42,32 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time (user + system) this process used so far, ns.
+fn self_cpu_ns() -> u64 {
+    // SAFETY: an all-zero rusage is a valid value; getrusage fills it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as u64 * 1_000_000_000 + v.tv_usec as u64 * 1_000;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// CPU time (user + system) of process `pid` so far, ns (clock-tick
+/// resolution, from /proc/PID/stat); 0 if it is gone.
+fn proc_cpu_ns(pid: u32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may contain spaces): state is
+    // field 3; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    (ticks(11) + ticks(12)) * 1_000_000_000 / hz
+}
+
 /// What a receiver measured.
 #[derive(Debug, Clone, Copy)]
 struct Result {
@@ -49,6 +75,8 @@ struct Result {
     last_arrival: u64,
     p50: u64,
     p99: u64,
+    /// CPU the receiver used from "ready" to its last message, ns.
+    cpu: u64,
 }
 
 impl Result {
@@ -62,12 +90,14 @@ impl Result {
             last_arrival: v[1],
             p50: v[2],
             p99: v[3],
+            cpu: v[4],
         }
     }
 }
 
 /// Latency histogram and end time, printed by receivers.
 struct Meter {
+    cpu0: u64,
     h: hdrhistogram::Histogram<u64>,
     count: u64,
     last: u64,
@@ -77,6 +107,7 @@ struct Meter {
 impl Meter {
     fn new() -> Meter {
         Meter {
+            cpu0: self_cpu_ns(),
             h: hdrhistogram::Histogram::new(3).expect("histogram"),
             count: 0,
             last: 0,
@@ -96,11 +127,12 @@ impl Meter {
     fn print(&self) {
         std::hint::black_box(self.sink);
         println!(
-            "{} {} {} {}",
+            "{} {} {} {} {}",
             self.count,
             self.last,
             self.h.value_at_quantile(0.5),
             self.h.value_at_quantile(0.99),
+            self_cpu_ns() - self.cpu0,
         );
     }
 }
@@ -285,7 +317,22 @@ fn send_ring(tx: &mut Sender, case: Case, template: &[u8]) -> u64 {
     t0
 }
 
-fn run_shmkit(case: Case, tag: &str) -> (u64, Result) {
+/// CPU time of each process of a path during one round, ns.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    driver: u64,
+    exporter: u64,
+    importer: u64,
+    receiver: u64,
+}
+
+impl Cpu {
+    fn total(&self) -> u64 {
+        self.driver + self.exporter + self.importer + self.receiver
+    }
+}
+
+fn run_shmkit(case: Case, tag: &str) -> (u64, Result, Cpu) {
     let name = format!("bb{}-{tag}-direct", std::process::id());
     let _names = Names(vec![name.clone()]);
     let seg = RingOptions::new(ring_capacity(case.size), case.size as u64)
@@ -300,12 +347,18 @@ fn run_shmkit(case: Case, tag: &str) -> (u64, Result) {
     kid.ready();
     let mut tx = Sender::from_segment(seg).expect("sender");
     let template = vec![0xa5u8; case.size];
+    let c0 = self_cpu_ns();
     let t0 = send_ring(&mut tx, case, &template);
     let r = kid.result();
-    (t0, r)
+    let cpu = Cpu {
+        driver: self_cpu_ns() - c0,
+        receiver: r.cpu,
+        ..Cpu::default()
+    };
+    (t0, r, cpu)
 }
 
-fn run_zenoh(rt: &tokio::runtime::Runtime, case: Case, tag: &str) -> (u64, Result) {
+fn run_zenoh(rt: &tokio::runtime::Runtime, case: Case, tag: &str) -> (u64, Result, Cpu) {
     let port = free_port();
     let key = format!("bridge-bench/{}/{tag}/zenoh", std::process::id());
     let mut kid = Kid::spawn(
@@ -333,6 +386,7 @@ fn run_zenoh(rt: &tokio::runtime::Runtime, case: Case, tag: &str) -> (u64, Resul
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let template = vec![0xa5u8; case.size];
+        let c0 = self_cpu_ns();
         let t0 = now_ns();
         for _ in 0..case.count {
             let mut v = template.clone();
@@ -343,12 +397,17 @@ fn run_zenoh(rt: &tokio::runtime::Runtime, case: Case, tag: &str) -> (u64, Resul
         let r = tokio::task::spawn_blocking(move || kid.result())
             .await
             .expect("join");
+        let cpu = Cpu {
+            driver: self_cpu_ns() - c0,
+            receiver: r.cpu,
+            ..Cpu::default()
+        };
         let _ = s.close().await;
-        (t0, r)
+        (t0, r, cpu)
     })
 }
 
-fn run_bridge(case: Case, tag: &str) -> (u64, Result) {
+fn run_bridge(case: Case, tag: &str) -> (u64, Result, Cpu) {
     let bridge = me().with_file_name("shmkit-bridge");
     let port = free_port();
     let key = format!("bridge-bench/{}/{tag}/bridge", std::process::id());
@@ -366,13 +425,13 @@ fn run_bridge(case: Case, tag: &str) -> (u64, Result) {
         .expect("ring b");
     let quiet = ["--no-multicast-scouting", "--no-gossip"];
     // Errors only from the bridges (Zenoh warns that gossip is off).
-    let _imp = Kid::spawn(
+    let imp = Kid::spawn(
         Command::new(&bridge)
             .args(["import", &key, "--into", &b, "--listen", &ep(port)])
             .args(quiet)
             .env("RUST_LOG", "error"),
     );
-    let _exp = Kid::spawn(
+    let exp = Kid::spawn(
         Command::new(&bridge)
             .args(["export", &a, "--key", &key, "--connect", &ep(port)])
             .args(quiet)
@@ -387,9 +446,20 @@ fn run_bridge(case: Case, tag: &str) -> (u64, Result) {
     drop(seg_b);
     let mut tx = Sender::from_segment(seg_a).expect("sender");
     let template = vec![0xa5u8; case.size];
+    let (e0, i0, c0) = (
+        proc_cpu_ns(exp.0.id()),
+        proc_cpu_ns(imp.0.id()),
+        self_cpu_ns(),
+    );
     let t0 = send_ring(&mut tx, case, &template);
     let r = kid.result();
-    (t0, r)
+    let cpu = Cpu {
+        driver: self_cpu_ns() - c0,
+        exporter: proc_cpu_ns(exp.0.id()).saturating_sub(e0),
+        importer: proc_cpu_ns(imp.0.id()).saturating_sub(i0),
+        receiver: r.cpu,
+    };
+    (t0, r, cpu)
 }
 
 fn main() {
@@ -412,6 +482,12 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|r| r.parse().expect("--rounds N"))
         .unwrap_or(if quick { 1 } else { 3 });
+    // `--case TAG` (repeatable): run only these cases.
+    let only: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--case")
+        .map(|w| w[1].as_str())
+        .collect();
     let k = if quick { 10 } else { 1 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -463,12 +539,17 @@ fn main() {
     );
     const PATHS: [&str; 3] = ["shmkit", "zenoh", "bridge"];
     for (tag, case) in cases {
+        if !only.is_empty() && !only.contains(&tag) {
+            continue;
+        }
         // Per path: (seconds per message, p50, p99) of each round.
         let mut per: [Vec<(f64, u64, u64)>; 3] = Default::default();
+        // Per path: CPU of each round.
+        let mut cpus: [Vec<Cpu>; 3] = Default::default();
         for round in 0..rounds {
             for (i, path) in PATHS.iter().enumerate() {
                 let tag = format!("{tag}-{round}");
-                let (t0, r) = match *path {
+                let (t0, r, cpu) = match *path {
                     "shmkit" => run_shmkit(case, &tag),
                     "zenoh" => run_zenoh(&rt, case, &tag),
                     _ => run_bridge(case, &tag),
@@ -476,6 +557,7 @@ fn main() {
                 assert_eq!(r.count, case.count, "{path}: messages lost");
                 let secs = r.last_arrival.saturating_sub(t0) as f64 / 1e9;
                 per[i].push((secs / case.count as f64, r.p50, r.p99));
+                cpus[i].push(cpu);
             }
         }
         let median = |v: &mut Vec<(f64, u64, u64)>| {
@@ -520,6 +602,27 @@ fn main() {
                 m[2].1 as f64 / m[0].1 as f64
             );
         } else {
+            // CPU per message (all processes of the path, median round by
+            // total): less sensitive to a loaded machine than wall time.
+            let mut med = [Cpu::default(); 3];
+            for (i, path) in PATHS.iter().enumerate() {
+                cpus[i].sort_by_key(Cpu::total);
+                let c = cpus[i][cpus[i].len() / 2];
+                med[i] = c;
+                let us = |ns: u64| ns as f64 / case.count as f64 / 1e3;
+                println!(
+                    "{tag:<11} {path:<7} CPU us/msg: total {:.2} = driver {:.2} + exporter {:.2} + importer {:.2} + receiver {:.2}",
+                    us(c.total()),
+                    us(c.driver),
+                    us(c.exporter),
+                    us(c.importer),
+                    us(c.receiver)
+                );
+            }
+            println!(
+                "{tag:<11} CPU per message: bridge/zenoh {:.2}x",
+                med[2].total() as f64 / med[1].total() as f64
+            );
             println!(
                 "{tag:<11} time per message: bridge/zenoh {:.2}x (bridge adds {:+.0}% to Zenoh), bridge/shmkit {:.1}x",
                 m[2].0 / m[1].0,
