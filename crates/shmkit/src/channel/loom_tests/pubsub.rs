@@ -33,14 +33,14 @@ impl Heap {
     }
 
     fn pool(&self) -> Pool<'_> {
-        Pool {
-            core: &self.core,
-            subs: &self.subs,
-            queue: &self.queue,
-            meta: &self.meta,
-            slot_size: 8,
-            policy: self.policy,
-        }
+        Pool::new(
+            &self.core,
+            &self.subs,
+            &self.queue,
+            &self.meta,
+            8,
+            self.policy,
+        )
     }
 
     /// Loan (spinning while no slot is free), fill, publish.

@@ -58,10 +58,12 @@
 //!   slot that was never visible.
 //! - **publish** `pos`: store `seq = pos`, `len`, then `refs = active`'s
 //!   pending bits (`Release`), then `queue[pos % Q] = slot`, then `tail =
-//!   pos + 1` (`SeqCst`).
-//! - **receive** `pos`: load `tail` (`SeqCst`), read `queue[pos % Q]`
-//!   (bounds-checked), then CAS pending → held on our two bits of `refs`
-//!   (`Acquire`). While we hold it the slot cannot be republished, so we
+//!   pos + 1` (`Release`), then a `SeqCst` fence (the sleeper check, and
+//!   the publisher's half of the join and leave Dekker pairs).
+//! - **receive** `pos`: load `tail` (`SeqCst`) unless `pos` is below the
+//!   last value loaded, read `queue[pos % Q]` (bounds-checked), then CAS
+//!   pending → held on our two bits of `refs` (`Acquire`). While we hold
+//!   it the slot cannot be republished, so we
 //!   then check `seq == pos`; if not, the queue entry was overwritten
 //!   (drop-oldest lapped us), we flip held back to pending and count the
 //!   message as missed.
@@ -353,11 +355,23 @@ impl PubSubOptions {
     }
 }
 
-/// A mapped pub/sub segment with its validated layout.
-#[derive(Debug)]
+/// A mapped pub/sub segment with its validated layout, and the pool view
+/// of it (computed once: every operation starts from it).
 struct Shared {
+    /// Borrows the mapping of `seg` (see `Shared::new`): declared first
+    /// only for clarity, it has no drop glue.
+    pool: Pool<'static>,
     seg: Segment,
     l: PubSubLayout,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("seg", &self.seg)
+            .field("l", &self.l)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -387,11 +401,25 @@ impl Shared {
             }
             .into());
         }
-        Ok(Shared { seg, l })
+        Ok(Shared::new(seg, l))
     }
 
-    fn pool(&self) -> Pool<'_> {
-        pool_of(&self.seg, &self.l)
+    fn new(seg: Segment, l: PubSubLayout) -> Shared {
+        let pool = pool_of(&seg, &l);
+        // SAFETY: only the lifetime changes. The references point into
+        // the mapping of `seg`, which `Shared` owns for its whole life and
+        // never remaps (a `Segment` unmaps only when dropped); moving
+        // `seg` moves the handle, not the mapping. `Pool` has no drop
+        // glue, and `pool()` hands the view out only for a borrow of
+        // `self`, so no reference outlives the mapping.
+        let pool = unsafe { std::mem::transmute::<Pool<'_>, Pool<'static>>(pool) };
+        Shared { pool, seg, l }
+    }
+
+    /// The pool view, for as long as `self` is borrowed.
+    #[inline]
+    fn pool(&self) -> &Pool<'_> {
+        &self.pool
     }
 
     /// For the typed endpoints: the (untrusted) layout must give every
@@ -419,6 +447,7 @@ impl Shared {
     }
 
     /// Payload of `slot` (`< slots`, checked by the callers via `Pool`).
+    #[inline]
     fn payload(&self, slot: usize) -> *mut u8 {
         assert!((slot as u64) < self.l.slots);
         // SAFETY: `slot < slots`, so `data_off + (slot + 1) * stride <=
@@ -453,25 +482,28 @@ fn pool_of<'a>(seg: &'a Segment, l: &PubSubLayout) -> Pool<'a> {
     //   queue_off a multiple of 128, meta_off of 64);
     // - the types are atomics only: any bit pattern is valid, and every
     //   process accesses them atomically;
-    // - the references live no longer than the borrow of `seg`.
+    // - the references live no longer than the borrow of `seg`;
+    // - the payload area starts at `data_off <= total`: in bounds (its
+    //   address is only used for prefetch hints).
     unsafe {
-        Pool {
-            core: &*(base as *const PubCore),
-            subs: std::slice::from_raw_parts(
+        Pool::new(
+            &*(base as *const PubCore),
+            std::slice::from_raw_parts(
                 base.add(SUBS_OFF as usize) as *const SubShared,
                 l.max_subs as usize,
             ),
-            queue: std::slice::from_raw_parts(
+            std::slice::from_raw_parts(
                 base.add(l.queue_off as usize) as *const AtomicU32,
                 l.q as usize,
             ),
-            meta: std::slice::from_raw_parts(
+            std::slice::from_raw_parts(
                 base.add(l.meta_off as usize) as *const SlotMeta,
                 l.slots as usize,
             ),
-            slot_size: l.slot_size,
-            policy: l.policy,
-        }
+            l.slot_size,
+            l.policy,
+        )
+        .with_payloads(base.add(l.data_off as usize), l.stride as usize)
     }
 }
 

@@ -116,6 +116,36 @@ pub(crate) struct Pool<'a> {
     pub(crate) meta: &'a [SlotMeta],
     pub(crate) slot_size: u64,
     pub(crate) policy: Policy,
+    /// [`Pool::valid_bits`], computed once.
+    valid: u64,
+    /// Address of slot 0's payload and the distance between payloads,
+    /// for prefetch hints only (never dereferenced); 0 = no hints.
+    payload_base: usize,
+    stride: usize,
+}
+
+/// The message of a `Corrupt` error, built out of line (keeps the
+/// formatting machinery off the receive path).
+#[cold]
+#[inline(never)]
+fn corrupt(args: std::fmt::Arguments<'_>) -> String {
+    args.to_string()
+}
+
+/// Asks the CPU to start fetching the cache line at `addr`. A hint only:
+/// it never faults, whatever the address, and changes nothing the program
+/// can observe (on other targets, and under loom, it does nothing).
+#[inline(always)]
+fn prefetch(addr: usize) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    // SAFETY: `prefetcht0` is a hint: it does not fault on any address
+    // and has no architecturally visible effect; SSE is part of the
+    // x86_64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = addr;
 }
 
 /// A subscriber's private cursor.
@@ -123,6 +153,10 @@ pub(crate) struct Pool<'a> {
 pub(crate) struct SubCursor {
     pub(crate) idx: usize,
     pub(crate) next: u64,
+    /// The last `tail` loaded: positions below it are published, so they
+    /// are read without loading `tail` again (its line changes with every
+    /// publication: one transfer saved per message while we are behind).
+    pub(crate) seen_tail: u64,
     pub(crate) join_pos: u64,
     pub(crate) missed: u64,
 }
@@ -135,34 +169,96 @@ pub(crate) struct Taken {
     pub(crate) missed: u64,
 }
 
+impl<'a> Pool<'a> {
+    /// A view of the pool in these regions (`queue.len()` a power of two,
+    /// `meta.len() >= 1`).
+    pub(crate) fn new(
+        core: &'a PubCore,
+        subs: &'a [SubShared],
+        queue: &'a [AtomicU32],
+        meta: &'a [SlotMeta],
+        slot_size: u64,
+        policy: Policy,
+    ) -> Pool<'a> {
+        let low = match subs.len() {
+            n if n >= 32 => 0xffff_ffff,
+            n => (1u64 << n) - 1,
+        };
+        Pool {
+            core,
+            subs,
+            queue,
+            meta,
+            slot_size,
+            policy,
+            valid: low | low << HELD_SHIFT,
+            payload_base: 0,
+            stride: 0,
+        }
+    }
+
+    /// Enables prefetch hints for payloads at `base + slot * stride`.
+    pub(crate) fn with_payloads(mut self, base: *const u8, stride: usize) -> Pool<'a> {
+        self.payload_base = base as usize;
+        self.stride = stride;
+        self
+    }
+}
+
 impl Pool<'_> {
+    /// Prefetch hint for the first line of `slot`'s payload (`slot` need
+    /// not be valid: a hint never faults).
+    #[inline(always)]
+    fn prefetch_payload(&self, slot: usize) {
+        if self.payload_base != 0 {
+            prefetch(
+                self.payload_base
+                    .wrapping_add(slot.wrapping_mul(self.stride)),
+            );
+        }
+    }
+
+    /// Publisher: hints the CPU to fetch the lines the next `take_free`
+    /// most likely touches (slot `rr`'s `refs` and payload), so that their
+    /// transfer from a subscriber's core overlaps the caller's work.
+    #[inline]
+    pub(crate) fn prefetch_next(&self, rr: usize) {
+        if let Some(m) = self.meta.get(rr) {
+            prefetch(m as *const SlotMeta as usize);
+            self.prefetch_payload(rr);
+        }
+    }
+
     fn qmask(&self) -> u64 {
         self.queue.len() as u64 - 1
     }
 
     /// The `refs` bits a subscriber of this channel can own: pending and
     /// held bits of numbers `0..max_subscribers` (`subs.len()`).
+    #[inline]
     pub(crate) fn valid_bits(&self) -> u64 {
-        let low = match self.subs.len() {
-            n if n >= 32 => 0xffff_ffff,
-            n => (1u64 << n) - 1,
-        };
-        low | low << HELD_SHIFT
+        self.valid
     }
 
     /// Publisher: a free slot, starting the search at `*rr` (round robin,
     /// so that the first candidate is the least recently published).
+    #[inline]
     pub(crate) fn take_free(&self, rr: &mut usize) -> Option<usize> {
         let n = self.meta.len();
-        for k in 0..n {
-            let s = (*rr + k) % n;
+        // `*rr` is ours (private), but clamp it rather than trust it.
+        let mut s = if *rr < n { *rr } else { 0 };
+        for _ in 0..n {
             // Acquire: pairs with the Release `fetch_and` in `release`
             // (and the AcqRel reaping RMWs): every reader's accesses to
             // the payload happen before our writes to it.
-            if self.meta[s].refs.load(Ordering::Acquire) == 0 {
-                *rr = (s + 1) % n;
+            let free = self.meta[s].refs.load(Ordering::Acquire) == 0;
+            // (A wrap instead of `% n`: a division per loan was measurable.)
+            let next = if s + 1 == n { 0 } else { s + 1 };
+            if free {
+                *rr = next;
                 return Some(s);
             }
+            s = next;
         }
         if self.policy == Policy::DropOldest {
             return self.reclaim_oldest(rr);
@@ -206,19 +302,21 @@ impl Pool<'_> {
 
     /// Publisher: publishes `slot` (its payload written) as position
     /// `*tail`, then advances `*tail`.
+    #[inline]
     pub(crate) fn publish(&self, tail: &mut u64, slot: usize, len: u64) {
         let pos = *tail;
         let m = &self.meta[slot];
         // Relaxed: published by the Release store of `refs` below.
         m.seq.store(pos, Ordering::Relaxed);
         m.len.store(len, Ordering::Relaxed);
-        // SeqCst: with the SeqCst fence at the end of the previous
-        // `publish`, pairs with the joiner's `active` fetch_or + fence +
-        // `tail` load (Dekker; see module docs: at most one publication
-        // misses a joiner).
+        // SeqCst (a plain load on x86; Relaxed would do, see below): after
+        // the SeqCst fence at the end of the previous `publish` (in
+        // `notify`), it pairs with the joiner's `active` fetch_or + fence +
+        // `tail` load (Dekker between the two fences; see module docs: at
+        // most one publication misses a joiner).
         // Masked to real subscriber numbers: an `active` bit at or above
         // `max_subscribers` (damaged memory) would pin the slot for good.
-        let pending = self.core.active.0.load(Ordering::SeqCst) & self.valid_bits() & 0xffff_ffff;
+        let pending = self.core.active.0.load(Ordering::SeqCst) & self.valid & 0xffff_ffff;
         // Release: a subscriber whose CAS on `refs` (Acquire) reads this
         // value sees the payload, `seq` and `len` written before. (A plain
         // store: an `xchg` here costs an extra serialised cache-line
@@ -227,9 +325,17 @@ impl Pool<'_> {
         // Relaxed: published by the `tail` store below.
         self.queue[(pos & self.qmask()) as usize].store(slot as u32, Ordering::Relaxed);
         *tail = pos + 1;
-        // SeqCst: Release for the queue entry (pairs with the subscriber's
-        // load of `tail`), and part of the join protocol.
-        self.core.tail.0.store(pos + 1, Ordering::SeqCst);
+        // Release: the queue entry (and, through the `refs` store before
+        // it, the payload) is visible to a subscriber whose load of `tail`
+        // reads this value. The join protocol needs no SeqCst store here:
+        // its Dekker pair is the SeqCst fence just below (in `notify`)
+        // against the joiner's fence. If the joiner's fence comes first in
+        // the single total order S, the `active` load of every later
+        // `publish` (after our fence) sees the joiner's bit; otherwise the
+        // joiner's `tail` load (after its fence) sees this store. (A
+        // SeqCst store is an `xchg` on x86: a second full barrier per
+        // message next to the fence.)
+        self.core.tail.0.store(pos + 1, Ordering::Release);
         // Its SeqCst fence also orders the `active` re-load below.
         notify(&self.core.data_seq.0, &self.core.sub_sleepers.0);
         // Relaxed: after the SeqCst fence in `notify`, which pairs with the
@@ -296,8 +402,10 @@ impl Pool<'_> {
         let n = self.meta.len();
         let valid = self.valid_bits();
         let mut freed = 0;
-        for k in 0..chunk.min(n) {
-            let m = &self.meta[(start + k) % n];
+        let mut s = start % n;
+        for _ in 0..chunk.min(n) {
+            let m = &self.meta[s];
+            s = if s + 1 == n { 0 } else { s + 1 };
             // Relaxed: the RMWs below decide.
             let r = m.refs.load(Ordering::Relaxed);
             if r & !valid != 0 {
@@ -337,34 +445,49 @@ impl Pool<'_> {
     }
 
     /// Subscriber: the next message addressed to `cur`, held, if any.
+    #[inline]
     pub(crate) fn try_take(&self, cur: &mut SubCursor) -> Result<Option<Taken>, String> {
         let bits = Bits::of(cur.idx);
         let q = self.queue.len() as u64;
         loop {
-            // SeqCst: Acquire for the queue entry and slot (pairs with the
-            // store in `publish`); SeqCst for the join protocol.
-            let tail = self.core.tail.0.load(Ordering::SeqCst);
-            if tail < cur.next {
-                return Err(format!("tail {tail} went back below {}", cur.next));
-            }
-            if tail == cur.next {
-                return Ok(None);
-            }
-            if tail - cur.next > q {
-                // Lapped beyond the queue (drop-oldest): those entries are
-                // gone. Under `Block` only the publication at `join_pos`
-                // (never addressed to us, so holding none of "our" slots)
-                // can be lapped, right after a join: not a miss. Under
-                // drop-oldest counting `join_pos` may over-count by one
-                // (see `silent`), never under-count.
-                let to = tail - q;
-                let mut lost = to - cur.next;
-                if self.policy == Policy::Block && (cur.next..to).contains(&cur.join_pos) {
-                    lost -= 1;
+            if cur.next >= cur.seen_tail {
+                // SeqCst: Acquire for the queue entries and slots below it
+                // (pairs with the Release store in `publish`); SeqCst for
+                // the join protocol.
+                let tail = self.core.tail.0.load(Ordering::SeqCst);
+                if tail < cur.next {
+                    return Err(corrupt(format_args!(
+                        "tail {tail} went back below {}",
+                        cur.next
+                    )));
                 }
-                cur.missed = cur.missed.saturating_add(lost);
-                cur.next = to;
+                if tail == cur.next {
+                    return Ok(None);
+                }
+                cur.seen_tail = tail;
+                if tail - cur.next > q {
+                    // Lapped beyond the queue (drop-oldest): those entries
+                    // are gone. Under `Block` only the publication at
+                    // `join_pos` (never addressed to us, so holding none of
+                    // "our" slots) can be lapped, right after a join: not a
+                    // miss. Under drop-oldest counting `join_pos` may
+                    // over-count by one (see `silent`), never under-count.
+                    let to = tail - q;
+                    let mut lost = to - cur.next;
+                    if self.policy == Policy::Block && (cur.next..to).contains(&cur.join_pos) {
+                        lost -= 1;
+                    }
+                    cur.missed = cur.missed.saturating_add(lost);
+                    cur.next = to;
+                }
             }
+            // Below `seen_tail`, without loading `tail` again: the Acquire
+            // load that returned it made these entries visible. An entry
+            // overwritten since (drop-oldest lapping us after that load)
+            // names a slot whose `seq` is not `pos`: found by the check
+            // below and counted as missed, exactly as when the publisher
+            // overwrites it right after a fresh load. (Lapping is detected
+            // in bulk only at a reload; in between, one entry at a time.)
             let pos = cur.next;
             cur.next += 1;
             // The publication at `join_pos` may have been made before our
@@ -377,8 +500,12 @@ impl Pool<'_> {
             // Relaxed: ordered by the SeqCst load of `tail` above.
             let slot = self.queue[(pos & self.qmask()) as usize].load(Ordering::Relaxed) as usize;
             let Some(m) = self.meta.get(slot) else {
-                return Err(format!("slot number {slot} out of range"));
+                return Err(corrupt(format_args!("slot number {slot} out of range")));
             };
+            // The payload is read right after the CAS below, which a load
+            // cannot pass (x86 locked instructions drain first): fetch its
+            // line now, in parallel with the CAS's transfer of `refs`.
+            self.prefetch_payload(slot);
             // Relaxed: the CAS below re-reads it with Acquire.
             let mut r = m.refs.load(Ordering::Relaxed);
             let took = loop {
@@ -419,7 +546,9 @@ impl Pool<'_> {
                     notify(&self.core.free_seq.0, &self.core.pub_sleepers.0);
                 }
                 if seq < pos {
-                    return Err(format!("slot {slot} has position {seq}, expected {pos}"));
+                    return Err(corrupt(format_args!(
+                        "slot {slot} has position {seq}, expected {pos}"
+                    )));
                 }
                 if !silent {
                     cur.missed = cur.missed.saturating_add(1);
@@ -430,10 +559,10 @@ impl Pool<'_> {
             let len = m.len.load(Ordering::Relaxed);
             if len > self.slot_size {
                 self.release(cur.idx, slot);
-                return Err(format!(
+                return Err(corrupt(format_args!(
                     "slot {slot} length {len} exceeds the slot size {}",
                     self.slot_size
-                ));
+                )));
             }
             // Relaxed: informational, for `stat`.
             self.subs[cur.idx].next.store(cur.next, Ordering::Relaxed);
@@ -443,6 +572,7 @@ impl Pool<'_> {
     }
 
     /// Subscriber `idx` is done with `slot`.
+    #[inline]
     pub(crate) fn release(&self, idx: usize, slot: usize) {
         let bits = Bits::of(idx);
         // Release: our reads of the payload happen before the publisher's
@@ -577,6 +707,7 @@ impl Pool<'_> {
         SubCursor {
             idx,
             next: join_pos,
+            seen_tail: join_pos,
             join_pos,
             missed: 0,
         }

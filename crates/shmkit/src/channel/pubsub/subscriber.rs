@@ -129,11 +129,13 @@ impl Subscriber {
     /// [`RecvError::Disconnected`] (or [`RecvError::SenderDied`]). A
     /// publisher that had already closed or died when this subscriber
     /// joined does not end it: it waits for the next publisher.
+    #[inline]
     pub fn recv(&self) -> Result<Sample<'_>, RecvError> {
         self.recv_wait(Wait::Forever)
     }
 
     /// Receives the next message if one is waiting.
+    #[inline]
     pub fn try_recv(&self) -> Result<Sample<'_>, RecvError> {
         self.recv_wait(Wait::No)
     }
@@ -164,70 +166,88 @@ impl Subscriber {
         // bytes (reserved above) and does not overlap shared memory; `u8`
         // has no invalid values, so `set_len` exposes initialised bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.sh.payload(sample.slot),
-                buf.as_mut_ptr(),
-                sample.len,
-            );
+            std::ptr::copy_nonoverlapping(sample.ptr, buf.as_mut_ptr(), sample.len);
             buf.set_len(sample.len);
         }
         Ok(sample.missed)
     }
 
     /// Receives the next message under a wait policy.
+    #[inline]
     pub fn recv_wait(&self, wait: Wait) -> Result<Sample<'_>, RecvError> {
-        let pool = self.sh.pool();
-        let poll = || match self.with_cur(|c| pool.try_take(c)) {
-            Ok(Some(t)) => Some(Ok(t)),
-            Ok(None) => None,
-            Err(m) => Some(Err(RecvError::Corrupt(m))),
-        };
-        let taken = match poll() {
-            Some(r) => r?,
-            None => {
-                let fd = self.sh.seg.fd();
-                let r = wait_loop_marked(
-                    self.strategy.get(),
-                    wait,
-                    &pool.core.data_seq.0,
-                    &pool.core.sub_sleepers.0,
-                    Some(&pool.subs[self.idx].asleep),
-                    poll,
-                    || match self.alive.status(
-                        wait == Wait::No,
-                        fd,
-                        &pool.core.pub_state.0,
-                        PUBLISHER,
-                        self.stale.get(),
-                    ) {
-                        PeerState::Closed => Some(Err(RecvError::Disconnected)),
-                        PeerState::Dead => Some(Err(RecvError::SenderDied)),
-                        PeerState::NotYet | PeerState::Alive => None,
-                    },
-                );
-                match r {
-                    Some(Ok(t)) => t,
-                    Some(Err(e @ (RecvError::Disconnected | RecvError::SenderDied))) => {
-                        // Deliver what was published before the close.
-                        match poll() {
-                            Some(r) => r?,
-                            None => return Err(e),
-                        }
-                    }
-                    Some(Err(e)) => return Err(e),
-                    None if wait == Wait::No => return Err(RecvError::Empty),
-                    None => return Err(RecvError::Timeout),
-                }
-            }
-        };
+        match self.take() {
+            Ok(Some(t)) => Ok(self.sample(t)),
+            Ok(None) => self.recv_slow(wait),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One attempt: the next message addressed to us, held, if any.
+    #[inline]
+    fn take(&self) -> Result<Option<Taken>, RecvError> {
+        let mut cur = self.cur.get();
+        let r = self.sh.pool().try_take(&mut cur);
+        self.cur.set(cur);
+        r.map_err(RecvError::Corrupt)
+    }
+
+    #[inline]
+    fn sample(&self, taken: Taken) -> Sample<'_> {
         // A message: whoever sent it, its end is now ours.
         self.stale.set(peer::Stale::NONE);
-        Ok(Sample {
+        Sample {
             sub: self,
+            ptr: self.sh.payload(taken.slot),
             slot: taken.slot,
             len: taken.len as usize,
             missed: taken.missed,
-        })
+        }
+    }
+
+    /// Nothing was waiting: wait under `wait`'s policy.
+    #[cold]
+    #[inline(never)]
+    fn recv_slow(&self, wait: Wait) -> Result<Sample<'_>, RecvError> {
+        let pool = self.sh.pool();
+        let poll = || match self.take() {
+            Ok(Some(t)) => Some(Ok(t)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        let fd = self.sh.seg.fd();
+        let r = wait_loop_marked(
+            self.strategy.get(),
+            wait,
+            &pool.core.data_seq.0,
+            &pool.core.sub_sleepers.0,
+            Some(&pool.subs[self.idx].asleep),
+            poll,
+            || match self.alive.status(
+                wait == Wait::No,
+                fd,
+                &pool.core.pub_state.0,
+                PUBLISHER,
+                self.stale.get(),
+            ) {
+                PeerState::Closed => Some(Err(RecvError::Disconnected)),
+                PeerState::Dead => Some(Err(RecvError::SenderDied)),
+                PeerState::NotYet | PeerState::Alive => None,
+            },
+        );
+        let taken = match r {
+            Some(Ok(t)) => t,
+            Some(Err(e @ (RecvError::Disconnected | RecvError::SenderDied))) => {
+                // Deliver what was published before the close.
+                match poll() {
+                    Some(r) => r?,
+                    None => return Err(e),
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None if wait == Wait::No => return Err(RecvError::Empty),
+            None => return Err(RecvError::Timeout),
+        };
+        Ok(self.sample(taken))
     }
 }
 
@@ -253,6 +273,8 @@ impl Drop for Subscriber {
 #[derive(Debug)]
 pub struct Sample<'a> {
     sub: &'a Subscriber,
+    /// The payload of `slot` (`Shared::payload`, computed once).
+    ptr: *const u8,
     slot: usize,
     len: usize,
     missed: u64,
@@ -268,18 +290,21 @@ impl Sample<'_> {
 
 impl Deref for Sample<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY:
-        // - `slot < slots` (bounds-checked in `try_take`) and `len <=
+        // - `ptr` is the payload of `slot` (`Shared::payload`, which asserts
+        //   `slot < slots`, also bounds-checked in `try_take`) and `len <=
         //   slot_size <= stride` (checked there too): in bounds;
         // - we hold the slot (our held bit): an honest publisher does not
         //   write it until every holder released it (Acquire/Release on
         //   `refs`); a hostile writer can change bytes, not bounds.
-        unsafe { std::slice::from_raw_parts(self.sub.sh.payload(self.slot), self.len) }
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
 impl Drop for Sample<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.sub.sh.pool().release(self.sub.idx, self.slot);
     }
