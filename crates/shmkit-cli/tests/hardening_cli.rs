@@ -163,9 +163,9 @@ step left_after_full ls -A /dev/shm
 fn writes_and_sends_into_a_full_dev_shm_never_sigbus() {
     let Some(s) = in_small_shm(
         r#"
-$S create seg --size 2MiB
-$S create r --kind ring --capacity 16 --max-message 1KiB
-$S create sp --size 1MiB --sparse
+step create_seg $S create seg --size 2MiB
+step create_r $S create r --kind ring --capacity 16 --max-message 1KiB
+step create_sp $S create sp --size 1MiB --sparse
 head -c 2097152 /dev/urandom > $T/in.bin
 fill
 step df df --output=avail /dev/shm
@@ -180,6 +180,11 @@ step sparse_write sh -c 'head -c 1048576 /dev/zero | $S write sp'
     ) else {
         return;
     };
+    // Each creation is checked, so that a failure names its cause
+    // instead of surfacing later as "no such segment".
+    for name in ["create_seg", "create_r", "create_sp"] {
+        step(&s, name, 0);
+    }
     assert!(step(&s, "df", 0).trim().ends_with('0'), "not full");
     step(&s, "write", 0);
     assert_eq!(step(&s, "read_back", 0), "same\n");
