@@ -163,8 +163,11 @@ impl Link for RingLink {
 
     #[inline]
     fn send_many(&mut self, len: usize, seq: u64, n: u64, deadline: Instant) -> Result<u64> {
-        if self.batch.is_empty() || n == 0 {
-            return crate::link::send_seq(self, len, seq, deadline).map(|()| u64::from(n > 0));
+        if n == 0 {
+            return Ok(0);
+        }
+        if self.batch.is_empty() {
+            return crate::link::send_seq(self, len, seq, deadline).map(|()| 1);
         }
         let k = (n as usize).min(BATCH);
         for (i, b) in self.batch[..k].iter_mut().enumerate() {
@@ -181,8 +184,11 @@ impl Link for RingLink {
 
     #[inline]
     fn recv_many(&mut self, len: usize, seq: u64, n: u64, deadline: Instant) -> Result<u64> {
-        if self.batch.is_empty() || n == 0 {
-            return crate::link::recv_seq(self, len, seq, deadline).map(|()| u64::from(n > 0));
+        if n == 0 {
+            return Ok(0);
+        }
+        if self.batch.is_empty() {
+            return crate::link::recv_seq(self, len, seq, deadline).map(|()| 1);
         }
         let mut bad = None;
         let mut k = 0u64;
