@@ -9,11 +9,11 @@
 //! `head` (on its own line) per message; the producer re-reads `head` only
 //! when its cached copy says full. With `fence`, both sides also run the
 //! sleeper protocol's `notify` (a SeqCst fence and a load of a sleeper
-//! count) per message. Rounds alternate the record sizes; the best rate of
-//! each is printed.
+//! count) per message; `fence-producer` / `fence-consumer`: one side only.
+//! Rounds alternate the record sizes; the best rate of each is printed.
 //!
 //! ```text
-//! cargo run --release -p shmkit-bench --example packing -- [fence] [messages]
+//! cargo run --release -p shmkit-bench --example packing -- [fence|fence-producer|fence-consumer] [messages]
 //! ```
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -79,13 +79,21 @@ fn pin(cpu: usize) {
     }
 }
 
+/// Which sides run `notify` per message: (producer, consumer).
+type Fences = (bool, bool);
+
 /// Messages per second through a ring of `rec`-byte records.
-fn run(rec: usize, n: u64, fenced: bool) -> f64 {
+fn run(rec: usize, n: u64, fences: Fences) -> f64 {
     let ring = &Ring::new(rec);
-    std::thread::scope(|scope| run_in(scope, ring, n, fenced))
+    std::thread::scope(|scope| run_in(scope, ring, n, fences))
 }
 
-fn run_in<'s>(scope: &'s std::thread::Scope<'s, '_>, ring: &'s Ring, n: u64, fenced: bool) -> f64 {
+fn run_in<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    ring: &'s Ring,
+    n: u64,
+    (pf, cf): Fences,
+) -> f64 {
     let consumer = scope.spawn(move || {
         pin(1);
         let mut sum = 0u64;
@@ -99,7 +107,7 @@ fn run_in<'s>(scope: &'s std::thread::Scope<'s, '_>, ring: &'s Ring, n: u64, fen
             sum = sum.wrapping_add(payload.load(Ordering::Relaxed));
             // Release: our read happens before the producer reuses the slot.
             ring.head.0.store(i + 1, Ordering::Release);
-            notify(ring, fenced);
+            notify(ring, cf);
         }
         sum
     });
@@ -117,7 +125,7 @@ fn run_in<'s>(scope: &'s std::thread::Scope<'s, '_>, ring: &'s Ring, n: u64, fen
         payload.store(i, Ordering::Relaxed);
         // Release: the payload is visible to whoever sees the stamp.
         stamp.store(i + 1, Ordering::Release);
-        notify(ring, fenced);
+        notify(ring, pf);
     }
     let sum = consumer.join().expect("consumer thread");
     let rate = n as f64 / t0.elapsed().as_secs_f64();
@@ -127,7 +135,11 @@ fn run_in<'s>(scope: &'s std::thread::Scope<'s, '_>, ring: &'s Ring, n: u64, fen
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let fenced = args.iter().any(|a| a == "fence");
+    let has = |w: &str| args.iter().any(|a| a == w);
+    let fences = (
+        has("fence") || has("fence-producer"),
+        has("fence") || has("fence-consumer"),
+    );
     let n: u64 = args
         .iter()
         .skip(1)
@@ -136,19 +148,17 @@ fn main() {
     let mut best = [0f64; SIZES.len()];
     for _ in 0..5 {
         for (b, &rec) in best.iter_mut().zip(&SIZES) {
-            let r = run(rec, n, fenced);
+            let r = run(rec, n, fences);
             *b = b.max(r);
             print!("{rec} B: {:.1} M/s  ", r / 1e6);
         }
         println!();
     }
     println!(
-        "best ({}): 64 B records {:.1} M/s; 32 B {:.1} M/s ({:.2}x); 16 B {:.1} M/s ({:.2}x)",
-        if fenced {
-            "fence per message"
-        } else {
-            "no fence"
-        },
+        "best (fence per message: producer {}, consumer {}): 64 B records {:.1} M/s; \
+         32 B {:.1} M/s ({:.2}x); 16 B {:.1} M/s ({:.2}x)",
+        fences.0,
+        fences.1,
         best[0] / 1e6,
         best[1] / 1e6,
         best[1] / best[0],
