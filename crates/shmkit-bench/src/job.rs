@@ -136,13 +136,15 @@ pub fn parent_role<L: Link>(link: &mut L, job: &Job, deadline: Instant) -> Resul
             warmup,
             count,
         } => {
-            for i in 0..warmup {
-                send_seq(link, size, i, deadline)?;
+            let mut i = 0;
+            while i < warmup {
+                i += link.send_many(size, i, warmup - i, deadline)?;
             }
             recv_seq(link, ACK_LEN, ACK, deadline)?;
             let t0 = Instant::now();
-            for i in 0..count {
-                send_seq(link, size, warmup + i, deadline)?;
+            let mut i = 0;
+            while i < count {
+                i += link.send_many(size, warmup + i, count - i, deadline)?;
             }
             recv_seq(link, ACK_LEN, ACK + 1, deadline)?;
             Ok(Outcome::Elapsed(t0.elapsed()))
@@ -196,12 +198,14 @@ pub fn child_role<L: Link>(link: &mut L, job: &Job, deadline: Instant) -> Result
             warmup,
             count,
         } => {
-            for i in 0..warmup {
-                recv_seq(link, size, i, deadline)?;
+            let mut i = 0;
+            while i < warmup {
+                i += link.recv_many(size, i, warmup - i, deadline)?;
             }
             send_seq(link, ACK_LEN, ACK, deadline)?;
-            for i in 0..count {
-                recv_seq(link, size, warmup + i, deadline)?;
+            let mut i = 0;
+            while i < count {
+                i += link.recv_many(size, warmup + i, count - i, deadline)?;
             }
             send_seq(link, ACK_LEN, ACK + 1, deadline)?;
         }

@@ -35,6 +35,29 @@ pub trait Link {
         deadline: Instant,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R>;
+
+    /// Sends messages `seq`, `seq + 1`, ... (at most `n`, at least 1 if
+    /// `n > 0`), patterned, of `len` bytes each; returns how many. The
+    /// default sends one through [`Link::send`]; a link with a batch API
+    /// sends as many as it takes at once.
+    #[inline]
+    fn send_many(&mut self, len: usize, seq: u64, n: u64, deadline: Instant) -> Result<u64> {
+        if n == 0 {
+            return Ok(0);
+        }
+        send_seq(self, len, seq, deadline).map(|()| 1)
+    }
+
+    /// Receives and checks messages `seq`, `seq + 1`, ... (at most `n`, at
+    /// least 1 if `n > 0`) of `len` bytes each; returns how many. The
+    /// default receives one through [`Link::recv`].
+    #[inline]
+    fn recv_many(&mut self, len: usize, seq: u64, n: u64, deadline: Instant) -> Result<u64> {
+        if n == 0 {
+            return Ok(0);
+        }
+        recv_seq(self, len, seq, deadline).map(|()| 1)
+    }
 }
 
 /// Writes the pattern of message `seq` into `len` bytes at `dst`: 64-bit
@@ -86,14 +109,24 @@ fn expected_sum(n: usize, seq: u64) -> u64 {
 
 /// Sends message `seq`, patterned, of `len` bytes.
 #[inline]
-pub fn send_seq<L: Link>(link: &mut L, len: usize, seq: u64, deadline: Instant) -> Result<()> {
+pub fn send_seq<L: Link + ?Sized>(
+    link: &mut L,
+    len: usize,
+    seq: u64,
+    deadline: Instant,
+) -> Result<()> {
     // SAFETY: `Link::send` hands a pointer valid for `len` bytes of writes.
     link.send(len, deadline, |p, n| unsafe { fill_raw(p, n, seq) })
 }
 
 /// Receives message `seq` of `len` bytes and verifies every byte of it.
 #[inline]
-pub fn recv_seq<L: Link>(link: &mut L, len: usize, seq: u64, deadline: Instant) -> Result<()> {
+pub fn recv_seq<L: Link + ?Sized>(
+    link: &mut L,
+    len: usize,
+    seq: u64,
+    deadline: Instant,
+) -> Result<()> {
     if link.recv(len, deadline, |b| check(b, seq))? {
         Ok(())
     } else {

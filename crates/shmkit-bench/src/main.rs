@@ -163,6 +163,9 @@ fn run(args: Args, command: String) -> Result<bool, String> {
             );
             for k in 0..n {
                 let c = contenders[(k + round + ci) % n];
+                if !c.runs(case.scenario) {
+                    continue;
+                }
                 let spec = PeerSpec {
                     contender: c,
                     job: case.job,
@@ -189,7 +192,7 @@ fn run(args: Args, command: String) -> Result<bool, String> {
 
     let mut results = Vec::new();
     for (ci, case) in cases.iter().enumerate() {
-        for &c in &contenders {
+        for &c in contenders.iter().filter(|c| c.runs(case.scenario)) {
             let a = acc.remove(&(ci, c)).unwrap_or_default();
             results.push(summarise(case, c, a));
         }

@@ -30,6 +30,11 @@ pub fn run_job(spec: &PeerSpec) -> Result<Outcome> {
     let out = match spec.contender {
         ContenderId::Floor => drive(FloorLink::parent(spec)?, Vec::new(), spec),
         ContenderId::RingSpin => drive(RingLink::parent(spec, true)?, Vec::new(), spec),
+        ContenderId::RingSpinBatch => drive(
+            RingLink::parent(spec, true)?.batched(spec),
+            Vec::new(),
+            spec,
+        ),
         ContenderId::RingBlock => drive(RingLink::parent(spec, false)?, Vec::new(), spec),
         ContenderId::PubSubSpin => drive(PubSubLink::parent(spec, true)?, Vec::new(), spec),
         ContenderId::PubSubBlock => drive(PubSubLink::parent(spec, false)?, Vec::new(), spec),
@@ -61,6 +66,11 @@ pub fn peer_main(spec_json: &str) -> Result<()> {
     match spec.contender {
         ContenderId::Floor => serve(FloorLink::child(&spec)?, &spec, deadline),
         ContenderId::RingSpin => serve(RingLink::child(&spec, true)?, &spec, deadline),
+        ContenderId::RingSpinBatch => serve(
+            RingLink::child(&spec, true)?.batched(&spec),
+            &spec,
+            deadline,
+        ),
         ContenderId::RingBlock => serve(RingLink::child(&spec, false)?, &spec, deadline),
         ContenderId::PubSubSpin => serve(PubSubLink::child(&spec, true)?, &spec, deadline),
         ContenderId::PubSubBlock => serve(PubSubLink::child(&spec, false)?, &spec, deadline),

@@ -229,7 +229,24 @@ impl Out {
             Out::PubSub(p) => p.send_wait(msg, wait),
         }
     }
+
+    /// Sends a prefix of `msgs` (at least one message unless it is empty);
+    /// returns how many. A ring takes as many as it has room for with one
+    /// index store and one wake-up check ([`Sender::send_batch`]); pub/sub
+    /// has no batch form, so one message.
+    fn send_batch(&mut self, msgs: &[&[u8]], wait: Wait) -> Result<usize, SendError> {
+        match (self, msgs.first()) {
+            (_, None) => Ok(0),
+            (Out::Ring(s), _) => s.send_batch(msgs, wait),
+            (Out::PubSub(p), Some(m)) => p.send_wait(m, wait).map(|()| 1),
+        }
+    }
 }
+
+/// Most lines `send --lines` gathers into one batch.
+const LINE_BATCH: usize = 256;
+/// Most input bytes it gathers into one batch.
+const LINE_BATCH_BYTES: usize = 256 << 10;
 
 /// How often a blocked `send`/`recv` looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -389,21 +406,63 @@ fn send_input(a: &SendArgs, out: &mut Out) -> Result<(), Ended<CliError>> {
                 }
             }
         }
-        None => {
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let n = input.read_until(b'\n', &mut line).map_err(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                for part in line.chunks(max) {
-                    send(part)?;
-                }
-            }
-        }
+        None => send_lines(&mut input, out, max, name, read_err)?,
     }
     Ok(())
+}
+
+/// `send --lines`: gathers the lines already buffered (up to
+/// [`LINE_BATCH`] messages or [`LINE_BATCH_BYTES`]) and sends them with
+/// [`Out::send_batch`]. It never waits for more input while holding lines:
+/// when the input buffer runs dry the batch goes out first, so lines typed
+/// one by one are delivered one by one.
+fn send_lines(
+    input: &mut BufReader<impl Read>,
+    out: &mut Out,
+    max: usize,
+    name: &str,
+    read_err: impl Fn(io::Error) -> Ended<CliError>,
+) -> Result<(), Ended<CliError>> {
+    let mut arena: Vec<u8> = Vec::new();
+    let mut parts: Vec<(usize, usize)> = Vec::new();
+    loop {
+        arena.clear();
+        parts.clear();
+        let mut eof = false;
+        while parts.len() < LINE_BATCH && arena.len() < LINE_BATCH_BYTES {
+            let start = arena.len();
+            if input.read_until(b'\n', &mut arena).map_err(&read_err)? == 0 {
+                eof = true;
+                break;
+            }
+            // A line longer than a message goes as several, in order.
+            let mut s = start;
+            while s < arena.len() {
+                let e = (s + max).min(arena.len());
+                parts.push((s, e));
+                s = e;
+            }
+            if input.buffer().is_empty() {
+                break; // the next read may block: send what we hold first
+            }
+        }
+        let msgs: Vec<&[u8]> = parts.iter().map(|&(s, e)| &arena[s..e]).collect();
+        let mut sent = 0;
+        while sent < msgs.len() {
+            sent += sliced(
+                None,
+                |e| *e == SendError::Timeout,
+                |w| out.send_batch(&msgs[sent..], w),
+            )
+            .map_err(|e| match e {
+                Ended::Stopped(sig) => Ended::Stopped(sig),
+                Ended::Err(e) => Ended::Err(CliError::fail(format!("send {name:?}: {e}"))),
+            })?;
+        }
+        if eof {
+            return Ok(());
+        }
+    }
 }
 
 /// Reads until `buf` is full or end of input; returns the bytes read.

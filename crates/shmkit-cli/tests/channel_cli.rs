@@ -140,6 +140,62 @@ fn ring_lines_round_trip_is_byte_identical() {
     assert_eq!(out.stdout, input);
 }
 
+/// `send --lines` sends in batches (as many as the ring has room for, at
+/// most a few hundred lines, never across a blocking read): numbered lines
+/// of random lengths, many split in several messages, through a 4-slot ring
+/// (so nearly every batch is cut short by a full ring) and across many
+/// refills of the 1 MiB input buffer (lines straddle them). A line lost,
+/// duplicated or reordered at any batch or buffer boundary changes the
+/// output.
+#[test]
+fn ring_lines_in_batches_arrive_complete_and_in_order() {
+    let name = unique();
+    let _g = Cleanup(name.clone());
+    ok(&[
+        "create",
+        &name,
+        "--kind",
+        "ring",
+        "--capacity",
+        "4",
+        "--max-message",
+        "16",
+    ]);
+    let filler = pseudo_random(64, 11);
+    let mut input = Vec::new();
+    let mut x: u64 = 99;
+    for i in 0..150_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        input.extend_from_slice(format!("{i}:").as_bytes());
+        let extra = (x % 40) as usize;
+        input.extend(filler[..extra].iter().map(|b| b'a' + b % 26));
+        input.push(b'\n');
+    }
+    assert!(input.len() > 3 << 20, "spans several input buffers");
+    // `recv`'s output is drained while `send` runs (more than a pipe holds).
+    let recv = Command::new(BIN)
+        .args(["recv", &name, "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = std::thread::spawn(move || wait(recv, 120));
+    let file = std::env::temp_dir().join(format!("{name}.in"));
+    std::fs::write(&file, &input).unwrap();
+    ok(&["send", &name, file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    let out = drain.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "lines lost, repeated or reordered");
+}
+
 #[test]
 fn pubsub_round_trip_and_stat() {
     let name = unique();

@@ -7,6 +7,11 @@
 //!   subscriber, back-pressure policy, `loan` → fill in place → `publish`,
 //!   the subscriber reads the sample in place.
 //!
+//! - ring, batched (stream scenario only): the same rings, streamed with
+//!   `send_batch` (up to [`BATCH`] messages per call, copied from the
+//!   sender's buffers) and `recv_batch` (read in place, all their slots
+//!   freed at once), as a user streaming small messages would.
+//!
 //! Both variants call the waiting forms with the job's deadline
 //! (`send_with` / `recv_with` / `loan_deadline` / `recv_deadline` with
 //! `Wait::Until`), as a user would; they differ in the endpoint's
@@ -28,7 +33,7 @@ use shmkit::channel::{Wait, WaitStrategy};
 use shmkit::segment::{self, Lifetime};
 
 use crate::job::{Job, PeerSpec, ACK_LEN};
-use crate::link::{Link, Result};
+use crate::link::{check, Link, Result};
 
 /// (slots, max message) per direction: (parent→child, child→parent).
 fn shape(job: &Job) -> ((u64, usize), (u64, usize)) {
@@ -62,10 +67,15 @@ impl Drop for Remover {
     }
 }
 
+/// Most messages per `send_batch` / `recv_batch` of the batched variant.
+pub const BATCH: usize = 32;
+
 /// One side of a pair of shmkit rings.
 pub struct RingLink {
     tx: Sender,
     rx: Receiver,
+    /// The batched variant's message buffers (empty: per message).
+    batch: Vec<Vec<u8>>,
     _rm: Remover,
 }
 
@@ -99,7 +109,19 @@ impl RingLink {
         };
         tx.set_wait_strategy(strategy);
         rx.set_wait_strategy(strategy);
-        RingLink { tx, rx, _rm: rm }
+        RingLink {
+            tx,
+            rx,
+            batch: Vec::new(),
+            _rm: rm,
+        }
+    }
+
+    /// The batched variant: streams go through `send_batch` /
+    /// `recv_batch` (other messages, the acknowledgements, one by one).
+    pub fn batched(mut self, spec: &PeerSpec) -> RingLink {
+        self.batch = vec![vec![0u8; spec.job.max_len()]; BATCH];
+        self
     }
 }
 
@@ -137,6 +159,54 @@ impl Link for RingLink {
                 }
             })
             .map_err(|e| format!("ring recv: {e}"))?
+    }
+
+    #[inline]
+    fn send_many(&mut self, len: usize, seq: u64, n: u64, deadline: Instant) -> Result<u64> {
+        if n == 0 {
+            return Ok(0);
+        }
+        if self.batch.is_empty() {
+            return crate::link::send_seq(self, len, seq, deadline).map(|()| 1);
+        }
+        let k = (n as usize).min(BATCH);
+        for (i, b) in self.batch[..k].iter_mut().enumerate() {
+            b.resize(len, 0);
+            // SAFETY: `b` holds `len` bytes.
+            unsafe { crate::link::fill_raw(b.as_mut_ptr(), len, seq + i as u64) };
+        }
+        let sent = self
+            .tx
+            .send_batch(&self.batch[..k], Wait::Until(deadline))
+            .map_err(|e| format!("ring send_batch: {e}"))?;
+        Ok(sent as u64)
+    }
+
+    #[inline]
+    fn recv_many(&mut self, len: usize, seq: u64, n: u64, deadline: Instant) -> Result<u64> {
+        if n == 0 {
+            return Ok(0);
+        }
+        if self.batch.is_empty() {
+            return crate::link::recv_seq(self, len, seq, deadline).map(|()| 1);
+        }
+        let mut bad = None;
+        let mut k = 0u64;
+        let got = self
+            .rx
+            .recv_batch(n.min(BATCH as u64) as usize, Wait::Until(deadline), |b| {
+                if bad.is_none() && (b.len() != len || !check(b, seq + k)) {
+                    bad = Some(seq + k);
+                }
+                k += 1;
+            })
+            .map_err(|e| format!("ring recv_batch: {e}"))?;
+        match bad {
+            Some(s) => Err(format!(
+                "message {s} ({len} B) failed its length or checksum"
+            )),
+            None => Ok(got as u64),
+        }
     }
 }
 

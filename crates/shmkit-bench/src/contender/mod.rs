@@ -12,6 +12,8 @@ pub mod stream;
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Scenario;
+
 /// Every contender the harness knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 pub enum ContenderId {
@@ -26,6 +28,9 @@ pub enum ContenderId {
     Iceoryx2,
     /// shmkit SPSC ring, busy-poll.
     RingSpin,
+    /// shmkit SPSC ring, busy-poll, streaming through the batch API
+    /// (`send_batch` / `recv_batch`); stream scenario only.
+    RingSpinBatch,
     /// shmkit SPSC ring, blocking (futex).
     RingBlock,
     /// shmkit publish/subscribe, busy-poll.
@@ -43,6 +48,7 @@ impl ContenderId {
             ContenderId::Uds => "unix-socket",
             ContenderId::Iceoryx2 => "iceoryx2",
             ContenderId::RingSpin => "shmkit-ring-spin",
+            ContenderId::RingSpinBatch => "shmkit-ring-spin-batch",
             ContenderId::RingBlock => "shmkit-ring-block",
             ContenderId::PubSubSpin => "shmkit-pubsub-spin",
             ContenderId::PubSubBlock => "shmkit-pubsub-block",
@@ -56,6 +62,7 @@ impl ContenderId {
             ContenderId::Floor
                 | ContenderId::Iceoryx2
                 | ContenderId::RingSpin
+                | ContenderId::RingSpinBatch
                 | ContenderId::PubSubSpin
         )
     }
@@ -65,6 +72,7 @@ impl ContenderId {
         let mut v = vec![
             ContenderId::Floor,
             ContenderId::RingSpin,
+            ContenderId::RingSpinBatch,
             ContenderId::PubSubSpin,
             ContenderId::RingBlock,
             ContenderId::PubSubBlock,
@@ -74,6 +82,12 @@ impl ContenderId {
         }
         v.extend([ContenderId::Pipe, ContenderId::Uds]);
         v
+    }
+
+    /// Whether it takes part in `scenario`: the batch variant only
+    /// streams small messages (a ping-pong has nothing to batch).
+    pub fn runs(self, scenario: Scenario) -> bool {
+        self != ContenderId::RingSpinBatch || scenario == Scenario::Stream
     }
 
     /// Parses [`ContenderId::name`].
