@@ -512,6 +512,9 @@ Exit status:
        shmkit: recv \"NAME\": missed N messages
   130, 143  stopped by SIGINT/SIGTERM; the channel was closed cleanly";
 
+/// Most ring messages `recv` takes per `recv_batch` call.
+const RECV_BATCH: usize = 256;
+
 /// Exit status of `recv` when messages were missed (drop-oldest).
 pub const EXIT_MISSED: i32 = 3;
 
@@ -540,22 +543,28 @@ pub fn recv(a: &RecvArgs) -> CliResult {
         Kind::Ring => {
             let mut rx = Receiver::from_segment(seg).map_err(open_err)?;
             loop {
-                if a.count.is_some_and(|c| received >= c) {
+                // Up to RECV_BATCH messages per call: one release of their
+                // slots instead of one per message; never beyond --count.
+                let max = a.count.map_or(RECV_BATCH, |c| {
+                    usize::try_from(c.saturating_sub(received))
+                        .map_or(RECV_BATCH, |r| r.min(RECV_BATCH))
+                });
+                if max == 0 {
                     break Ok(());
                 }
                 // Flush before blocking, so a reader of our stdout sees
                 // every message that has arrived.
-                let r = match rx.recv_with(Wait::No, |m| write(&mut out, m)) {
+                let r = match rx.recv_batch(max, Wait::No, |m| write(&mut out, m)) {
                     Err(RecvError::Empty) => {
                         let _ = out.flush();
                         sliced(a.timeout, is_timeout, |w| {
-                            rx.recv_with(w, |m| write(&mut out, m))
+                            rx.recv_batch(max, w, |m| write(&mut out, m))
                         })
                     }
                     r => r.map_err(Ended::Err),
                 };
                 match r {
-                    Ok(()) => received += 1,
+                    Ok(n) => received += n as u64,
                     Err(e) => break Err(e),
                 }
             }
