@@ -105,7 +105,7 @@ use super::error::{OpenError, RecvError, SendError};
 use super::peer::{self, PeerState};
 use super::wait::{notify, wait_loop, wait_loop_marked, wake, Wait, WaitStrategy};
 use super::CachePadded;
-use crate::primitive::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
 use crate::sys::ofd_lock;
 
@@ -150,6 +150,7 @@ impl Policy {
 
 #[cfg(all(feature = "async", not(loom)))]
 mod aio;
+mod membership;
 mod pool;
 mod publisher;
 mod subscriber;
