@@ -377,10 +377,7 @@ fn send_input(a: &SendArgs, out: &mut Out) -> Result<(), Ended<CliError>> {
             |e| *e == SendError::Timeout,
             |w| out.send_wait(msg, w),
         )
-        .map_err(|e| match e {
-            Ended::Stopped(sig) => Ended::Stopped(sig),
-            Ended::Err(e) => Ended::Err(CliError::fail(format!("send {name:?}: {e}"))),
-        })
+        .map_err(send_failed(name))
     };
     match a.chunk {
         Some(0) => {
@@ -409,6 +406,15 @@ fn send_input(a: &SendArgs, out: &mut Out) -> Result<(), Ended<CliError>> {
         None => send_lines(&mut input, out, max, name, read_err)?,
     }
     Ok(())
+}
+
+/// How `send` reports a failed send: a stop passes through, an error is
+/// named after the channel.
+fn send_failed(name: &str) -> impl Fn(Ended<SendError>) -> Ended<CliError> + '_ {
+    move |e| match e {
+        Ended::Stopped(sig) => Ended::Stopped(sig),
+        Ended::Err(e) => Ended::Err(CliError::fail(format!("send {name:?}: {e}"))),
+    }
 }
 
 /// `send --lines`: gathers the lines already buffered (up to
@@ -454,10 +460,7 @@ fn send_lines(
                 |e| *e == SendError::Timeout,
                 |w| out.send_batch(&msgs[sent..], w),
             )
-            .map_err(|e| match e {
-                Ended::Stopped(sig) => Ended::Stopped(sig),
-                Ended::Err(e) => Ended::Err(CliError::fail(format!("send {name:?}: {e}"))),
-            })?;
+            .map_err(send_failed(name))?;
         }
         if eof {
             return Ok(());
