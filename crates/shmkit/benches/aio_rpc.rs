@@ -576,40 +576,68 @@ fn main() {
     }
     let p50 = |id: &str| rows.iter().find(|r| r.0 == id).map_or(f64::NAN, |r| r.1);
     println!("\n== ratios (p50; NaN: a case was filtered out) ==");
+    let sleep_floor =
+        (p50("ring/blocking-sleep/8") + p50("wake/tokio-notify")) / p50("ring/blocking-sleep/8");
+    // (what, numerator case, denominator case, goal)
+    let ratios: [(&str, &str, &str, &str); 8] = [
+        (
+            "async wake / blocking wake, no spin (async-sleep / blocking-sleep)",
+            "ring/async-sleep/8",
+            "ring/blocking-sleep/8",
+            " (goal <= 1.3x)",
+        ),
+        (
+            "async wake / blocking wake, spin (async-default / blocking-default)",
+            "ring/async-default/8",
+            "ring/blocking-default/8",
+            " (goal <= 1.3x)",
+        ),
+        (
+            "async shmkit (sleep) / tokio UnixStream",
+            "ring/async-sleep/8",
+            "uds/tokio/8",
+            "",
+        ),
+        (
+            "rpc 8 B / ring ping-pong (blocking-default)",
+            "rpc/call/8",
+            "ring/blocking-default/8",
+            " (goal <= 2x)",
+        ),
+        (
+            "rpc 8 B / ring ping-pong (blocking-sleep)",
+            "rpc/call/8",
+            "ring/blocking-sleep/8",
+            "",
+        ),
+        (
+            "rpc 8 B, server and client sleeping / ring (blocking-sleep)",
+            "rpc/call-sleep/8",
+            "ring/blocking-sleep/8",
+            " (goal <= 2x)",
+        ),
+        (
+            "rpc 8 B / Unix-socket request/response",
+            "rpc/call/8",
+            "uds/reqrep/8",
+            "",
+        ),
+        (
+            "rpc 1 MiB / Unix-socket request/response",
+            "rpc/call/1MiB",
+            "uds/reqrep/1MiB",
+            "",
+        ),
+    ];
+    for (what, num, den, goal) in ratios {
+        println!(
+            "{:<70}{:.2}x{goal}",
+            format!("{what}:"),
+            p50(num) / p50(den)
+        );
+    }
     println!(
-        "async wake / blocking wake, no spin (async-sleep / blocking-sleep):  {:.2}x (goal <= 1.3x)",
-        p50("ring/async-sleep/8") / p50("ring/blocking-sleep/8")
-    );
-    println!(
-        "async wake / blocking wake, spin (async-default / blocking-default): {:.2}x (goal <= 1.3x)",
-        p50("ring/async-default/8") / p50("ring/blocking-default/8")
-    );
-    println!(
-        "floor: (blocking-sleep + tokio-notify) / blocking-sleep:             {:.2}x",
-        (p50("ring/blocking-sleep/8") + p50("wake/tokio-notify")) / p50("ring/blocking-sleep/8")
-    );
-    println!(
-        "async shmkit (sleep) / tokio UnixStream:                             {:.2}x",
-        p50("ring/async-sleep/8") / p50("uds/tokio/8")
-    );
-    println!(
-        "rpc 8 B / ring ping-pong (blocking-default):                         {:.2}x (goal <= 2x)",
-        p50("rpc/call/8") / p50("ring/blocking-default/8")
-    );
-    println!(
-        "rpc 8 B / ring ping-pong (blocking-sleep):                           {:.2}x (goal <= 2x)",
-        p50("rpc/call/8") / p50("ring/blocking-sleep/8")
-    );
-    println!(
-        "rpc 8 B, server and client sleeping / ring (blocking-sleep):         {:.2}x",
-        p50("rpc/call-sleep/8") / p50("ring/blocking-sleep/8")
-    );
-    println!(
-        "rpc 8 B / Unix-socket request/response:                          {:.2}x",
-        p50("rpc/call/8") / p50("uds/reqrep/8")
-    );
-    println!(
-        "rpc 1 MiB / Unix-socket request/response:                        {:.2}x",
-        p50("rpc/call/1MiB") / p50("uds/reqrep/1MiB")
+        "{:<70}{sleep_floor:.2}x",
+        "floor: (blocking-sleep + tokio-notify) / blocking-sleep:"
     );
 }
