@@ -50,6 +50,42 @@ struct Obj {
     sleepers: AtomicU32,
 }
 
+impl Obj {
+    fn new() -> Arc<Obj> {
+        Arc::new(Obj {
+            progress: AtomicU32::new(0),
+            word: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+        })
+    }
+}
+
+/// A shard with its waiter thread running passes until [`Reactor::stop`].
+struct Reactor {
+    shard: StdArc<Shard>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Reactor {
+    fn start() -> Reactor {
+        let shard = StdArc::new(Shard::new(false));
+        let thread = {
+            let shard = shard.clone();
+            thread::spawn(move || while shard.run_once() {})
+        };
+        Reactor { shard, thread }
+    }
+
+    fn registrar(&self) -> ModelRegistrar {
+        ModelRegistrar(self.shard.clone())
+    }
+
+    fn stop(self) {
+        self.shard.quit();
+        self.thread.join().unwrap();
+    }
+}
+
 /// Runs a future-like waiter on `obj` to completion on this thread,
 /// sleeping on its waker between polls; `counted` says whether it
 /// announces itself in the sleeper count.
@@ -89,16 +125,8 @@ fn await_progress_to(obj: &Obj, registrar: &ModelRegistrar, counted: bool, want:
 
 fn model(counted: bool) {
     loom::model(move || {
-        let obj = Arc::new(Obj {
-            progress: AtomicU32::new(0),
-            word: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-        });
-        let shard = StdArc::new(Shard::new(false));
-        let reactor = {
-            let shard = shard.clone();
-            thread::spawn(move || while shard.run_once() {})
-        };
+        let obj = Obj::new();
+        let reactor = Reactor::start();
         let notifier = {
             let obj = obj.clone();
             thread::spawn(move || {
@@ -107,10 +135,9 @@ fn model(counted: bool) {
                 notify(&obj.word, &obj.sleepers);
             })
         };
-        await_progress(&obj, &ModelRegistrar(shard.clone()), counted);
+        await_progress(&obj, &reactor.registrar(), counted);
         notifier.join().unwrap();
-        shard.quit();
-        reactor.join().unwrap();
+        reactor.stop();
         // The future left: no sleeper stays counted.
         assert_eq!(obj.sleepers.load(Ordering::Relaxed), 0);
     });
@@ -137,27 +164,18 @@ fn uncounted_async_waiter_can_be_lost() {
 #[test]
 fn two_async_waiters_share_a_word() {
     loom::model(|| {
-        let obj = Arc::new(Obj {
-            progress: AtomicU32::new(0),
-            word: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-        });
-        let shard = StdArc::new(Shard::new(false));
-        let reactor = {
-            let shard = shard.clone();
-            thread::spawn(move || while shard.run_once() {})
-        };
+        let obj = Obj::new();
+        let reactor = Reactor::start();
         let other = {
-            let (obj, shard) = (obj.clone(), shard.clone());
-            thread::spawn(move || await_progress(&obj, &ModelRegistrar(shard), true))
+            let (obj, registrar) = (obj.clone(), reactor.registrar());
+            thread::spawn(move || await_progress(&obj, &registrar, true))
         };
         // Release: the waiters' Acquire checks see it.
         obj.progress.store(1, Ordering::Release);
         notify(&obj.word, &obj.sleepers);
-        await_progress(&obj, &ModelRegistrar(shard.clone()), true);
+        await_progress(&obj, &reactor.registrar(), true);
         other.join().unwrap();
-        shard.quit();
-        reactor.join().unwrap();
+        reactor.stop();
         assert_eq!(obj.sleepers.load(Ordering::Relaxed), 0);
     });
 }
@@ -170,16 +188,8 @@ fn two_async_waiters_share_a_word() {
 #[test]
 fn lingering_registration_is_never_lost() {
     loom::model(|| {
-        let obj = Arc::new(Obj {
-            progress: AtomicU32::new(0),
-            word: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-        });
-        let shard = StdArc::new(Shard::new(false));
-        let reactor = {
-            let shard = shard.clone();
-            thread::spawn(move || while shard.run_once() {})
-        };
+        let obj = Obj::new();
+        let reactor = Reactor::start();
         let notifier = {
             let obj = obj.clone();
             thread::spawn(move || {
@@ -190,14 +200,13 @@ fn lingering_registration_is_never_lost() {
                 }
             })
         };
-        let registrar = ModelRegistrar(shard.clone());
+        let registrar = reactor.registrar();
         await_progress_to(&obj, &registrar, true, 1);
         await_progress_to(&obj, &registrar, true, 2);
         notifier.join().unwrap();
         // The entry lingers after its last future (no registration).
-        assert_eq!(shard.words(), 0);
-        shard.quit();
-        reactor.join().unwrap();
+        assert_eq!(reactor.shard.words(), 0);
+        reactor.stop();
         assert_eq!(obj.sleepers.load(Ordering::Relaxed), 0);
     });
 }
