@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_for, Name};
+use common::{output_within, Name};
 use shmkit::channel::pubsub::{PubSubOptions, Publisher, Subscriber};
 use shmkit::channel::ring::{Receiver, RingOptions, Sender};
 use shmkit::channel::{OpenError, RecvError, SendError};
@@ -85,22 +85,8 @@ fn run_in_small_shm(test: &str) -> Option<(std::process::ExitStatus, String, Str
         .unwrap_or_else(|e| {
             panic!("cannot run unshare ({e}); set {OPT_OUT}=1 to skip these tests explicitly")
         });
-    // A reader per pipe so a chatty child never blocks on a full pipe.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).ok();
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut err, &mut s).ok();
-        s
-    });
     // Killed (and the test failed) if anything inside blocks.
-    let status = wait_for(&mut child, Duration::from_secs(120));
-    let (out, err) = (t_out.join().unwrap(), t_err.join().unwrap());
+    let (status, out, err) = output_within(&mut child, Duration::from_secs(120));
     Some((status, out, err))
 }
 

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{wait_for, Name};
+use common::{output_within, Name};
 use shmkit::segment::{Error, Segment};
 
 /// Set in the inner run.
@@ -58,20 +58,8 @@ fn inside(test: &str, fstype: &str, opts: &str) -> bool {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run unshare");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).ok();
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut err, &mut s).ok();
-        s
-    });
-    let status = wait_for(&mut child, Duration::from_secs(120));
-    let (out, err) = (t_out.join().unwrap(), t_err.join().unwrap());
+    // Killed (and the test failed) if anything inside blocks.
+    let (status, out, err) = output_within(&mut child, Duration::from_secs(120));
     if status.code() == Some(MOUNT_FAILED) && fstype == "hugetlbfs" {
         skip(&format!("this kernel cannot mount a hugetlbfs: {err}"));
         return false;

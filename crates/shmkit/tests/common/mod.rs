@@ -81,6 +81,24 @@ pub fn wait_for(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
+/// Collects `child`'s piped stdout and stderr (a reader thread per pipe,
+/// so a chatty child never blocks on a full pipe) and waits for it at most
+/// `limit`, as [`wait_for`].
+#[allow(dead_code)] // not every test file runs children this way
+pub fn output_within(child: &mut Child, limit: Duration) -> (ExitStatus, String, String) {
+    let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            pipe.read_to_string(&mut s).ok();
+            s
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait_for(child, limit);
+    (status, out.join().unwrap(), err.join().unwrap())
+}
+
 /// Reads one line the child printed to stdout (with a timeout).
 pub fn read_line(child: &mut Child, limit: Duration) -> String {
     use std::io::Read;
