@@ -109,6 +109,15 @@ pub async fn export(
 /// receive slice) and waits up to 2 s for it, so the local endpoint is
 /// closed when this returns; a thread still stuck in a blocked put after
 /// that is left to finish on its own. Dropping the future also stops it.
+///
+/// Messages of 64 KiB and more are put zero-copy under
+/// [`Congestion::Block`]: Zenoh reads them in their slot of the local
+/// channel (copying them once into its TX batches, as for any payload),
+/// and the slot is freed only when Zenoh drops the payload, normally
+/// inside `put`. A subscriber of `session` itself that keeps such a
+/// sample keeps the slot (and the forwarding thread) with it. Shorter
+/// messages, and every message under [`Congestion::Drop`], are copied out
+/// of their slot before the put.
 pub async fn export_with(
     session: &Session,
     source: impl Into<Source>,
