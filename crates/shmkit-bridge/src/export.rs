@@ -8,6 +8,7 @@ use shmkit::channel::pubsub::Subscriber;
 use shmkit::channel::ring::Receiver;
 use shmkit::channel::{PeerState, RecvError, Wait};
 use tokio::sync::oneshot;
+use zenoh::bytes::ZBytes;
 use zenoh::handlers::{FifoChannel, FifoChannelHandler};
 use zenoh::pubsub::Publisher;
 use zenoh::pubsub::Subscriber as ZSubscriber;
@@ -108,6 +109,15 @@ pub async fn export(
 /// receive slice) and waits up to 2 s for it, so the local endpoint is
 /// closed when this returns; a thread still stuck in a blocked put after
 /// that is left to finish on its own. Dropping the future also stops it.
+///
+/// Messages of 64 KiB and more are put zero-copy under
+/// [`Congestion::Block`]: Zenoh reads them in their slot of the local
+/// channel (copying them once into its TX batches, as for any payload),
+/// and the slot is freed only when Zenoh drops the payload, normally
+/// inside `put`. A subscriber of `session` itself that keeps such a
+/// sample keeps the slot (and the forwarding thread) with it. Shorter
+/// messages, and every message under [`Congestion::Drop`], are copied out
+/// of their slot before the put.
 pub async fn export_with(
     session: &Session,
     source: impl Into<Source>,
@@ -165,6 +175,7 @@ pub async fn export_with(
         gate: opts.wait_for_importer.then(|| matching.clone()),
         stats: opts.stats.clone(),
         key: key.to_owned(),
+        congestion: opts.congestion,
     };
     std::thread::Builder::new()
         .name(format!("export {name}"))
@@ -253,6 +264,7 @@ struct Forwarder {
     gate: Option<Arc<AtomicBool>>,
     stats: Arc<Stats>,
     key: String,
+    congestion: Congestion,
 }
 
 impl Forwarder {
@@ -290,8 +302,12 @@ impl Forwarder {
     fn run(mut self) -> Result<Ended, Error> {
         let mut seq = 0u64;
         let mut held = false;
-        let mut buf = Vec::new();
         self.wait_for_a_new_sender();
+        // Zero-copy only under `Block`: with `Drop`, Zenoh may give up on a
+        // fragmented message and keep a reference to its buffer until the
+        // next fragmented one, which the forwarder, waiting for the slot,
+        // would never send (see `Out::take`).
+        let zero_copy = self.congestion == Congestion::Block;
         loop {
             if self.stopping() {
                 return Ok(Ended::Shutdown);
@@ -311,14 +327,28 @@ impl Forwarder {
                     held = false;
                 }
             }
-            let r = match &mut self.source {
-                Source::Ring(r) => r.recv_timeout(SLICE).map(|m| (m, 0)),
-                Source::PubSub(s) => s
-                    .recv_into(Wait::timeout(SLICE), &mut buf)
-                    .map(|missed| (std::mem::take(&mut buf), missed)),
+            let out = Out {
+                publisher: &self.publisher,
+                header: Header {
+                    stream: self.stream,
+                    seq,
+                    kind: Kind::Data,
+                },
+                zero_copy,
+                key: &self.key,
             };
-            let (payload, kind) = match r {
-                Ok((m, missed)) => {
+            // The message is put while its slot is held (zero-copy) or
+            // copied out and put after the slot is freed (`Taken::Copy`).
+            let r = match &mut self.source {
+                Source::Ring(r) => r
+                    .recv_with(Wait::timeout(SLICE), |m| out.take(m))
+                    .map(|t| (t, 0)),
+                Source::PubSub(s) => s
+                    .recv_wait(Wait::timeout(SLICE))
+                    .map(|sample| (out.take(&sample), sample.missed())),
+            };
+            let (taken, kind) = match r {
+                Ok((taken, missed)) => {
                     if missed > 0 {
                         Stats::add(&self.stats.missed_local, missed);
                         tracing::warn!(
@@ -326,11 +356,11 @@ impl Forwarder {
                             "the local channel dropped messages before the bridge read them"
                         );
                     }
-                    (m, Kind::Data)
+                    (taken, Kind::Data)
                 }
                 Err(RecvError::Timeout) | Err(RecvError::Empty) => continue,
-                Err(RecvError::Disconnected) => (Vec::new(), Kind::End),
-                Err(RecvError::SenderDied) => (Vec::new(), Kind::Died),
+                Err(RecvError::Disconnected) => (Taken::Copy(Vec::new()), Kind::End),
+                Err(RecvError::SenderDied) => (Taken::Copy(Vec::new()), Kind::Died),
                 Err(e) => {
                     return Err(Error::Local {
                         name: self.source.name(),
@@ -338,26 +368,158 @@ impl Forwarder {
                     })
                 }
             };
-            let len = payload.len() as u64;
-            let header = Header {
-                stream: self.stream,
-                seq,
-                kind,
-            }
-            .encode();
-            self.publisher
-                .put(payload)
-                .attachment(header.to_vec())
-                .wait()
-                .map_err(|e| Error::Zenoh(format!("put {:?}: {e}", self.key)))?;
+            let len = match taken {
+                Taken::Put(len, r) => r.map(|()| len)?,
+                Taken::Copy(payload) => {
+                    let out = Out {
+                        header: Header {
+                            stream: self.stream,
+                            seq,
+                            kind,
+                        },
+                        ..out
+                    };
+                    let len = payload.len();
+                    out.put(payload)?;
+                    len
+                }
+            };
             seq += 1;
             match kind {
                 Kind::Data => {
                     Stats::add(&self.stats.messages, 1);
-                    Stats::add(&self.stats.bytes, len);
+                    Stats::add(&self.stats.bytes, len as u64);
                 }
                 Kind::End => return Ok(Ended::Closed),
                 Kind::Died => return Ok(Ended::SenderDied),
+            }
+        }
+    }
+}
+
+/// Messages at least this long are put zero-copy (Zenoh reads them in
+/// their slot); shorter ones fit one Zenoh batch, into which Zenoh copies
+/// them anyway, and are copied out so that their slot is freed before the
+/// put (no duplicate if the exporter is killed, see docs/bridge.md).
+const ZERO_COPY_MIN: usize = 64 << 10;
+
+/// What the forwarder did with a message while it held its slot.
+enum Taken {
+    /// Put zero-copy (length, result); the slot was held until Zenoh let
+    /// go of it.
+    Put(usize, Result<(), Error>),
+    /// Copied out, to be put after the slot is freed.
+    Copy(Vec<u8>),
+}
+
+/// One message's put.
+struct Out<'a> {
+    publisher: &'a Publisher<'static>,
+    header: Header,
+    zero_copy: bool,
+    key: &'a str,
+}
+
+impl Out<'_> {
+    fn put(&self, payload: impl Into<ZBytes>) -> Result<(), Error> {
+        self.publisher
+            .put(payload)
+            .attachment(self.header.encode().to_vec())
+            .wait()
+            .map_err(|e| Error::Zenoh(format!("put {:?}: {e}", self.key)))
+    }
+
+    /// Called with the message in its slot, which stays held until this
+    /// returns. A large message is put from the slot itself: Zenoh gets a
+    /// [`SlotLoan`] as the payload's buffer and may keep it after `put`
+    /// returns (it normally drops it inside `put`, after copying the bytes
+    /// into its TX batches); this returns only once Zenoh dropped it, so
+    /// the slot is freed only then.
+    fn take(&self, m: &[u8]) -> Taken {
+        if !self.zero_copy || m.len() < ZERO_COPY_MIN {
+            return Taken::Copy(m.to_vec());
+        }
+        let wait = LoanWait::new();
+        let loan = SlotLoan {
+            ptr: m.as_ptr(),
+            len: m.len(),
+            back: wait.back.clone(),
+        };
+        let r = self.put(bytes::Bytes::from_owner(loan));
+        // Dropping `wait` blocks until the loan is back (also if `put`
+        // panicked): only then may the caller free the slot.
+        drop(wait);
+        Taken::Put(m.len(), r)
+    }
+}
+
+/// The view of a message in its slot that Zenoh holds as the buffer of a
+/// zero-copy payload; dropping it tells the forwarder that Zenoh let go.
+struct SlotLoan {
+    ptr: *const u8,
+    len: usize,
+    back: Arc<LoanBack>,
+}
+
+struct LoanBack {
+    returned: AtomicBool,
+    forwarder: std::thread::Thread,
+}
+
+// SAFETY: `SlotLoan` is a read-only view of `len` bytes at `ptr` in the
+// mapping of the local channel. Reading it from any thread is sound while
+// the mapping exists and the slot is held, and the forwarder keeps both
+// (it does not return from `Out::take`, so neither frees the slot nor
+// drops the channel) until the loan is dropped (`LoanWait`).
+unsafe impl Send for SlotLoan {}
+
+impl AsRef<[u8]> for SlotLoan {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr + len` is the message in its slot (a slice the
+        // channel handed us), held and mapped until this loan is dropped
+        // (see `unsafe impl Send`). An honest local sender does not write
+        // a held slot; a hostile one could change bytes, never the bounds
+        // (as for any zero-copy receive of shmkit).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for SlotLoan {
+    fn drop(&mut self) {
+        // Release: Zenoh's reads of the slot (before this drop, ordered by
+        // the reference counts of `Bytes`) happen before the forwarder's
+        // Acquire load, hence before it frees the slot for the sender.
+        self.back.returned.store(true, Ordering::Release);
+        self.back.forwarder.unpark();
+    }
+}
+
+/// Waits, when dropped, until the loan made with it is back.
+struct LoanWait {
+    back: Arc<LoanBack>,
+}
+
+impl LoanWait {
+    fn new() -> LoanWait {
+        LoanWait {
+            back: Arc::new(LoanBack {
+                returned: AtomicBool::new(false),
+                forwarder: std::thread::current(),
+            }),
+        }
+    }
+}
+
+impl Drop for LoanWait {
+    fn drop(&mut self) {
+        let start = std::time::Instant::now();
+        let mut warned = false;
+        // Acquire: pairs with the loan's Release in its drop.
+        while !self.back.returned.load(Ordering::Acquire) {
+            std::thread::park_timeout(SLICE);
+            if !warned && start.elapsed() > Duration::from_secs(1) {
+                tracing::warn!("Zenoh still holds a message put zero-copy: its slot of the local channel stays held until Zenoh drops it");
+                warned = true;
             }
         }
     }

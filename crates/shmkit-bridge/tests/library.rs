@@ -460,3 +460,142 @@ fn drop_oldest_sink_does_not_wait_and_oversized_samples_are_counted() {
         let _ = zenoh::Session::close(&sa).await;
     });
 }
+
+/// Whether `p` lies in a mapping of the shared-memory file of segment
+/// `name` in this process (`/proc/self/maps`).
+fn in_mapping_of(p: *const u8, name: &str) -> bool {
+    let a = p as usize;
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("/dev/shm/") && l.contains(name))
+        .any(|l| {
+            let range = l.split_whitespace().next().unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let lo = usize::from_str_radix(lo, 16).unwrap();
+            let hi = usize::from_str_radix(hi, 16).unwrap();
+            (lo..hi).contains(&a)
+        })
+}
+
+/// A 200 KiB message (above the zero-copy threshold) that says which
+/// one it is in every byte.
+fn big(i: u8) -> Vec<u8> {
+    (0..200u32 << 10)
+        .map(|k| (k as u8).wrapping_mul(7) ^ i)
+        .collect()
+}
+
+/// The local end of `zero_copy_export_*`: the channel on A, its sender.
+enum Local {
+    Ring(Sender),
+    PubSub(Publisher),
+}
+
+impl Local {
+    /// Sends without waiting; false if no slot is free.
+    fn try_send(&mut self, m: &[u8]) -> bool {
+        let r = match self {
+            Local::Ring(s) => s.try_send(m),
+            Local::PubSub(p) => p.try_send(m),
+        };
+        match r {
+            Ok(()) => true,
+            Err(shmkit::channel::SendError::Full) => false,
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+}
+
+/// A large message is put from its slot (Zenoh's payload points into the
+/// channel's mapping), and the slot stays held while Zenoh holds the
+/// payload: here a subscriber of the exporter's own session keeps the
+/// samples. The sender finds no free slot meanwhile, the held bytes stay
+/// intact, and once the sample is dropped the stream goes on.
+fn zero_copy_export_holds_the_slot(local: Local, source: shmkit_bridge::Source, name: &str) {
+    let mut local = local;
+    let rt = rt();
+    rt.block_on(async {
+        let s = SessionOptions::loopback(&[], &[]).open().await.unwrap();
+        let key = format!("shmkit-test/{name}");
+        let (tx, rx) = std::sync::mpsc::channel::<zenoh::sample::Sample>();
+        let tx = std::sync::Mutex::new(tx);
+        let _sub = s
+            .declare_subscriber(key.clone())
+            .callback(move |sample| {
+                let _ = tx.lock().unwrap().send(sample);
+            })
+            .await
+            .unwrap();
+        let shutdown = Shutdown::default();
+        let exp = {
+            let s = s.clone();
+            let key = key.clone();
+            let o = ExportOptions {
+                wait_for_importer: false,
+                shutdown: shutdown.clone(),
+                ..Default::default()
+            };
+            tokio::spawn(async move { shmkit_bridge::export_with(&s, source, &key, o).await })
+        };
+        let next = |rx: &std::sync::mpsc::Receiver<zenoh::sample::Sample>| {
+            rx.recv_timeout(Duration::from_secs(30)).expect("no sample")
+        };
+        assert!(local.try_send(&big(0)));
+        let s0 = tokio::task::block_in_place(|| next(&rx));
+        let slices: Vec<&[u8]> = s0.payload().slices().collect();
+        assert_eq!(slices.len(), 1, "one buffer, not copied into pieces");
+        assert!(
+            in_mapping_of(slices[0].as_ptr(), name),
+            "the payload is not in the channel's shared memory: copied"
+        );
+        // Fill the other slots; then none is free: the held one is not
+        // given back while Zenoh (our sample) holds it.
+        let mut sent = 1u8;
+        while sent < 8 && local.try_send(&big(sent)) {
+            sent += 1;
+        }
+        assert!(sent < 8, "the channel never filled");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!local.try_send(&big(sent)), "a slot Zenoh holds was freed");
+        assert_eq!(s0.payload().to_bytes(), big(0), "held bytes changed");
+        drop(s0);
+        // The stream goes on, one held sample at a time.
+        for i in 1..sent {
+            let si = tokio::task::block_in_place(|| next(&rx));
+            assert_eq!(si.payload().to_bytes(), big(i), "message {i}");
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while !local.try_send(&big(sent)) {
+            assert!(std::time::Instant::now() < end, "no slot came free");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let last = tokio::task::block_in_place(|| next(&rx));
+        assert_eq!(last.payload().to_bytes(), big(sent), "message {sent}");
+        drop(last);
+        shutdown.trigger();
+        let r = tokio::time::timeout(Duration::from_secs(30), exp)
+            .await
+            .expect("export stuck");
+        assert_eq!(r.unwrap().unwrap(), Ended::Shutdown);
+        let _ = zenoh::Session::close(&s).await;
+    });
+}
+
+#[test]
+fn zero_copy_export_holds_the_ring_slot_until_zenoh_lets_go() {
+    let name = unique("zc-ring");
+    let o = RingOptions::new(2, 256 << 10).lifetime(Lifetime::UntilLastDetach);
+    let tx = Sender::create(&name, &o).unwrap();
+    let src = Receiver::open(&name).unwrap();
+    zero_copy_export_holds_the_slot(Local::Ring(tx), src.into(), &name);
+}
+
+#[test]
+fn zero_copy_export_holds_the_pubsub_slot_until_zenoh_lets_go() {
+    let name = unique("zc-pubsub");
+    let o = PubSubOptions::new(3, 256 << 10, 1).lifetime(Lifetime::UntilLastDetach);
+    let p = Publisher::create(&name, &o).unwrap();
+    let sub = shmkit::channel::pubsub::Subscriber::open(&name).unwrap();
+    zero_copy_export_holds_the_slot(Local::PubSub(p), sub.into(), &name);
+}

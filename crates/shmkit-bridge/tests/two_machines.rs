@@ -371,6 +371,81 @@ fn exporter_killed_mid_stream_then_restarted_resumes() {
     p.clean();
 }
 
+/// A message of 64 KiB or more is put from its slot, which is freed only
+/// after Zenoh let go of it: an exporter killed inside a blocked put of
+/// such a message leaves it in ring A, and the next exporter sends it
+/// (with a copy taken out of the slot first, that message was lost).
+#[test]
+fn exporter_killed_inside_a_blocked_large_put_loses_nothing() {
+    const MSG: usize = 4 << 20;
+    const N: usize = 7;
+    let p = Pair::new(4, "4MiB", 4);
+    // Small socket buffers (no autotuning) and few Zenoh batches in flight:
+    // while B holds what the importer took, the put of the next 4 MiB
+    // message cannot complete. The rest as the bridge sets it without
+    // --config (links survive a long block, 8 MiB receive pool).
+    let cfg = p.a.dir.join("small-sockets.json5");
+    std::fs::write(
+        &cfg,
+        r#"{
+  listen: { endpoints: [] },
+  transport: { link: {
+    tx: { queue: { congestion_control: { block: { wait_before_close: 3600000000 } } } },
+    rx: { buffer_size: 8388608 },
+    tcp: { so_rcvbuf: 65536, so_sndbuf: 65536 },
+  } },
+}"#,
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let input = p.a.dir.join("big.bin");
+    std::fs::write(&input, pattern(MSG * N, 0x5eed)).unwrap();
+    let output = p.b.dir.join("big.out");
+    // B's pub/sub (Block) has no reader yet: the importer waits for one,
+    // holding what it took, and back-pressure stops the exporter's put.
+    let mut imp = p.importer(4, "4MiB", &["--once", "--config", cfg]);
+    p.wait_topic();
+    let mut exp = p.exporter(&["--config", cfg]);
+    let mut send = p.a.spawn("send", {
+        let mut c = p.a.command(shmkit_bin());
+        c.arg("send")
+            .arg(&p.ring)
+            .args(["--chunk", "4MiB"])
+            .arg(&input);
+        c
+    });
+    // Wait until ring A stops moving: the exporter is blocked in a put.
+    let end = Instant::now() + LONG;
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    loop {
+        let d = p.a.ring_depth(&p.ring);
+        if d != last {
+            (last, since) = (d, Instant::now());
+        } else if since.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(Instant::now() < end, "ring A never settled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(last >= 1, "the message being put should still be in ring A");
+    exp.kill9();
+    let mut recv = p.receiver(&output, "90s");
+    let mut exp2 = p.exporter(&["--config", cfg]);
+    assert_ok(&mut send, LONG);
+    assert_ok(&mut exp2, LONG);
+    assert_ok(&mut recv, LONG);
+    assert_ok(&mut imp, LONG);
+    let got = std::fs::read(&output).unwrap();
+    assert_eq!(got.len() % MSG, 0, "a torn message");
+    assert_eq!(
+        got.len() / MSG,
+        N,
+        "messages lost at the kill (ring A held {last} when it happened)"
+    );
+    assert_eq!(sha256(&input), sha256(&output));
+    p.clean();
+}
+
 #[test]
 fn importer_killed_sender_blocks_then_resumes() {
     let p = Pair::new(16, "64", 8);

@@ -201,10 +201,19 @@ impl Kid {
 
     fn ready(&mut self) {
         // Receivers print "ready" once attached.
+        self.expect_line(b"ready\n");
+    }
+
+    /// Waits until the receiver got the warm-up messages.
+    fn warm(&mut self) {
+        self.expect_line(b"warm\n");
+    }
+
+    fn expect_line(&mut self, want: &[u8]) {
         let out = self.0.stdout.as_mut().expect("piped");
-        let mut b = [0u8; 6];
-        std::io::Read::read_exact(out, &mut b).expect("ready line");
-        assert_eq!(&b, b"ready\n");
+        let mut b = vec![0u8; want.len()];
+        std::io::Read::read_exact(out, &mut b).expect("receiver line");
+        assert_eq!(b, want, "receiver said something else");
     }
 }
 
@@ -223,11 +232,22 @@ fn ep(port: u16) -> String {
     format!("tcp/127.0.0.1:{port}")
 }
 
-/// Child role: receive `count` messages from ring `name`.
-fn role_ring_recv(name: &str, count: u64) {
+/// Child role: receive `warm` messages, say "warm", then measure `count`
+/// messages from ring `name`. `spin`: spin 2000 times before sleeping
+/// (the direct path's local best case); otherwise the library's default
+/// wait strategy (a short spin, then the futex), as a user's program on
+/// B waits (`shmkit recv` included).
+fn role_ring_recv(name: &str, warm: u64, count: u64, spin: bool) {
     let mut rx = Receiver::open(name).expect("open ring");
-    rx.set_wait_strategy(WaitStrategy::SpinThenSleep { spins: 2000 });
+    if spin {
+        rx.set_wait_strategy(WaitStrategy::SpinThenSleep { spins: 2000 });
+    }
     println!("ready");
+    for _ in 0..warm {
+        rx.recv_with(Wait::timeout(Duration::from_secs(60)), |_| ())
+            .expect("recv");
+    }
+    println!("warm");
     let mut m = Meter::new();
     for _ in 0..count {
         rx.recv_with(Wait::timeout(Duration::from_secs(60)), |msg| {
@@ -243,7 +263,7 @@ fn role_ring_recv(name: &str, count: u64) {
 /// them: a FIFO handler would add a hand-off per sample (and, with a
 /// small FIFO, back-pressure on Zenoh's receive task) that the bridge
 /// path does not pay, making plain Zenoh look slower than it is.
-fn role_zenoh_recv(port: u16, key: &str, count: u64) {
+fn role_zenoh_recv(port: u16, key: &str, warm: u64, count: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -256,12 +276,21 @@ fn role_zenoh_recv(port: u16, key: &str, count: u64) {
             .expect("session");
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Meter>();
         let mut state = Some((Meter::new(), done_tx));
+        let mut warming = warm;
         let sub = s
             .declare_subscriber(key.to_owned())
             .callback_mut(move |sample| {
                 let Some((m, _)) = state.as_mut() else {
                     return;
                 };
+                if warming > 0 {
+                    warming -= 1;
+                    if warming == 0 {
+                        println!("warm");
+                        *m = Meter::new();
+                    }
+                    return;
+                }
                 let p = sample.payload();
                 let mut first = [0u8; 8];
                 let mut at = 0;
@@ -282,6 +311,9 @@ fn role_zenoh_recv(port: u16, key: &str, count: u64) {
             .await
             .expect("subscriber");
         println!("ready");
+        if warm == 0 {
+            println!("warm");
+        }
         let m = tokio::task::spawn_blocking(move || done_rx.recv().expect("all samples"))
             .await
             .expect("join");
@@ -313,6 +345,18 @@ fn pace(p: Option<Duration>) {
     }
 }
 
+/// Untimed messages sent first on every path, so that what is measured is
+/// the steady state: the first lap of a fresh ring faults its pages in
+/// (8 faults per 1 MiB message in each process that touches it), Zenoh
+/// allocates its batches and buffers.
+fn warm_up(case: Case) -> u64 {
+    if case.pace.is_some() {
+        64
+    } else {
+        ring_capacity(case.size)
+    }
+}
+
 fn ring_capacity(size: usize) -> u64 {
     match size {
         s if s >= 16 << 20 => 4,
@@ -321,10 +365,11 @@ fn ring_capacity(size: usize) -> u64 {
     }
 }
 
-/// Sends `case` into a new ring `name`; returns the first send time.
-fn send_ring(tx: &mut Sender, case: Case, template: &[u8]) -> u64 {
+/// Sends `n` messages of `case` into ring `tx`; returns the first send
+/// time.
+fn send_ring(tx: &mut Sender, case: Case, n: u64, template: &[u8]) -> u64 {
     let t0 = now_ns();
-    for _ in 0..case.count {
+    for _ in 0..n {
         tx.send_with(case.size, Wait::Forever, |b| fill(b, template))
             .expect("send");
         pace(case.pace);
@@ -356,14 +401,18 @@ fn run_shmkit(case: Case, tag: &str) -> (u64, Result, Cpu) {
         .expect("create ring");
     let mut kid = Kid::spawn(
         Command::new(me())
-            .args(["ring-recv", &name, &case.count.to_string()])
+            .args(["ring-recv", &name])
+            .args([warm_up(case), case.count].map(|n| n.to_string()))
+            .arg("spin")
             .stdout(Stdio::piped()),
     );
     kid.ready();
     let mut tx = Sender::from_segment(seg).expect("sender");
     let template = vec![0xa5u8; case.size];
+    send_ring(&mut tx, case, warm_up(case), &template);
+    kid.warm();
     let c0 = self_cpu_ns();
-    let t0 = send_ring(&mut tx, case, &template);
+    let t0 = send_ring(&mut tx, case, case.count, &template);
     let r = kid.result();
     let cpu = Cpu {
         driver: self_cpu_ns() - c0,
@@ -382,6 +431,7 @@ fn run_zenoh(rt: &tokio::runtime::Runtime, case: Case, tag: &str) -> (u64, Resul
                 "zenoh-recv",
                 &port.to_string(),
                 &key,
+                &warm_up(case).to_string(),
                 &case.count.to_string(),
             ])
             .stdout(Stdio::piped()),
@@ -401,12 +451,26 @@ fn run_zenoh(rt: &tokio::runtime::Runtime, case: Case, tag: &str) -> (u64, Resul
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let template = vec![0xa5u8; case.size];
+        let put = || {
+            // A fresh buffer per message: Zenoh's `put` takes ownership.
+            let mut v = template.clone();
+            v[..8].copy_from_slice(&now_ns().to_le_bytes());
+            p.put(v)
+        };
+        for _ in 0..warm_up(case) {
+            put().await.expect("put");
+            pace(case.pace);
+        }
+        let mut kid = tokio::task::spawn_blocking(move || {
+            kid.warm();
+            kid
+        })
+        .await
+        .expect("join");
         let c0 = self_cpu_ns();
         let t0 = now_ns();
         for _ in 0..case.count {
-            let mut v = template.clone();
-            v[..8].copy_from_slice(&now_ns().to_le_bytes());
-            p.put(v).await.expect("put");
+            put().await.expect("put");
             pace(case.pace);
         }
         let r = tokio::task::spawn_blocking(move || kid.result())
@@ -454,19 +518,23 @@ fn run_bridge(case: Case, tag: &str) -> (u64, Result, Cpu) {
     );
     let mut kid = Kid::spawn(
         Command::new(me())
-            .args(["ring-recv", &b, &case.count.to_string()])
+            .args(["ring-recv", &b])
+            .args([warm_up(case), case.count].map(|n| n.to_string()))
+            .arg("default")
             .stdout(Stdio::piped()),
     );
     kid.ready();
     drop(seg_b);
     let mut tx = Sender::from_segment(seg_a).expect("sender");
     let template = vec![0xa5u8; case.size];
+    send_ring(&mut tx, case, warm_up(case), &template);
+    kid.warm();
     let (e0, i0, c0) = (
         proc_cpu_ns(exp.0.id()),
         proc_cpu_ns(imp.0.id()),
         self_cpu_ns(),
     );
-    let t0 = send_ring(&mut tx, case, &template);
+    let t0 = send_ring(&mut tx, case, case.count, &template);
     let r = kid.result();
     let cpu = Cpu {
         driver: self_cpu_ns() - c0,
@@ -480,12 +548,20 @@ fn run_bridge(case: Case, tag: &str) -> (u64, Result, Cpu) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("ring-recv") => return role_ring_recv(&args[2], args[3].parse().expect("count")),
+        Some("ring-recv") => {
+            return role_ring_recv(
+                &args[2],
+                args[3].parse().expect("warm"),
+                args[4].parse().expect("count"),
+                args[5] == "spin",
+            )
+        }
         Some("zenoh-recv") => {
             return role_zenoh_recv(
                 args[2].parse().expect("port"),
                 &args[3],
-                args[4].parse().expect("count"),
+                args[4].parse().expect("warm"),
+                args[5].parse().expect("count"),
             )
         }
         _ => {}
