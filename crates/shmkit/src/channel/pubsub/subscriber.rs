@@ -82,6 +82,11 @@ impl Subscriber {
         self.strategy.set(strategy);
     }
 
+    /// How `recv` waits (the async futures spin by it too).
+    pub(super) fn wait_strategy(&self) -> WaitStrategy {
+        self.strategy.get()
+    }
+
     /// This subscriber's number (`0..max_subscribers`).
     pub fn index(&self) -> usize {
         self.idx
