@@ -189,3 +189,95 @@ impl Park {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! The bounded spin every future makes before it announces itself.
+
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+
+    use super::*;
+
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// A target on fresh words (leaked: a few bytes per test).
+    fn target(spins: u32) -> Target<'static> {
+        Target {
+            word: Box::leak(Box::new(AtomicU32::new(0))),
+            sleepers: Some(Box::leak(Box::new(AtomicU32::new(0)))),
+            slice: Some(Duration::from_secs(1)),
+            linger: false,
+            spins,
+        }
+    }
+
+    /// `spins` probes, then the announcement: a condition that comes true
+    /// within the spin completes the future without a registration or a
+    /// sleeper count (so the waker side skips its FUTEX_WAKE).
+    #[test]
+    fn spins_before_announcing() {
+        let waker = Waker::from(Arc::new(Noop));
+        let mut cx = Context::from_waker(&waker);
+        // Ready at the 50th probe of 100.
+        let t = target(100);
+        let mut park = Park::default();
+        let mut probes = 0;
+        let r = park.poll(&mut cx, t, |how| match how {
+            Check::Spin => {
+                probes += 1;
+                (probes == 50).then_some(())
+            }
+            _ => None,
+        });
+        assert_eq!(r, Poll::Ready(()));
+        assert_eq!(probes, 50);
+        assert!(!park.is_waiting());
+        assert_eq!(t.sleepers.unwrap().load(Ordering::Relaxed), 0);
+        // Never ready: exactly `spins` probes, then pending and counted.
+        let mut park = Park::default();
+        let mut probes = 0;
+        let r: Poll<()> = park.poll(&mut cx, t, |how| {
+            if how == Check::Spin {
+                probes += 1;
+            }
+            None
+        });
+        assert!(r.is_pending());
+        assert_eq!(probes, 100);
+        assert!(park.is_waiting());
+        assert_eq!(t.sleepers.unwrap().load(Ordering::Relaxed), 1);
+        park.done(t);
+        assert_eq!(t.sleepers.unwrap().load(Ordering::Relaxed), 0);
+        // `Sleep` strategy: no probe at all.
+        let t0 = target(0);
+        let mut park = Park::default();
+        let mut probes = 0;
+        let r: Poll<()> = park.poll(&mut cx, t0, |how| {
+            if how == Check::Spin {
+                probes += 1;
+            }
+            None
+        });
+        assert!(r.is_pending());
+        assert_eq!(probes, 0);
+        park.done(t0);
+    }
+
+    /// The spin budget follows the endpoint's strategy, capped.
+    #[test]
+    fn spin_budget_follows_the_strategy() {
+        use crate::channel::WaitStrategy;
+        assert_eq!(spins_for(WaitStrategy::Sleep), 0);
+        assert_eq!(spins_for(WaitStrategy::SpinThenSleep { spins: 77 }), 77);
+        assert_eq!(
+            spins_for(WaitStrategy::SpinThenSleep { spins: u32::MAX }),
+            MAX_SPINS
+        );
+        assert_eq!(spins_for(WaitStrategy::BusyPoll), MAX_SPINS);
+    }
+}

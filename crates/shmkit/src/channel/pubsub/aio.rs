@@ -272,3 +272,31 @@ impl Drop for LoanFuture<'_> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::aio::park::MAX_SPINS;
+
+    /// The pub/sub futures spin by their endpoint's strategy before they
+    /// park, as the ring futures do (`aio::park` tests the spin itself).
+    #[test]
+    fn futures_spin_by_the_endpoint_strategy() {
+        let name = format!("t-aio-pss-{}", std::process::id());
+        let mut p = Publisher::create(&name, &PubSubOptions::new(4, 8, 2)).unwrap();
+        let s = Subscriber::open(&name);
+        let _ = crate::segment::remove(&name);
+        let s = s.unwrap();
+        let pub_spins = |p: &Publisher| pub_target(p.sh.pool().core, p.wait_strategy()).spins;
+        for (w, n) in [
+            (WaitStrategy::Sleep, 0),
+            (WaitStrategy::SpinThenSleep { spins: 77 }, 77),
+            (WaitStrategy::BusyPoll, MAX_SPINS),
+        ] {
+            s.set_wait_strategy(w);
+            p.set_wait_strategy(w);
+            assert_eq!(s.target().spins, n);
+            assert_eq!(pub_spins(&p), n);
+        }
+    }
+}
