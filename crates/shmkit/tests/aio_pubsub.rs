@@ -196,3 +196,83 @@ fn pending_subscriber_future_moves_to_another_thread() {
     assert_ne!(moved.0, std::thread::current().id());
     assert_eq!(moved.1, b"moved");
 }
+
+/// `select!` of `recv_async` against a short timer, many times, with a
+/// blocking publisher (`Block`: nothing is dropped): every message arrives
+/// exactly once and in order, whichever branch wins.
+#[test]
+fn subscriber_cancellation_loses_and_duplicates_nothing() {
+    const M: u64 = 10_000;
+    let name = unique("aio-pscancel");
+    let _c = Cleanup(name.clone());
+    let opts = PubSubOptions::new(8, 8, 2).policy(Policy::Block);
+    let mut publisher = Publisher::create(&name, &opts).unwrap();
+    let mut sub = Subscriber::open(&name).unwrap();
+    let h = std::thread::spawn(move || {
+        for i in 0..M {
+            publisher.send(&i.to_le_bytes()).unwrap();
+            if i % 64 == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        publisher
+    });
+    let cancelled = rt().block_on(async {
+        let (mut next, mut cancelled) = (0u64, 0u64);
+        while next < M {
+            tokio::select! {
+                s = sub.recv_async() => {
+                    let s = s.unwrap();
+                    assert_eq!(u64::from_le_bytes((*s).try_into().unwrap()), next);
+                    next += 1;
+                }
+                _ = tokio::time::sleep(Duration::from_micros(50)) => cancelled += 1,
+            }
+        }
+        cancelled
+    });
+    let _publisher = h.join().unwrap();
+    assert!(sub.try_recv().is_err(), "a message was duplicated");
+    assert!(cancelled > 0, "the timer never won: nothing was tested");
+}
+
+/// A subscriber killed while it holds the only two slots (`Block`): the
+/// publisher waiting in `loan_async` gets the slots back (the dead
+/// subscriber is reaped at its slice) instead of waiting for ever.
+#[test]
+fn subscriber_death_reaches_an_async_publisher() {
+    if let Some((role, name, _)) = child_role() {
+        assert_eq!(role, "subscriber");
+        let _sub = Subscriber::open(&name).unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    let name = unique("aio-psdeath");
+    let _c = Cleanup(name.clone());
+    let opts = PubSubOptions::new(2, 8, 2).policy(Policy::Block);
+    let mut publisher = Publisher::create(&name, &opts).unwrap();
+    let mut kid = spawn(
+        "subscriber_death_reaches_an_async_publisher",
+        "subscriber",
+        &name,
+        0,
+    );
+    let t0 = Instant::now();
+    while publisher.subscribers() < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never joined");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Both slots now wait for the (live, idle) subscriber.
+    publisher.send(b"one").unwrap();
+    publisher.send(b"two").unwrap();
+    rt().block_on(async {
+        let r = tokio::time::timeout(Duration::from_millis(300), publisher.loan_async(8)).await;
+        assert!(r.is_err(), "a slot was free while the subscriber lived");
+        kid.kill().unwrap();
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), publisher.loan_async(8)).await;
+        let loan = r.expect("no hang").unwrap();
+        loan.publish();
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    });
+}
