@@ -259,6 +259,12 @@ impl Sender {
     /// borrowing the sender. `poll_ready` waits for a free slot;
     /// `start_send` then cannot find the ring full; flush and close are
     /// no-ops (a sent message is already visible).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: `poll_ready` only waits for room (a dropped wait sent
+    /// nothing), and `start_send` is not async (`SinkExt::send` is cancel
+    /// safe up to `start_send`: an item passed to it is sent).
     pub fn sink(&mut self) -> SendSink<'_> {
         SendSink {
             tx: self,
