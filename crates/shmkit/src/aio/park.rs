@@ -34,6 +34,11 @@ pub(crate) struct Target<'a> {
     /// The sleeper count the waking side reads (`None`: the condition
     /// itself announces us, as the mutex's WAITERS bit).
     pub(crate) sleepers: Option<&'a AtomicU32>,
+    /// Set to 1 while we are counted in `sleepers`, so that a reaper can
+    /// take the count back if this process dies with the future pending
+    /// (`channel::wait::take_back_sleeper`; the pub/sub subscriber's
+    /// `asleep` flag, as its blocking `recv` sets it).
+    pub(crate) mine: Option<&'a AtomicU32>,
     /// Re-check at least this often even without a wake (peer liveness,
     /// a wake lost to a crashed waker).
     pub(crate) slice: Option<Duration>,
@@ -157,6 +162,12 @@ impl Park {
                 // Relaxed + the fence below: the store half of the Dekker
                 // pair with the waker's [progress; fence; load count].
                 s.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = target.mine {
+                    // Relaxed: read only by a reaper after our death (or
+                    // our endpoint's drop), which the role lock orders
+                    // after everything we did.
+                    m.store(1, Ordering::Relaxed);
+                }
                 self.counted = true;
             }
             fence(Ordering::SeqCst);
@@ -181,6 +192,11 @@ impl Park {
         self.reg = None;
         self.next_slice = None;
         if std::mem::take(&mut self.counted) {
+            if let Some(m) = target.mine {
+                // Relaxed: as the store above. Cleared before the
+                // decrement: a reaper never takes back a count twice.
+                m.store(0, Ordering::Relaxed);
+            }
             if let Some(s) = target.sleepers {
                 // Relaxed: the count is a hint for wakers; a late
                 // decrement costs one spurious wake, never a lost one.
@@ -210,6 +226,7 @@ mod tests {
         Target {
             word: Box::leak(Box::new(AtomicU32::new(0))),
             sleepers: Some(Box::leak(Box::new(AtomicU32::new(0)))),
+            mine: None,
             slice: Some(Duration::from_secs(1)),
             linger: false,
             spins,

@@ -16,10 +16,14 @@ use super::*;
 use crate::aio::park::{spins_for, Check, Park, Target};
 use crate::channel::wait::SLICE;
 
-fn sub_target(core: &PubCore, strategy: WaitStrategy) -> Target<'_> {
+fn sub_target<'a>(core: &'a PubCore, asleep: &'a AtomicU32, strategy: WaitStrategy) -> Target<'a> {
     Target {
         word: &core.data_seq.0,
         sleepers: Some(&core.sub_sleepers.0),
+        // As the blocking `recv`: a process killed with the future
+        // pending leaves the flag set, and the reaper (`leave`, `join`)
+        // takes its count back.
+        mine: Some(asleep),
         slice: Some(SLICE),
         // In the segment's mapping: the registration may linger.
         linger: true,
@@ -31,6 +35,7 @@ fn pub_target(core: &PubCore, strategy: WaitStrategy) -> Target<'_> {
     Target {
         word: &core.free_seq.0,
         sleepers: Some(&core.pub_sleepers.0),
+        mine: None,
         // Each slice also reaps dead subscribers (in `try_loan`), whose
         // slots would otherwise never come back.
         slice: Some(SLICE),
@@ -90,7 +95,12 @@ impl Subscriber {
     }
 
     fn target(&self) -> Target<'_> {
-        sub_target(self.sh.pool().core, self.wait_strategy())
+        let pool = self.sh.pool();
+        sub_target(
+            pool.core,
+            &pool.subs[self.index()].asleep,
+            self.wait_strategy(),
+        )
     }
 }
 
@@ -298,5 +308,47 @@ mod tests {
             assert_eq!(s.target().spins, n);
             assert_eq!(pub_spins(&p), n);
         }
+    }
+
+    /// A pending `recv_async` is counted as a sleeper and flagged
+    /// `asleep`, as a blocking `recv` is: a process that dies (here: a
+    /// future forgotten, its subscriber dropped) has its count taken back,
+    /// so the publisher stops paying a futex wake per message for it.
+    #[test]
+    fn a_vanished_pending_future_gives_its_sleeper_count_back() {
+        use std::task::{Context, Wake, Waker};
+        struct Noop;
+        impl Wake for Noop {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let name = format!("t-aio-psm-{}", std::process::id());
+        let p = Publisher::create(&name, &PubSubOptions::new(4, 8, 2)).unwrap();
+        let s = Subscriber::open(&name);
+        let _ = crate::segment::remove(&name);
+        let mut s = s.unwrap();
+        s.set_wait_strategy(WaitStrategy::Sleep);
+        let idx = s.index();
+        let counts = |p: &Publisher| {
+            let pool = p.sh.pool();
+            (
+                pool.core.sub_sleepers.0.load(Ordering::Relaxed),
+                pool.subs[idx].asleep.load(Ordering::Relaxed),
+            )
+        };
+        let waker = Waker::from(std::sync::Arc::new(Noop));
+        let mut cx = Context::from_waker(&waker);
+        // Dropped (cancelled): count and flag go.
+        let mut f = Box::pin(s.recv_async());
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(counts(&p), (1, 1));
+        drop(f);
+        assert_eq!(counts(&p), (0, 0));
+        // Vanished: the subscriber's leave takes the count back.
+        let mut f = Box::pin(s.recv_async());
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        std::mem::forget(f);
+        assert_eq!(counts(&p), (1, 1));
+        drop(s);
+        assert_eq!(counts(&p), (0, 0));
     }
 }

@@ -34,6 +34,7 @@ fn recv_target(core: &RingCore, strategy: WaitStrategy) -> Target<'_> {
     Target {
         word: &core.data_seq.0,
         sleepers: Some(&core.cons_sleepers.0),
+        mine: None,
         slice: Some(SLICE),
         // In the segment's mapping: the registration may linger.
         linger: true,
@@ -45,6 +46,7 @@ fn send_target(core: &RingCore, strategy: WaitStrategy) -> Target<'_> {
     Target {
         word: &core.space_seq.0,
         sleepers: Some(&core.prod_sleepers.0),
+        mine: None,
         slice: Some(SLICE),
         // In the segment's mapping: the registration may linger.
         linger: true,
