@@ -257,9 +257,7 @@ impl<'a> Future for LoanFuture<'a> {
                 // `take_free` only reads; only the publisher takes slots)
                 // and without `try_loan`'s reaping system calls.
                 let mut probe = 0;
-                if p.sh.pool().take_free(&mut probe).is_none() {
-                    return None;
-                }
+                p.sh.pool().take_free(&mut probe)?;
             }
             match p.try_loan(len) {
                 Err(SendError::Full) => None,

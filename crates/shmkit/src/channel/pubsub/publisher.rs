@@ -86,6 +86,7 @@ impl Publisher {
     }
 
     /// How `loan` waits (the async future spins by it too).
+    #[cfg(all(feature = "async", not(loom)))]
     pub(super) fn wait_strategy(&self) -> WaitStrategy {
         self.strategy
     }

@@ -83,6 +83,7 @@ impl Subscriber {
     }
 
     /// How `recv` waits (the async futures spin by it too).
+    #[cfg(all(feature = "async", not(loom)))]
     pub(super) fn wait_strategy(&self) -> WaitStrategy {
         self.strategy.get()
     }
