@@ -276,3 +276,43 @@ fn subscriber_death_reaches_an_async_publisher() {
         assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     });
 }
+
+/// `loan_async` on a full pool (`Block`) cancelled by a timer 1,000
+/// times: no slot is taken by a dropped future, so once the subscriber
+/// releases the two slots, both can be loaned.
+#[test]
+fn cancelled_loans_leak_no_slot() {
+    let name = unique("aio-psloan");
+    let _c = Cleanup(name.clone());
+    let opts = PubSubOptions::new(2, 8, 2).policy(Policy::Block);
+    let mut publisher = Publisher::create(&name, &opts).unwrap();
+    let sub = Subscriber::open(&name).unwrap();
+    publisher.send(b"one").unwrap();
+    publisher.send(b"two").unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        for _ in 0..1000 {
+            tokio::select! {
+                _ = publisher.loan_async(8) => panic!("a slot was free"),
+                _ = tokio::time::sleep(Duration::from_micros(20)) => {}
+            }
+        }
+    });
+    assert_eq!(&*sub.try_recv().unwrap(), b"one");
+    assert_eq!(&*sub.try_recv().unwrap(), b"two");
+    let a = publisher.try_loan(8).unwrap();
+    drop(a);
+    rt.block_on(async {
+        for m in [b"three", b"four!"] {
+            let mut l =
+                tokio::time::timeout(Duration::from_secs(10), publisher.loan_async(m.len()))
+                    .await
+                    .expect("a slot leaked")
+                    .unwrap();
+            l.copy_from_slice(m);
+            l.publish();
+        }
+    });
+    assert_eq!(&*sub.try_recv().unwrap(), b"three");
+    assert_eq!(&*sub.try_recv().unwrap(), b"four!");
+}
