@@ -252,10 +252,12 @@ impl<'a> Future for LoanFuture<'a> {
             // only because the borrow checker cannot see that a failed
             // `try_loan` ends its borrow (NLL "problem case 3").
             let p: &'a mut Publisher = unsafe { &mut *p };
-            if how == Check::Spin {
+            if how != Check::Slow {
                 // A look for a free slot without taking it (under `Block`
                 // `take_free` only reads; only the publisher takes slots)
-                // and without `try_loan`'s reaping system calls.
+                // and without the reaping system calls `try_loan` makes
+                // when none is free: those run once per slice (`Slow`),
+                // as in the blocking `loan`, not on every wake and probe.
                 let mut probe = 0;
                 p.sh.pool().take_free(&mut probe)?;
             }
