@@ -11,6 +11,9 @@ cargo test --workspace
 # --- Async endpoints and rpc (issue 12): the `async` feature's tests ---
 echo "=== Rust: async endpoints (feature async)"
 cargo test -p shmkit --features async --test aio_ring --test aio_sync --test aio_pubsub --test rpc
+# The unit tests compiled only with the feature (waiter-thread table, the
+# spin, the pub/sub futures): the ones whose path contains `aio`.
+cargo test -p shmkit --features async --lib aio
 
 # --- C ABI and System V (issue 10): section added by that work ---
 # Nothing to add: these are cargo integration tests that invoke cc, make,

@@ -382,3 +382,63 @@ fn server_strategies_answer_and_keep_the_doorbell_small() {
         drop(server);
     }
 }
+
+/// A server killed during an async call: `call_async` ends with
+/// `ServerDied` (the reply ring's death check reaches the future), and
+/// the same client's async calls work against a restarted server.
+#[cfg(feature = "async")]
+#[test]
+fn server_killed_during_an_async_call() {
+    if let Some((role, name, arg)) = child_role() {
+        return child(&role, &name, arg);
+    }
+    let name = unique("rpc-askill");
+    let _s = Service(name.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut server = spawn(
+        "server_killed_during_an_async_call",
+        "server",
+        &name,
+        200_000,
+    );
+    let mut c = connect_retry(&name);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        server.kill().unwrap();
+        server
+    });
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(20), c.call_async(b"doomed"))
+            .await
+            .expect("no hang");
+        assert!(matches!(r, Err(RpcError::ServerDied)), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    });
+    drop(killer.join().unwrap());
+    let _server = spawn("server_killed_during_an_async_call", "server", &name, 0);
+    rt.block_on(async {
+        let t0 = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), c.call_async(b"again")).await {
+                Ok(Ok(rep)) => {
+                    assert_eq!(rep, answer(b"again"));
+                    break;
+                }
+                // A timed-out call was dropped mid-way: its late reply is
+                // discarded by the next call.
+                Ok(Err(RpcError::ServerDied)) | Err(_) => {
+                    assert!(t0.elapsed() < Duration::from_secs(30), "never served");
+                }
+                Ok(Err(e)) => panic!("{e}"),
+            }
+        }
+        for i in 0..100u32 {
+            let req = i.to_le_bytes();
+            assert_eq!(c.call_async(&req).await.unwrap(), answer(&req));
+        }
+    });
+}

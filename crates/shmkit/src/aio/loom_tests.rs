@@ -102,6 +102,7 @@ fn await_progress_to(obj: &Obj, registrar: &ModelRegistrar, counted: bool, want:
     let target = Target {
         word: &obj.word,
         sleepers: counted.then_some(&obj.sleepers),
+        mine: None,
         slice: None,
         linger: true,
         spins: 0,

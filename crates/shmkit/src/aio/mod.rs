@@ -1,8 +1,9 @@
 //! Async waiting, runtime-agnostic (feature `async`).
 //!
 //! The futures returned by `recv_async`, `send_async`, `loan_async`,
-//! `wait_async` and `lock_async` work with any executor: they never spin
-//! and never block the polling thread. A pending future registers the
+//! `wait_async` and `lock_async` work with any executor: they never
+//! busy-poll (one bounded spin per poll, by the endpoint's
+//! `WaitStrategy`) and never block the polling thread. A pending future registers the
 //! futex word it waits on with a per-process *waiter thread*, which blocks
 //! in `futex_waitv` (Linux >= 5.16) on up to 127 such words plus a control
 //! word of its own and wakes the `Waker`s of the words that change. More

@@ -34,6 +34,11 @@ pub(crate) struct Target<'a> {
     /// The sleeper count the waking side reads (`None`: the condition
     /// itself announces us, as the mutex's WAITERS bit).
     pub(crate) sleepers: Option<&'a AtomicU32>,
+    /// Set to 1 while we are counted in `sleepers`, so that a reaper can
+    /// take the count back if this process dies with the future pending
+    /// (`channel::wait::take_back_sleeper`; the pub/sub subscriber's
+    /// `asleep` flag, as its blocking `recv` sets it).
+    pub(crate) mine: Option<&'a AtomicU32>,
     /// Re-check at least this often even without a wake (peer liveness,
     /// a wake lost to a crashed waker).
     pub(crate) slice: Option<Duration>,
@@ -157,6 +162,12 @@ impl Park {
                 // Relaxed + the fence below: the store half of the Dekker
                 // pair with the waker's [progress; fence; load count].
                 s.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = target.mine {
+                    // Relaxed: read only by a reaper after our death (or
+                    // our endpoint's drop), which the role lock orders
+                    // after everything we did.
+                    m.store(1, Ordering::Relaxed);
+                }
                 self.counted = true;
             }
             fence(Ordering::SeqCst);
@@ -181,11 +192,109 @@ impl Park {
         self.reg = None;
         self.next_slice = None;
         if std::mem::take(&mut self.counted) {
+            if let Some(m) = target.mine {
+                // Relaxed: as the store above. Cleared before the
+                // decrement: a reaper never takes back a count twice.
+                m.store(0, Ordering::Relaxed);
+            }
             if let Some(s) = target.sleepers {
                 // Relaxed: the count is a hint for wakers; a late
                 // decrement costs one spurious wake, never a lost one.
                 s.fetch_sub(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! The bounded spin every future makes before it announces itself.
+
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+
+    use super::*;
+
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// A target on fresh words (leaked: a few bytes per test).
+    fn target(spins: u32) -> Target<'static> {
+        Target {
+            word: Box::leak(Box::new(AtomicU32::new(0))),
+            sleepers: Some(Box::leak(Box::new(AtomicU32::new(0)))),
+            mine: None,
+            slice: Some(Duration::from_secs(1)),
+            linger: false,
+            spins,
+        }
+    }
+
+    /// `spins` probes, then the announcement: a condition that comes true
+    /// within the spin completes the future without a registration or a
+    /// sleeper count (so the waker side skips its FUTEX_WAKE).
+    #[test]
+    fn spins_before_announcing() {
+        let waker = Waker::from(Arc::new(Noop));
+        let mut cx = Context::from_waker(&waker);
+        // Ready at the 50th probe of 100.
+        let t = target(100);
+        let mut park = Park::default();
+        let mut probes = 0;
+        let r = park.poll(&mut cx, t, |how| match how {
+            Check::Spin => {
+                probes += 1;
+                (probes == 50).then_some(())
+            }
+            _ => None,
+        });
+        assert_eq!(r, Poll::Ready(()));
+        assert_eq!(probes, 50);
+        assert!(!park.is_waiting());
+        assert_eq!(t.sleepers.unwrap().load(Ordering::Relaxed), 0);
+        // Never ready: exactly `spins` probes, then pending and counted.
+        let mut park = Park::default();
+        let mut probes = 0;
+        let r: Poll<()> = park.poll(&mut cx, t, |how| {
+            if how == Check::Spin {
+                probes += 1;
+            }
+            None
+        });
+        assert!(r.is_pending());
+        assert_eq!(probes, 100);
+        assert!(park.is_waiting());
+        assert_eq!(t.sleepers.unwrap().load(Ordering::Relaxed), 1);
+        park.done(t);
+        assert_eq!(t.sleepers.unwrap().load(Ordering::Relaxed), 0);
+        // `Sleep` strategy: no probe at all.
+        let t0 = target(0);
+        let mut park = Park::default();
+        let mut probes = 0;
+        let r: Poll<()> = park.poll(&mut cx, t0, |how| {
+            if how == Check::Spin {
+                probes += 1;
+            }
+            None
+        });
+        assert!(r.is_pending());
+        assert_eq!(probes, 0);
+        park.done(t0);
+    }
+
+    /// The spin budget follows the endpoint's strategy, capped.
+    #[test]
+    fn spin_budget_follows_the_strategy() {
+        use crate::channel::WaitStrategy;
+        assert_eq!(spins_for(WaitStrategy::Sleep), 0);
+        assert_eq!(spins_for(WaitStrategy::SpinThenSleep { spins: 77 }), 77);
+        assert_eq!(
+            spins_for(WaitStrategy::SpinThenSleep { spins: u32::MAX }),
+            MAX_SPINS
+        );
+        assert_eq!(spins_for(WaitStrategy::BusyPoll), MAX_SPINS);
     }
 }

@@ -21,6 +21,7 @@ impl Semaphore {
         Target {
             word: &self.count,
             sleepers: Some(&self.sleepers),
+            mine: None,
             // Re-check once per slice: a wake lost to a poster killed
             // before its FUTEX_WAKE delays us one slice, as a blocking
             // waiter.
@@ -107,6 +108,7 @@ impl Event {
         Target {
             word: &self.state,
             sleepers: Some(&self.sleepers),
+            mine: None,
             slice: Some(SLICE),
             // In-place objects may live in memory shmkit did not map (and
             // whose unmapping it cannot see): no lingering registration.
@@ -198,6 +200,7 @@ impl<T> Mutex<T> {
             word: self.raw.lock.word(),
             // The WAITERS bit in the word announces us (see `LockFuture`).
             sleepers: None,
+            mine: None,
             // glibc's unlock and the kernel's owner-death handling both
             // wake a waiter when WAITERS is set; the slice only covers a
             // waker killed between its unlock and its FUTEX_WAKE.

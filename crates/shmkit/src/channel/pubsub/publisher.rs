@@ -85,6 +85,12 @@ impl Publisher {
         self.strategy = strategy;
     }
 
+    /// How `loan` waits (the async future spins by it too).
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(super) fn wait_strategy(&self) -> WaitStrategy {
+        self.strategy
+    }
+
     /// The segment's name.
     pub fn name(&self) -> &str {
         self.sh.seg.name()

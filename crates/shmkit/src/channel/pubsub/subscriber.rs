@@ -82,6 +82,12 @@ impl Subscriber {
         self.strategy.set(strategy);
     }
 
+    /// How `recv` waits (the async futures spin by it too).
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(super) fn wait_strategy(&self) -> WaitStrategy {
+        self.strategy.get()
+    }
+
     /// This subscriber's number (`0..max_subscribers`).
     pub fn index(&self) -> usize {
         self.idx

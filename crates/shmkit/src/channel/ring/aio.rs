@@ -34,6 +34,7 @@ fn recv_target(core: &RingCore, strategy: WaitStrategy) -> Target<'_> {
     Target {
         word: &core.data_seq.0,
         sleepers: Some(&core.cons_sleepers.0),
+        mine: None,
         slice: Some(SLICE),
         // In the segment's mapping: the registration may linger.
         linger: true,
@@ -45,6 +46,7 @@ fn send_target(core: &RingCore, strategy: WaitStrategy) -> Target<'_> {
     Target {
         word: &core.space_seq.0,
         sleepers: Some(&core.prod_sleepers.0),
+        mine: None,
         slice: Some(SLICE),
         // In the segment's mapping: the registration may linger.
         linger: true,
@@ -259,6 +261,12 @@ impl Sender {
     /// borrowing the sender. `poll_ready` waits for a free slot;
     /// `start_send` then cannot find the ring full; flush and close are
     /// no-ops (a sent message is already visible).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: `poll_ready` only waits for room (a dropped wait sent
+    /// nothing), and `start_send` is not async (`SinkExt::send` is cancel
+    /// safe up to `start_send`: an item passed to it is sent).
     pub fn sink(&mut self) -> SendSink<'_> {
         SendSink {
             tx: self,

@@ -356,6 +356,12 @@ impl Server {
     }
 
     /// Async [`serve`](Self::serve).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only awaits while no request is taken; a request
+    /// taken is handled and answered in the same poll, so dropping the
+    /// future loses no request and leaves none unanswered.
     pub async fn serve_async(
         &mut self,
         mut handler: impl FnMut(&[u8]) -> Vec<u8>,
