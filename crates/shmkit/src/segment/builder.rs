@@ -491,8 +491,8 @@ impl<'a> SegmentBuilder<'a> {
     /// the flags before that store, this open is ordered before the mark
     /// (as if it came first), and nothing is lost: our attachment is then
     /// one of those the marker's failed attempt leaves the deletion to,
-    /// and our own detach, which reads the mark *after* its unlock, sees
-    /// it and collects.
+    /// and our own detach, which reads the mark *after* its exclusive
+    /// upgrade, sees it and collects.
     fn attach_persistent(
         &self,
         op: &'static str,
@@ -519,8 +519,9 @@ impl<'a> SegmentBuilder<'a> {
             });
         }
         if !flock::try_shared(fd.as_fd()).map_err(err)? {
-            // An exclusive holder: `gc` or a detacher collecting a marked
-            // segment, for microseconds.
+            // An exclusive holder for microseconds: the last detacher
+            // (it holds its upgraded lock until its descriptor and mapping
+            // are gone), `gc`, `ls`, or a collector.
             return Ok(Attach::Busy);
         }
         Ok(Attach::Mapped(map))
