@@ -293,17 +293,6 @@ impl<'a> SegmentBuilder<'a> {
             free: space.map(|s| s.free),
             total: space.map(|s| s.total),
         };
-        let (fd, info) =
-            shm::create_unnamed_with(self.mode, total, self.sparse).map_err(|e| match e {
-                rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
-                rustix::io::Errno::FBIG => Error::FileSizeLimit {
-                    op,
-                    name: name.clone(),
-                    asked: Some(total),
-                    limit: shm::file_size_limit(),
-                },
-                e => err(e),
-            })?;
         let created_at_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -318,12 +307,24 @@ impl<'a> SegmentBuilder<'a> {
             fingerprint: self.fingerprint.unwrap_or(Fingerprint::BYTES),
             params: self.params,
         };
-        // Written with `pwrite`, not through the mapping: a store there is
-        // a page fault, and the page table entry it creates makes `munmap`
-        // dearer; the header page is otherwise never touched in a life
-        // cycle (`open` and `detach` read it with `pread` too). The file is
-        // unnamed: nobody else can see it yet.
-        shm::write_at(fd.as_fd(), &header.encode(), 0).map_err(err)?;
+        // Written with the reservation (one `pwritev` of header and zeros
+        // for a small file, else `fallocate` then `pwrite`), not through
+        // the mapping: a store there is a page fault, and the page table
+        // entry it creates makes `munmap` dearer; the header page is
+        // otherwise never touched in a life cycle (`open` and `detach`
+        // read it with `pread` too). The file is unnamed: nobody else can
+        // see it yet.
+        let (fd, info) = shm::create_unnamed_with(self.mode, total, self.sparse, &header.encode())
+            .map_err(|e| match e {
+                rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
+                rustix::io::Errno::FBIG => Error::FileSizeLimit {
+                    op,
+                    name: name.clone(),
+                    asked: Some(total),
+                    limit: shm::file_size_limit(),
+                },
+                e => err(e),
+            })?;
         let map = Mapping::new(fd.as_fd(), total as usize, true).map_err(|e| match e {
             rustix::io::Errno::NOMEM => Error::InvalidArgument {
                 op,

@@ -29,20 +29,26 @@ pub fn validate(op: &'static str, name: &str) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
         return bad("longer than 200 bytes");
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return match c {
-            '/' => bad("contains '/'"),
-            '\0' => bad("contains a NUL byte"),
-            _ => bad("only letters, digits, '.', '_' and '-' are allowed"),
-        };
+    // One pass over the bytes (a non-ASCII byte is outside the alphabet
+    // like any other): the first byte outside it decides the message,
+    // else the first "..".
+    let mut prev = 0u8;
+    let mut dots = false;
+    for &b in name.as_bytes() {
+        if !ALPHABET[b as usize] {
+            return match b {
+                b'/' => bad("contains '/'"),
+                0 => bad("contains a NUL byte"),
+                _ => bad("only letters, digits, '.', '_' and '-' are allowed"),
+            };
+        }
+        dots |= prev == b'.' && b == b'.';
+        prev = b;
     }
     if !name.as_bytes()[0].is_ascii_alphanumeric() {
         return bad("must start with a letter or a digit");
     }
-    if name.contains("..") {
+    if dots {
         return bad("contains '..'");
     }
     if name == "." {
@@ -51,9 +57,25 @@ pub fn validate(op: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The bytes a key may contain: ASCII letters, digits, `.`, `_`, `-`.
+const ALPHABET: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-';
+        b += 1;
+    }
+    t
+};
+
 /// The file name in `/dev/shm` for a (valid) key.
 pub fn file_name(name: &str) -> String {
-    format!("{PREFIX}{name}")
+    // One allocation of the right size (`format!` grows its buffer).
+    let mut file = String::with_capacity(PREFIX.len() + name.len());
+    file.push_str(PREFIX);
+    file.push_str(name);
+    file
 }
 
 #[cfg(test)]

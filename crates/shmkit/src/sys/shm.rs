@@ -199,17 +199,24 @@ fn dir() -> Result<BorrowedFd<'static>, Errno> {
 /// page. `EFBIG` if `size` passes `RLIMIT_FSIZE` (checked first, so no
 /// SIGXFSZ is ever raised).
 pub fn create_unnamed(mode: u32, size: u64) -> Result<OwnedFd, Errno> {
-    Ok(create_unnamed_with(mode, size, false)?.0)
+    Ok(create_unnamed_with(mode, size, false, &[])?.0)
 }
 
 /// [`create_unnamed`], or with `sparse` an unreserved file (`ftruncate`
 /// only: pages are allocated at first touch, and a touch that finds the
-/// file system full is SIGBUS). Also returns the file's identity (its
-/// size in the returned info is 0: it is taken before the reservation).
+/// file system full is SIGBUS), with `head` written at offset 0 (the
+/// segment header). Also returns the file's identity (its size in the
+/// returned info is 0: it is taken before the reservation).
+///
+/// A reserved file of at most [`ONE_WRITE_MAX`] bytes is reserved and
+/// written by one `pwritev` of `head` and zeros over the whole size: every
+/// page is allocated (charged) by it as by `fallocate`, and it saves the
+/// separate write of `head`.
 pub fn create_unnamed_with(
     mode: u32,
     size: u64,
     sparse: bool,
+    head: &[u8],
 ) -> Result<(OwnedFd, FileInfo), Errno> {
     check_file_size_limit(size)?;
     let fd = fs::openat(
@@ -227,10 +234,45 @@ pub fn create_unnamed_with(
     }
     if sparse {
         fs::ftruncate(&fd, size)?;
+    } else if size <= ONE_WRITE_MAX && head.len() as u64 <= size {
+        return write_whole(fd.as_fd(), head, size).map(|()| (fd, info));
     } else {
         reserve(fd.as_fd(), size)?;
     }
+    if !head.is_empty() {
+        write_at(fd.as_fd(), head, 0)?;
+    }
     Ok((fd, info))
+}
+
+/// Files up to this size are reserved by writing them whole (see
+/// [`create_unnamed_with`]); larger ones with `fallocate`, which zeroes
+/// pages in the kernel instead of copying zeros from us.
+pub const ONE_WRITE_MAX: u64 = 64 << 10;
+
+/// Writes `head` at offset 0 then zeros up to `size` bytes (`size` ≤
+/// [`ONE_WRITE_MAX`]), allocating every page: the reservation and the
+/// header in one system call. A full file system fails with `ENOSPC`
+/// (`ENOMEM` when the machine, not the mount, is full); a partly written
+/// unnamed file goes with its descriptor.
+fn write_whole(fd: BorrowedFd<'_>, head: &[u8], size: u64) -> Result<(), Errno> {
+    // Never written: its pages stay the shared zero page.
+    static ZEROS: [u8; ONE_WRITE_MAX as usize] = [0; ONE_WRITE_MAX as usize];
+    let mut done = 0usize;
+    let size = size as usize;
+    while done < size {
+        let h = head.get(done..).unwrap_or(&[]);
+        let zeros = &ZEROS[..size - done - h.len()];
+        let iov = [std::io::IoSlice::new(h), std::io::IoSlice::new(zeros)];
+        match rustix::io::pwritev(fd, &iov, done as u64) {
+            Ok(0) => return Err(Errno::NOSPC),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => continue,
+            Err(Errno::NOMEM) => return Err(Errno::NOSPC),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Allocates `size` bytes of the file from offset 0 (and sets its size).
