@@ -273,3 +273,66 @@ fn peers_killed_at_random_points_of_open_and_detach() {
         assert!(!name.exists(), "round {round}: marked segment left behind");
     }
 }
+
+/// Forks a child that drops its inherited copy of `seg` (running the
+/// handle's drop) and exits; waits for it.
+fn drop_in_forked_child(seg: Segment) {
+    // SAFETY: the child only drops the handle (close, munmap, free: glibc
+    // makes malloc usable after fork) and calls `_exit`.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        drop(seg);
+        // SAFETY: ends the forked child without running Rust cleanup.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    // In the parent, `seg` is a bitwise copy of a handle the caller
+    // still owns: its resources are released by the caller's.
+    std::mem::forget(seg);
+}
+
+/// A child forked from an attached process shares its attachment (the
+/// same open file description, hence the same `flock`). Dropping the
+/// inherited handle there must not detach the parent: not delete an
+/// until-last-detach segment under it, not leave its lock exclusive (which
+/// would make every other open `Busy`), not make `remove_when_unused`
+/// think nobody is attached.
+#[test]
+fn dropping_an_inherited_handle_in_a_forked_child_leaves_the_parent_attached() {
+    for lifetime in [Lifetime::Persistent, Lifetime::UntilLastDetach] {
+        let name = Name::new("race-fork");
+        let seg = Segment::builder(&name)
+            .size(4096)
+            .lifetime(lifetime)
+            .create()
+            .unwrap();
+        // The child gets a bitwise copy of this handle: hand it a view of
+        // the same struct by reading it out, and keep ours.
+        // SAFETY: `copy` is dropped only in the child (the parent forgets
+        // its copy in `drop_in_forked_child`), so every resource is
+        // released once per process.
+        let copy = unsafe { std::ptr::read(&seg) };
+        drop_in_forked_child(copy);
+        assert!(name.exists(), "{lifetime:?}: the child deleted it");
+        let other = Segment::builder(&name)
+            .open_timeout(Duration::from_millis(500))
+            .open()
+            .unwrap_or_else(|e| panic!("{lifetime:?}: {e}"));
+        other.detach().unwrap();
+        if lifetime == Lifetime::Persistent {
+            assert!(
+                !segment::remove_when_unused(&name).unwrap(),
+                "the parent is still attached"
+            );
+        }
+        assert!(
+            seg.detach().unwrap(),
+            "{lifetime:?}: the parent's detach deletes"
+        );
+        assert!(!name.exists());
+    }
+}

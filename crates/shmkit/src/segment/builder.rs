@@ -383,6 +383,7 @@ impl<'a> SegmentBuilder<'a> {
             writable: true,
             created: true,
             detached: false,
+            owner_pid: process::cached_pid(),
         }))
     }
 
@@ -477,6 +478,7 @@ impl<'a> SegmentBuilder<'a> {
                 writable: self.writable,
                 created: false,
                 detached: false,
+                owner_pid: process::cached_pid(),
             });
         }
     }

@@ -91,6 +91,12 @@ pub struct Segment {
     created: bool,
     /// Set by `detach` so that drop does not run the protocol twice.
     detached: bool,
+    /// The process that attached. A child forked from it shares the open
+    /// file description, hence the attachment (one `flock` per
+    /// description): dropping the inherited copy there must not detach
+    /// the parent (nor delete the segment under it, nor leave its lock
+    /// exclusive), so the child only closes and unmaps its copies.
+    owner_pid: u32,
 }
 
 impl Segment {
@@ -312,11 +318,24 @@ impl Segment {
         pids
     }
 
+    /// Whether this process made the attachment (not a child that
+    /// inherited the handle through `fork`). No system call: the pid
+    /// cache is reset in a forked child.
+    fn attached_here(&self) -> bool {
+        process::cached_pid() == self.owner_pid
+    }
+
     /// Detaches now, reporting whether this removed the segment (it was
     /// due and this was the last attachment). Dropping does the same and
-    /// ignores errors.
+    /// ignores errors. In a child forked from the process that attached,
+    /// the attachment is the parent's (shared through the inherited file
+    /// description): there this only unmaps and closes, and returns
+    /// `false`.
     pub fn detach(mut self) -> Result<bool> {
         self.detached = true;
+        if !self.attached_here() {
+            return Ok(false);
+        }
         detach_protocol(
             &self.name,
             &self.fd,
@@ -330,7 +349,7 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if !self.detached {
+        if !self.detached && self.attached_here() {
             let _ = detach_protocol(
                 &self.name,
                 &self.fd,
