@@ -16,7 +16,10 @@ use shmkit::segment::{self, Error, Lifetime, Segment};
 
 /// Holds `flock(LOCK_EX)` on the segment's file, as a last detacher, `gc`
 /// or `ls` does for a moment, until dropped.
-struct ExclusiveHolder(std::fs::File);
+struct ExclusiveHolder {
+    /// Held for its lock; closing it releases the lock.
+    _file: std::fs::File,
+}
 
 impl ExclusiveHolder {
     fn take(name: &Name) -> ExclusiveHolder {
@@ -28,7 +31,7 @@ impl ExclusiveHolder {
             // SAFETY: flock on a descriptor we own.
             let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if rc == 0 {
-                return ExclusiveHolder(f);
+                return ExclusiveHolder { _file: f };
             }
             assert!(
                 Instant::now() < deadline,
@@ -61,7 +64,7 @@ fn remove_when_unused_waits_out_a_transient_exclusive_holder() {
     // `true` unless a collector (another helper's `gc` in a shared
     // /dev/shm) deleted the marked segment first.
     let r = marker.join().unwrap();
-    assert!(matches!(r, Ok(_)), "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     assert!(!name.exists());
 }
 
@@ -265,7 +268,7 @@ fn peers_killed_at_random_points_of_open_and_detach() {
                 }
             });
             let r = segment::remove_when_unused(&name);
-            assert!(matches!(r, Ok(_)), "round {round}: {r:?}");
+            assert!(r.is_ok(), "round {round}: {r:?}");
             stop.store(true, Ordering::Relaxed);
         });
         let status = wait_for(&mut peers[2], Duration::from_secs(60));

@@ -193,7 +193,7 @@ impl<'a> SegmentBuilder<'a> {
         match self.create_inner("create")? {
             Ok(seg) => Ok(seg),
             Err(builder) => {
-                if let Ok(info) = shm::lstat(&file_name(&builder.name)) {
+                if let Ok(info) = shm::lstat(file_name(&builder.name).as_str()) {
                     if let Some(e) = Error::not_regular("create", &builder.name, info.file_type) {
                         return Err(e);
                     }
@@ -355,15 +355,16 @@ impl<'a> SegmentBuilder<'a> {
         if !flock::try_shared(fd.as_fd()).map_err(err)? {
             return Err(Error::corrupt(op, &name, "fresh unnamed file was locked"));
         }
-        let file = file_name(&name);
+        let file = FileName::new(&name);
+        let file = file.as_c_str();
         // linkat is a full barrier for our stores: any process that finds
         // the name (a later syscall) sees the header and object written.
-        match shm::publish(fd.as_fd(), &file) {
+        match shm::publish(fd.as_fd(), file) {
             Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => {
                 // A stale, due segment may hold the name: collect it and retry once.
                 if registry::collect_if_due(&name).unwrap_or(false) {
-                    match shm::publish(fd.as_fd(), &file) {
+                    match shm::publish(fd.as_fd(), file) {
                         Ok(()) => {}
                         Err(rustix::io::Errno::EXIST) => return Ok(Err(self)),
                         Err(e) => return Err(err(e)),
@@ -586,9 +587,11 @@ pub(crate) fn open_file(
     writable: bool,
 ) -> Result<(OwnedFd, shm::FileInfo)> {
     let err = |e| Error::from_errno(op, name, e);
-    let fd = shm::open(&file_name(name), writable).map_err(|e| {
+    let file = FileName::new(name);
+    let file = file.as_c_str();
+    let fd = shm::open(file, writable).map_err(|e| {
         // ELOOP, ENXIO, EISDIR...: say exactly what the name is.
-        match shm::lstat(&file_name(name)) {
+        match shm::lstat(file) {
             Ok(info) if e != rustix::io::Errno::NOENT => {
                 Error::not_regular(op, name, info.file_type).unwrap_or_else(|| err(e))
             }

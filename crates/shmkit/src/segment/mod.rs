@@ -69,6 +69,7 @@ pub use registry::{
 };
 
 use crate::sys::{flock, mmap::Mapping, process, shm};
+use name::FileName;
 
 /// An attachment to a named segment. Dropping it detaches (and deletes
 /// the segment if it is due and this was the last attachment).
@@ -431,5 +432,5 @@ fn detach_protocol(
             return Ok(false);
         }
     }
-    shm::unlink_if_same(&file_name(name), id).map_err(err)
+    shm::unlink_if_same(FileName::new(name).as_c_str(), id).map_err(err)
 }

@@ -78,9 +78,39 @@ pub fn file_name(name: &str) -> String {
     file
 }
 
+/// [`file_name`] as a C string on the stack, for the system calls: no
+/// allocation, and no copy to add the NUL. For valid keys only (checked
+/// by [`validate`]: at most [`MAX_NAME_LEN`] bytes, no NUL).
+pub(crate) struct FileName {
+    buf: [u8; PREFIX.len() + MAX_NAME_LEN + 1],
+}
+
+impl FileName {
+    pub(crate) fn new(name: &str) -> FileName {
+        let mut buf = [0u8; PREFIX.len() + MAX_NAME_LEN + 1];
+        let key = &name.as_bytes()[..name.len().min(MAX_NAME_LEN)];
+        buf[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+        buf[PREFIX.len()..PREFIX.len() + key.len()].copy_from_slice(key);
+        FileName { buf }
+    }
+
+    /// The name up to its first NUL (the last byte is always one).
+    pub(crate) fn as_c_str(&self) -> &std::ffi::CStr {
+        std::ffi::CStr::from_bytes_until_nul(&self.buf).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_name_on_the_stack_is_the_same_name() {
+        for key in ["a", "cam0.frames", &"x".repeat(MAX_NAME_LEN)] {
+            let c = FileName::new(key);
+            assert_eq!(c.as_c_str().to_str().unwrap(), file_name(key));
+        }
+    }
 
     #[test]
     fn accepts_the_allowed_alphabet() {

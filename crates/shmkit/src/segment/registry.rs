@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::header::{self, Header};
-use super::name::{self, file_name, PREFIX};
+use super::name::{self, file_name, FileName, PREFIX};
 use super::{open_file, read_header, Error, Lifetime, Result};
 use crate::sys::{flock, mmap::Mapping, process, shm};
 
@@ -149,7 +149,7 @@ fn info_of(
 /// The entry for a name that is not a regular file, from `lstat` (never
 /// opened, so never blocked on); `None` if it vanished.
 fn not_a_segment_info(name: &str, what: &'static str) -> Option<SegmentInfo> {
-    let info = shm::lstat(&file_name(name)).ok()?;
+    let info = shm::lstat(file_name(name).as_str()).ok()?;
     Some(SegmentInfo {
         name: name.to_owned(),
         file_size: info.size,
@@ -229,7 +229,7 @@ pub fn stat(name: &str) -> Result<SegmentInfo> {
 pub fn remove(name: &str) -> Result<()> {
     const OP: &str = "remove";
     name::validate(OP, name)?;
-    shm::unlink(&file_name(name)).map_err(|e| Error::from_errno(OP, name, e))
+    shm::unlink(FileName::new(name).as_c_str()).map_err(|e| Error::from_errno(OP, name, e))
 }
 
 /// Marks `name` for deferred removal (System V `IPC_RMID`): it is deleted

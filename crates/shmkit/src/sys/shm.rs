@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use rustix::fs::{self, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
+use rustix::path::Arg;
 
 /// Where the POSIX shm namespace lives on Linux.
 pub const SHM_DIR: &str = "/dev/shm";
@@ -307,7 +308,7 @@ fn reserve(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
 /// link through the `/proc/self/fd/N` magic link (any user, but a procfs
 /// path walk per call). Which one works is remembered per process, so a
 /// refused `AT_EMPTY_PATH` costs one extra system call once.
-pub fn publish(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+pub fn publish<P: Arg + Copy>(fd: BorrowedFd<'_>, file_name: P) -> Result<(), Errno> {
     use std::sync::atomic::{AtomicBool, Ordering};
     /// Whether `AT_EMPTY_PATH` was refused here (a hint: both ways are
     /// correct, so Relaxed suffices).
@@ -331,12 +332,12 @@ pub fn publish(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
 }
 
 /// `linkat(fd, "", AT_EMPTY_PATH)`: see [`publish`].
-fn link_direct(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+fn link_direct<P: Arg>(fd: BorrowedFd<'_>, file_name: P) -> Result<(), Errno> {
     fs::linkat(fd, "", dir()?, file_name, AtFlags::EMPTY_PATH)
 }
 
 /// `linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW)`: see [`publish`].
-fn link_via_proc(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+fn link_via_proc<P: Arg>(fd: BorrowedFd<'_>, file_name: P) -> Result<(), Errno> {
     let proc_path = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
     fs::linkat(
         fs::CWD,
@@ -358,7 +359,7 @@ fn link_via_proc(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
 /// update the access time, which on this VM costs about 0.3 µs each (a
 /// clock read and an inode update), a few percent of a life cycle. The
 /// access time of a segment file means nothing to shmkit.
-pub fn open(file_name: &str, writable: bool) -> Result<OwnedFd, Errno> {
+pub fn open<P: Arg + Copy>(file_name: P, writable: bool) -> Result<OwnedFd, Errno> {
     let access = if writable {
         OFlags::RDWR
     } else {
@@ -390,7 +391,7 @@ fn with_noatime(open: impl Fn(OFlags) -> Result<OwnedFd, Errno>) -> Result<Owned
 }
 
 /// What the name is, without opening or following it (`lstat`).
-pub fn lstat(file_name: &str) -> Result<FileInfo, Errno> {
+pub fn lstat<P: Arg>(file_name: P) -> Result<FileInfo, Errno> {
     Ok(info_of(&fs::statat(
         dir()?,
         file_name,
@@ -454,7 +455,7 @@ fn info_of(st: &fs::Stat) -> FileInfo {
 }
 
 /// Identity of whatever the name points to now (no symlink following).
-pub fn id_of_name(file_name: &str) -> Result<FileId, Errno> {
+pub fn id_of_name<P: Arg>(file_name: P) -> Result<FileId, Errno> {
     let st = fs::statat(dir()?, file_name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(FileId {
         dev: st.st_dev,
@@ -463,14 +464,14 @@ pub fn id_of_name(file_name: &str) -> Result<FileId, Errno> {
 }
 
 /// Removes the name.
-pub fn unlink(file_name: &str) -> Result<(), Errno> {
+pub fn unlink<P: Arg>(file_name: P) -> Result<(), Errno> {
     fs::unlinkat(dir()?, file_name, AtFlags::empty())
 }
 
 /// Removes the name only if it still points to `id`. Returns whether it
 /// removed it. (A name re-created between the check and the unlink by an
 /// explicit remove-and-create is the one race left; see ARCHITECTURE.md.)
-pub fn unlink_if_same(file_name: &str, id: FileId) -> Result<bool, Errno> {
+pub fn unlink_if_same<P: Arg + Copy>(file_name: P, id: FileId) -> Result<bool, Errno> {
     match id_of_name(file_name) {
         Ok(now) if now == id => match unlink(file_name) {
             Ok(()) => Ok(true),
@@ -543,7 +544,10 @@ mod tests {
     #[test]
     fn both_link_paths_publish_and_refuse_a_taken_name() {
         type Link = fn(BorrowedFd<'_>, &str) -> Result<(), Errno>;
-        let paths: [(&str, Link); 2] = [("direct", link_direct), ("proc", link_via_proc)];
+        let paths: [(&str, Link); 2] = [
+            ("direct", |fd, f| link_direct(fd, f)),
+            ("proc", |fd, f| link_via_proc(fd, f)),
+        ];
         for (how, link) in paths {
             let file = format!("shmkit.unit-link-{how}-{}", std::process::id());
             let fd = create_unnamed(0o600, 4096).unwrap();
