@@ -343,17 +343,7 @@ fn permission_denied_for_another_user() {
     if rustix::process::geteuid().is_root() {
         // Root bypasses mode bits: ask as "nobody" (uid 65534) instead.
         let seg = Segment::create(&name, 4096).unwrap();
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        use std::os::unix::process::CommandExt;
-        cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-            .env(common::ROLE, "open_denied")
-            .env("SEG", &name.0)
-            .uid(65534)
-            .gid(65534)
-            .stdout(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("run the test binary as uid 65534");
-        assert_eq!(read_line(&mut child, LIMIT), "denied");
-        assert!(wait_for(&mut child, LIMIT).success());
+        assert_eq!(run_as_nobody(TEST, "open_denied", &name), "denied");
         drop(seg);
     } else {
         // Not root: mode 000 denies even the owner.
@@ -409,16 +399,25 @@ fn another_users_segment_opens_with_allow_any_owner() {
         .create()
         .unwrap();
     seg.write_at(0, b"hello").unwrap();
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    assert_eq!(run_as_nobody(TEST, "open_foreign", &name), "hello");
+    drop(seg);
+}
+
+/// Runs this test binary's `test` as `role` under uid/gid 65534 ("nobody",
+/// root only) on segment `name`; returns its reply line once it exited
+/// successfully.
+fn run_as_nobody(test: &str, role: &str, name: &Name) -> String {
     use std::os::unix::process::CommandExt;
-    cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(common::ROLE, "open_foreign")
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(common::ROLE, role)
         .env("SEG", &name.0)
         .uid(65534)
         .gid(65534)
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("run the test binary as uid 65534");
-    assert_eq!(read_line(&mut child, LIMIT), "hello");
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the test binary as uid 65534");
+    let line = read_line(&mut child, LIMIT);
     assert!(wait_for(&mut child, LIMIT).success());
-    drop(seg);
+    line
 }
