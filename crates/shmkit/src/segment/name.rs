@@ -86,11 +86,16 @@ pub(crate) struct FileName {
 }
 
 impl FileName {
+    /// A key that is too long or has a NUL (never a validated one) gives
+    /// the empty name, which every system call refuses (`ENOENT`), never
+    /// another file's name.
     pub(crate) fn new(name: &str) -> FileName {
         let mut buf = [0u8; PREFIX.len() + MAX_NAME_LEN + 1];
-        let key = &name.as_bytes()[..name.len().min(MAX_NAME_LEN)];
-        buf[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
-        buf[PREFIX.len()..PREFIX.len() + key.len()].copy_from_slice(key);
+        let key = name.as_bytes();
+        if key.len() <= MAX_NAME_LEN && !key.contains(&0) {
+            buf[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+            buf[PREFIX.len()..PREFIX.len() + key.len()].copy_from_slice(key);
+        }
         FileName { buf }
     }
 
@@ -109,6 +114,9 @@ mod tests {
         for key in ["a", "cam0.frames", &"x".repeat(MAX_NAME_LEN)] {
             let c = FileName::new(key);
             assert_eq!(c.as_c_str().to_str().unwrap(), file_name(key));
+        }
+        for bad in ["a\0b", &"x".repeat(MAX_NAME_LEN + 1)] {
+            assert!(FileName::new(bad).as_c_str().is_empty(), "{bad:?}");
         }
     }
 
