@@ -242,6 +242,47 @@ fn a_life_cycle_never_faults_the_header_page_in() {
     }
 }
 
+/// shmkit opens segment files with `O_NOATIME` (when it may): its header
+/// reads and mappings do not update the access time, a clock read and an
+/// inode update each. With `relatime` (tmpfs's default), an access time
+/// older than the modification time would otherwise be updated by them.
+#[test]
+fn opening_and_detaching_does_not_update_the_access_time() {
+    use std::os::unix::fs::MetadataExt;
+    for lifetime in [Lifetime::Persistent, Lifetime::UntilLastDetach] {
+        let name = Name::new("atime");
+        let a = Segment::builder(&name)
+            .size(4096)
+            .lifetime(lifetime)
+            .create()
+            .unwrap();
+        // Access time far in the past (before the modification time).
+        let path = std::ffi::CString::new(name.path()).unwrap();
+        let times = [
+            libc::timespec {
+                tv_sec: 1_000_000,
+                tv_nsec: 0,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+        ];
+        // SAFETY: a valid C path and two timespecs, as utimensat wants.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+        assert_eq!(rc, 0);
+        let b = Segment::open(&name).unwrap();
+        let _ = segment::stat(&name).unwrap();
+        assert!(!b.detach().unwrap());
+        assert_eq!(
+            std::fs::metadata(name.path()).unwrap().atime(),
+            1_000_000,
+            "{lifetime:?}: the access time was updated"
+        );
+        a.detach().unwrap();
+    }
+}
+
 #[test]
 fn remove_when_unused_deletes_at_once_when_nobody_is_attached() {
     let name = Name::new("rwu");

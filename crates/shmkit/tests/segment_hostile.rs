@@ -220,6 +220,37 @@ fn a_full_dev_shm_fails_every_kind_cleanly() {
     assert_eq!(free_bytes(), SHM_BYTES, "something is still charged");
 }
 
+/// A small segment (reserved by writing it whole, one `pwritev`) that
+/// only partly fits: the write stops after the pages that fit, and the
+/// creation is `NoSpace` with nothing left behind or charged; with room
+/// for all of it, the same creation works.
+#[test]
+fn a_small_segment_that_partly_fits_is_no_space_and_leaves_nothing() {
+    if !in_small_shm("a_small_segment_that_partly_fits_is_no_space_and_leaves_nothing") {
+        return;
+    }
+    let filler = fill_up();
+    let full = std::fs::metadata(&filler).unwrap().len();
+    // Room for two pages: the header page and half of the 16 KiB data.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    f.set_len(full - 2 * 4096).unwrap();
+    assert_eq!(free_bytes(), 2 * 4096);
+    let before = entries();
+    assert_no_space(&Segment::create("partly", 4 * 4096).unwrap_err(), 5 * 4096);
+    assert_eq!(entries(), before);
+    assert_eq!(free_bytes(), 2 * 4096, "the partial write is still charged");
+    let seg = Segment::create("fits", 4096).unwrap();
+    assert_eq!(free_bytes(), 0);
+    seg.detach().unwrap();
+    segment::remove("fits").unwrap();
+    drop(f);
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(free_bytes(), SHM_BYTES, "something is still charged");
+}
+
 #[test]
 fn writes_and_sends_into_a_full_dev_shm_never_sigbus() {
     if !in_small_shm("writes_and_sends_into_a_full_dev_shm_never_sigbus") {

@@ -98,6 +98,17 @@ fn play(role: &str) {
             assert!(matches!(e, Error::PermissionDenied { .. }), "got {e}");
             reply("denied");
         }
+        "open_foreign" => {
+            // Not the owner: `O_NOATIME` is refused (EPERM) and the open
+            // falls back to a plain one, which must work.
+            let e = Segment::open(&name).unwrap_err();
+            assert!(matches!(e, Error::ForeignOwner { .. }), "got {e}");
+            let seg = Segment::builder(&name).allow_any_owner().open().unwrap();
+            let mut buf = [0u8; 5];
+            seg.read_at(0, &mut buf).unwrap();
+            assert!(!seg.detach().unwrap());
+            reply(std::str::from_utf8(&buf).unwrap());
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -332,17 +343,7 @@ fn permission_denied_for_another_user() {
     if rustix::process::geteuid().is_root() {
         // Root bypasses mode bits: ask as "nobody" (uid 65534) instead.
         let seg = Segment::create(&name, 4096).unwrap();
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        use std::os::unix::process::CommandExt;
-        cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-            .env(common::ROLE, "open_denied")
-            .env("SEG", &name.0)
-            .uid(65534)
-            .gid(65534)
-            .stdout(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("run the test binary as uid 65534");
-        assert_eq!(read_line(&mut child, LIMIT), "denied");
-        assert!(wait_for(&mut child, LIMIT).success());
+        assert_eq!(run_as_nobody(TEST, "open_denied", &name), "denied");
         drop(seg);
     } else {
         // Not root: mode 000 denies even the owner.
@@ -376,4 +377,47 @@ fn creator_killed_during_initialisation_leaves_nothing() {
     // The next create just works.
     let s = Segment::create(&name, 4096).unwrap();
     assert!(s.created());
+}
+
+/// Another user's segment (mode 0666), opened with `allow_any_owner`: the
+/// open first asks for `O_NOATIME`, which only the owner gets, and must
+/// fall back to a plain open. Needs root (the peer runs as uid 65534).
+#[test]
+fn another_users_segment_opens_with_allow_any_owner() {
+    const TEST: &str = "another_users_segment_opens_with_allow_any_owner";
+    if let Some(r) = role() {
+        return play(&r);
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("{TEST}: NOT RUN (needs root to run a peer as uid 65534)");
+        return;
+    }
+    let name = Name::new("foreign");
+    let seg = Segment::builder(&name)
+        .size(4096)
+        .mode(0o666)
+        .create()
+        .unwrap();
+    seg.write_at(0, b"hello").unwrap();
+    assert_eq!(run_as_nobody(TEST, "open_foreign", &name), "hello");
+    drop(seg);
+}
+
+/// Runs this test binary's `test` as `role` under uid/gid 65534 ("nobody",
+/// root only) on segment `name`; returns its reply line once it exited
+/// successfully.
+fn run_as_nobody(test: &str, role: &str, name: &Name) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(common::ROLE, role)
+        .env("SEG", &name.0)
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the test binary as uid 65534");
+    let line = read_line(&mut child, LIMIT);
+    assert!(wait_for(&mut child, LIMIT).success());
+    line
 }

@@ -193,7 +193,7 @@ impl<'a> SegmentBuilder<'a> {
         match self.create_inner("create")? {
             Ok(seg) => Ok(seg),
             Err(builder) => {
-                if let Ok(info) = shm::lstat(&file_name(&builder.name)) {
+                if let Ok(info) = shm::lstat(file_name(&builder.name).as_str()) {
                     if let Some(e) = Error::not_regular("create", &builder.name, info.file_type) {
                         return Err(e);
                     }
@@ -293,17 +293,6 @@ impl<'a> SegmentBuilder<'a> {
             free: space.map(|s| s.free),
             total: space.map(|s| s.total),
         };
-        let (fd, info) =
-            shm::create_unnamed_with(self.mode, total, self.sparse).map_err(|e| match e {
-                rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
-                rustix::io::Errno::FBIG => Error::FileSizeLimit {
-                    op,
-                    name: name.clone(),
-                    asked: Some(total),
-                    limit: shm::file_size_limit(),
-                },
-                e => err(e),
-            })?;
         let created_at_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -318,12 +307,24 @@ impl<'a> SegmentBuilder<'a> {
             fingerprint: self.fingerprint.unwrap_or(Fingerprint::BYTES),
             params: self.params,
         };
-        // Written with `pwrite`, not through the mapping: a store there is
-        // a page fault, and the page table entry it creates makes `munmap`
-        // dearer; the header page is otherwise never touched in a life
-        // cycle (`open` and `detach` read it with `pread` too). The file is
-        // unnamed: nobody else can see it yet.
-        shm::write_at(fd.as_fd(), &header.encode(), 0).map_err(err)?;
+        // Written with the reservation (one `pwritev` of header and zeros
+        // for a small file, else `fallocate` then `pwrite`), not through
+        // the mapping: a store there is a page fault, and the page table
+        // entry it creates makes `munmap` dearer; the header page is
+        // otherwise never touched in a life cycle (`open` and `detach`
+        // read it with `pread` too). The file is unnamed: nobody else can
+        // see it yet.
+        let (fd, info) = shm::create_unnamed_with(self.mode, total, self.sparse, &header.encode())
+            .map_err(|e| match e {
+                rustix::io::Errno::NOSPC => no_space(shm::space().ok()),
+                rustix::io::Errno::FBIG => Error::FileSizeLimit {
+                    op,
+                    name: name.clone(),
+                    asked: Some(total),
+                    limit: shm::file_size_limit(),
+                },
+                e => err(e),
+            })?;
         let map = Mapping::new(fd.as_fd(), total as usize, true).map_err(|e| match e {
             rustix::io::Errno::NOMEM => Error::InvalidArgument {
                 op,
@@ -354,15 +355,16 @@ impl<'a> SegmentBuilder<'a> {
         if !flock::try_shared(fd.as_fd()).map_err(err)? {
             return Err(Error::corrupt(op, &name, "fresh unnamed file was locked"));
         }
-        let file = file_name(&name);
+        let file = FileName::new(&name);
+        let file = file.as_c_str();
         // linkat is a full barrier for our stores: any process that finds
         // the name (a later syscall) sees the header and object written.
-        match shm::publish(fd.as_fd(), &file) {
+        match shm::publish(fd.as_fd(), file) {
             Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => {
                 // A stale, due segment may hold the name: collect it and retry once.
                 if registry::collect_if_due(&name).unwrap_or(false) {
-                    match shm::publish(fd.as_fd(), &file) {
+                    match shm::publish(fd.as_fd(), file) {
                         Ok(()) => {}
                         Err(rustix::io::Errno::EXIST) => return Ok(Err(self)),
                         Err(e) => return Err(err(e)),
@@ -382,6 +384,7 @@ impl<'a> SegmentBuilder<'a> {
             writable: true,
             created: true,
             detached: false,
+            owner_pid: process::cached_pid(),
         }))
     }
 
@@ -476,6 +479,7 @@ impl<'a> SegmentBuilder<'a> {
                 writable: self.writable,
                 created: false,
                 detached: false,
+                owner_pid: process::cached_pid(),
             });
         }
     }
@@ -491,8 +495,8 @@ impl<'a> SegmentBuilder<'a> {
     /// the flags before that store, this open is ordered before the mark
     /// (as if it came first), and nothing is lost: our attachment is then
     /// one of those the marker's failed attempt leaves the deletion to,
-    /// and our own detach, which reads the mark *after* its unlock, sees
-    /// it and collects.
+    /// and our own detach, which reads the mark *after* its exclusive
+    /// upgrade, sees it and collects.
     fn attach_persistent(
         &self,
         op: &'static str,
@@ -519,8 +523,9 @@ impl<'a> SegmentBuilder<'a> {
             });
         }
         if !flock::try_shared(fd.as_fd()).map_err(err)? {
-            // An exclusive holder: `gc` or a detacher collecting a marked
-            // segment, for microseconds.
+            // An exclusive holder for microseconds: the last detacher
+            // (it holds its upgraded lock until its descriptor and mapping
+            // are gone), `gc`, `ls`, or a collector.
             return Ok(Attach::Busy);
         }
         Ok(Attach::Mapped(map))
@@ -582,9 +587,11 @@ pub(crate) fn open_file(
     writable: bool,
 ) -> Result<(OwnedFd, shm::FileInfo)> {
     let err = |e| Error::from_errno(op, name, e);
-    let fd = shm::open(&file_name(name), writable).map_err(|e| {
+    let file = FileName::new(name);
+    let file = file.as_c_str();
+    let fd = shm::open(file, writable).map_err(|e| {
         // ELOOP, ENXIO, EISDIR...: say exactly what the name is.
-        match shm::lstat(&file_name(name)) {
+        match shm::lstat(file) {
             Ok(info) if e != rustix::io::Errno::NOENT => {
                 Error::not_regular(op, name, info.file_type).unwrap_or_else(|| err(e))
             }

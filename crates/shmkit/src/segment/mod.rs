@@ -69,6 +69,7 @@ pub use registry::{
 };
 
 use crate::sys::{flock, mmap::Mapping, process, shm};
+use name::FileName;
 
 /// An attachment to a named segment. Dropping it detaches (and deletes
 /// the segment if it is due and this was the last attachment).
@@ -91,6 +92,12 @@ pub struct Segment {
     created: bool,
     /// Set by `detach` so that drop does not run the protocol twice.
     detached: bool,
+    /// The process that attached. A child forked from it shares the open
+    /// file description, hence the attachment (one `flock` per
+    /// description): dropping the inherited copy there must not detach
+    /// the parent (nor delete the segment under it, nor leave its lock
+    /// exclusive), so the child only closes and unmaps its copies.
+    owner_pid: u32,
 }
 
 impl Segment {
@@ -312,11 +319,24 @@ impl Segment {
         pids
     }
 
+    /// Whether this process made the attachment (not a child that
+    /// inherited the handle through `fork`). No system call: the pid
+    /// cache is reset in a forked child.
+    fn attached_here(&self) -> bool {
+        process::cached_pid() == self.owner_pid
+    }
+
     /// Detaches now, reporting whether this removed the segment (it was
     /// due and this was the last attachment). Dropping does the same and
-    /// ignores errors.
+    /// ignores errors. In a child forked from the process that attached,
+    /// the attachment is the parent's (shared through the inherited file
+    /// description): there this only unmaps and closes, and returns
+    /// `false`.
     pub fn detach(mut self) -> Result<bool> {
         self.detached = true;
+        if !self.attached_here() {
+            return Ok(false);
+        }
         detach_protocol(
             &self.name,
             &self.fd,
@@ -330,7 +350,7 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if !self.detached {
+        if !self.detached && self.attached_here() {
             let _ = detach_protocol(
                 &self.name,
                 &self.fd,
@@ -358,13 +378,14 @@ pub(crate) fn flags_word(map: &Mapping) -> &AtomicU32 {
     unsafe { &*(map.as_ptr().add(header::FLAGS_OFFSET) as *const AtomicU32) }
 }
 
-/// Whether the segment is marked for removal, read after our `flock`
-/// unlock. With `pread` (the kernel copies the word after the unlock
-/// returned, so after the lock operation that orders us with the marker):
-/// reading it through the mapping would fault the header page in, which
-/// nothing else in a plain life cycle does, and a page table entry makes
-/// the `munmap` dearer. The mapping is the fallback if `pread` fails.
-fn marked_after_unlock(fd: &OwnedFd, map: &Mapping) -> bool {
+/// Whether the segment is marked for removal, read after our successful
+/// exclusive `flock`. With `pread` (the kernel copies the word after the
+/// lock operation returned, so after the one that orders us with the
+/// marker): reading it through the mapping would fault the header page
+/// in, which nothing else in a plain life cycle does, and a page table
+/// entry makes the `munmap` dearer. The mapping is the fallback if
+/// `pread` fails.
+fn marked_after_lock(fd: &OwnedFd, map: &Mapping) -> bool {
     let mut word = [0u8; 4];
     let flags = match shm::read_at(fd.as_fd(), &mut word, header::FLAGS_OFFSET as u64) {
         Ok(4) => u32::from_le_bytes(word),
@@ -386,29 +407,30 @@ fn detach_protocol(
 ) -> Result<bool> {
     const OP: &str = "detach";
     let err = |e| Error::from_errno(OP, name, e);
-    if lifetime == Lifetime::Persistent {
-        // A persistent segment is due only if marked, so no exclusive
-        // probe in the common case: our attachment ends here.
-        flock::unlock(fd.as_fd()).map_err(err)?;
-        // Then the mark. `remove_when_unused` stores it (SeqCst fetch_or)
-        // *before* its own exclusive attempt. If that attempt failed
-        // because of our shared lock, it came before our unlock in the
-        // kernel's order of lock operations on this file (one spinlock),
-        // and our read, made after the unlock, sees the mark: we do the
-        // collection it left to the last detacher. If it came after our
-        // unlock, it saw us gone and deleted the segment itself (our
-        // collection then finds nothing, or another file under the name).
-        if !marked_after_unlock(fd, map) {
-            return Ok(false);
-        }
-        return registry::collect_if_same(name, id);
-    }
-    // Until last detach. Upgrade: succeeds only if no other handle, in any
-    // process, is attached. A failed upgrade leaves us holding nothing,
-    // which is fine: we are leaving, and whoever is still attached will do
-    // this check.
+    // Upgrade to exclusive, whatever the lifetime: it succeeds only if no
+    // other handle, in any process, is attached. A failed upgrade leaves
+    // us holding nothing, which is what a leaving handle wants: whoever is
+    // still attached makes this check when it leaves. Two last handles
+    // leaving at once: the kernel serialises the upgrades, and the second
+    // finds the first gone, so exactly one succeeds.
     if !flock::try_exclusive(fd.as_fd()).map_err(err)? {
         return Ok(false);
     }
-    shm::unlink_if_same(&file_name(name), id).map_err(err)
+    // We were the last. We hold the lock until our descriptor and mapping
+    // are gone; an opener meeting it backs off and retries.
+    if lifetime == Lifetime::Persistent {
+        // Due only if marked. `remove_when_unused` stores the mark (SeqCst
+        // fetch_or) *before* its lock attempts. If an attempt of the
+        // marker failed because of our shared lock, it came before our
+        // upgrade in the kernel's order of lock operations on this file
+        // (one spinlock), and our read, made after the upgrade returned,
+        // sees the mark. If its attempts come after our upgrade, they meet
+        // our exclusive lock: the marker then retries until we are gone
+        // and deletes the segment itself, since we may have read the word
+        // before its store.
+        if !marked_after_lock(fd, map) {
+            return Ok(false);
+        }
+    }
+    shm::unlink_if_same(FileName::new(name).as_c_str(), id).map_err(err)
 }

@@ -3,10 +3,10 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::header::{self, Header};
-use super::name::{self, file_name, PREFIX};
+use super::name::{self, file_name, FileName, PREFIX};
 use super::{open_file, read_header, Error, Lifetime, Result};
 use crate::sys::{flock, mmap::Mapping, process, shm};
 
@@ -79,11 +79,19 @@ fn probe(op: &'static str, name: &str) -> Probe {
         Ok(x) => x,
         Err(e) => return Probe::Gone(e),
     };
+    // The lock first, then the header: a collector decides on the flags
+    // word (the removal mark), which must be read after its lock
+    // operation. A marker whose lock attempt our exclusive lock made fail
+    // stored its mark before that attempt, so before our read.
+    let alone = match flock::try_exclusive(fd.as_fd()) {
+        Ok(alone) => alone,
+        Err(e) => return Probe::Gone(Error::from_errno(op, name, e)),
+    };
     let header = read_header(op, name, &fd, info.size);
-    match flock::try_exclusive(fd.as_fd()) {
-        Ok(true) => Probe::Alone(fd, info, header),
-        Ok(false) => Probe::Attached(fd, info, header),
-        Err(e) => Probe::Gone(Error::from_errno(op, name, e)),
+    if alone {
+        Probe::Alone(fd, info, header)
+    } else {
+        Probe::Attached(fd, info, header)
     }
 }
 
@@ -106,21 +114,6 @@ pub(crate) fn collect_if_due(name: &str) -> Result<bool> {
             // We hold the exclusive lock until `_fd` drops, after unlink.
             shm::unlink_if_same(&file_name(name), info.id)
                 .map_err(|e| Error::from_errno(OP, name, e))
-        }
-        _ => Ok(false),
-    }
-}
-
-/// Removes `name` if it is still the file `id` and nobody is attached:
-/// the last detacher of a segment marked for removal, which has already
-/// closed its own descriptor (see `Segment::release`). Returns whether it
-/// removed it.
-pub(crate) fn collect_if_same(name: &str, id: shm::FileId) -> Result<bool> {
-    const OP: &str = "detach";
-    match probe(OP, name) {
-        Probe::Alone(_fd, info, _) if info.id == id => {
-            // We hold the exclusive lock until `_fd` drops, after unlink.
-            shm::unlink_if_same(&file_name(name), id).map_err(|e| Error::from_errno(OP, name, e))
         }
         _ => Ok(false),
     }
@@ -156,7 +149,7 @@ fn info_of(
 /// The entry for a name that is not a regular file, from `lstat` (never
 /// opened, so never blocked on); `None` if it vanished.
 fn not_a_segment_info(name: &str, what: &'static str) -> Option<SegmentInfo> {
-    let info = shm::lstat(&file_name(name)).ok()?;
+    let info = shm::lstat(file_name(name).as_str()).ok()?;
     Some(SegmentInfo {
         name: name.to_owned(),
         file_size: info.size,
@@ -236,13 +229,17 @@ pub fn stat(name: &str) -> Result<SegmentInfo> {
 pub fn remove(name: &str) -> Result<()> {
     const OP: &str = "remove";
     name::validate(OP, name)?;
-    shm::unlink(&file_name(name)).map_err(|e| Error::from_errno(OP, name, e))
+    shm::unlink(FileName::new(name).as_c_str()).map_err(|e| Error::from_errno(OP, name, e))
 }
 
 /// Marks `name` for deferred removal (System V `IPC_RMID`): it is deleted
 /// when the last attached process detaches or dies, at once if nobody is
 /// attached (then this returns `true`). New opens fail with
-/// [`Error::MarkedForRemoval`].
+/// [`Error::MarkedForRemoval`]. [`Error::Busy`] if another process held
+/// the segment exclusively for 2 s (brief, unless forged: see the trust
+/// model in ARCHITECTURE.md); the mark is then set, and the deletion is
+/// left to the last process to leave or to the next `open`, `list` or
+/// [`gc`] that finds nobody attached.
 pub fn remove_when_unused(name: &str) -> Result<bool> {
     const OP: &str = "remove_when_unused";
     name::validate(OP, name)?;
@@ -262,16 +259,51 @@ pub fn remove_when_unused(name: &str) -> Result<bool> {
     let page = Mapping::new(fd.as_fd(), header::HEADER_SIZE as usize, true).map_err(err)?;
     // The file is at least HEADER_SIZE bytes (checked by read_header).
     let flags = super::flags_word(&page);
-    // SeqCst store before our flock attempt: a holder that makes our
-    // attempt fail will, on its own detach, take the exclusive lock after
-    // us in the kernel's order and load the bit (Acquire) there.
+    // SeqCst store before our lock attempts: a holder that makes one of
+    // them fail will, on its own detach, take the exclusive lock after us
+    // in the kernel's order and read the word there.
     flags.fetch_or(header::FLAG_MARKED, Ordering::SeqCst);
     drop(page);
-    if flock::try_exclusive(fd.as_fd()).map_err(err)? {
-        return shm::unlink_if_same(&file, info.id).map_err(err);
+    let mut deadline = None;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        if flock::try_exclusive(fd.as_fd()).map_err(err)? {
+            // Nobody attached: delete now (we hold the lock until `fd`
+            // drops, after the unlink).
+            return shm::unlink_if_same(&file, info.id).map_err(err);
+        }
+        // Someone holds a lock (and we hold nothing). An attached handle
+        // (shared lock) will see the mark when it leaves, since its
+        // upgrade comes after our failed attempt. An exclusive holder
+        // will not necessarily: a last detacher, or a collector, may have
+        // read the flags before our store and be leaving. Tell them apart
+        // by attaching ourselves: with our shared lock held, nobody can
+        // hold or take an exclusive one.
+        if flock::try_shared(fd.as_fd()).map_err(err)? {
+            // Then leave as a detacher does. If the upgrade fails, what
+            // made it fail is a shared lock taken before it (ours excluded
+            // any exclusive one), so an attachment that will see the mark.
+            if flock::try_exclusive(fd.as_fd()).map_err(err)? {
+                return shm::unlink_if_same(&file, info.id).map_err(err);
+            }
+            return Ok(false);
+        }
+        // An exclusive holder, for microseconds: wait for it to go, then
+        // look again.
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + MARK_TIMEOUT);
+        if Instant::now() >= deadline {
+            return Err(Error::Busy {
+                op: OP,
+                name: name.to_owned(),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
-    Ok(false)
 }
+
+/// How long [`remove_when_unused`] waits for an exclusive holder to go.
+const MARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether this process may delete the name of the file `info` from the
 /// shm directory (`unlink(2)` rules: write permission on the directory

@@ -120,9 +120,17 @@ mod imp {
             iov_base: addr as *mut libc::c_void,
             iov_len: 4,
         };
+        // Our pid from the per-process cache (reset in a forked child):
+        // the async waiter thread peeks on every wake-up, and a `getpid`
+        // each time was one system call more per wake. Should the cache be
+        // wrong (a child made by a raw `clone` that skipped libc's fork
+        // handlers), the kernel reads the parent, or refuses (`None`): a
+        // value from the same shared segment or a spurious re-check, never
+        // a fault or a write.
+        let pid = crate::sys::process::cached_pid() as libc::pid_t;
         // SAFETY: `local` is 4 writable bytes of ours; the kernel reads
         // `remote` with fault handling (EFAULT, never a signal).
-        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
         (n == 4).then_some(v)
     }
 
@@ -369,4 +377,53 @@ pub fn wake(word: &AtomicU32) -> usize {
 #[inline]
 pub fn wake_all(word: &AtomicU32) -> usize {
     imp::wake(word, i32::MAX as u32)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// `peek` reads this process's memory, also in a forked child (whose
+    /// private copy differs from the parent's: a pid cache that survived
+    /// the fork would read the parent's value), and says `None` for an
+    /// unmapped address.
+    #[test]
+    fn peek_reads_our_own_memory_even_in_a_forked_child() {
+        let word = Box::new(AtomicU32::new(7));
+        assert_eq!(peek(&*word), Some(7));
+        // SAFETY: anonymous private mapping of one page, unmapped at once;
+        // only its (now invalid) address is used, never dereferenced.
+        let gone = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            libc::munmap(p, 4096);
+            p as *const AtomicU32
+        };
+        assert_eq!(peek(gone), None);
+        // SAFETY: the child only stores to an atomic, calls `peek` (atomic
+        // loads, `getpid`, `process_vm_readv`) and `_exit`.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            word.store(9, std::sync::atomic::Ordering::Relaxed);
+            let ok = peek(&*word) == Some(9);
+            // SAFETY: ends the forked child without running Rust cleanup.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's peek read another process"
+        );
+        assert_eq!(peek(&*word), Some(7));
+    }
 }

@@ -13,8 +13,9 @@ pub fn current_pid() -> u32 {
 }
 
 /// This process's pid, from a per-process cache: no system call after the
-/// first. For informational records only (the creator pid in a segment
-/// header), never for liveness or ownership decisions: a child made by a
+/// first. For informational records (the creator pid in a segment
+/// header) and for `futex::peek` (where a wrong pid reads the parent or is
+/// refused, see there), never for liveness or ownership decisions: a child made by a
 /// raw `clone`/`vfork` system call that bypasses libc's `fork` (so skips
 /// the `pthread_atfork` handler that resets the cache) would see its
 /// parent's pid here.

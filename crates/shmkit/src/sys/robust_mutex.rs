@@ -265,6 +265,12 @@ mod imp {
         inconsistent: AtomicU32,
     }
 
+    impl Default for RobustMutex {
+        fn default() -> Self {
+            RobustMutex::new()
+        }
+    }
+
     impl RobustMutex {
         /// A fresh, unlocked model mutex.
         pub fn new() -> RobustMutex {

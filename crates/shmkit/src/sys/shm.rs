@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use rustix::fs::{self, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
+use rustix::path::Arg;
 
 /// Where the POSIX shm namespace lives on Linux.
 pub const SHM_DIR: &str = "/dev/shm";
@@ -199,25 +200,35 @@ fn dir() -> Result<BorrowedFd<'static>, Errno> {
 /// page. `EFBIG` if `size` passes `RLIMIT_FSIZE` (checked first, so no
 /// SIGXFSZ is ever raised).
 pub fn create_unnamed(mode: u32, size: u64) -> Result<OwnedFd, Errno> {
-    Ok(create_unnamed_with(mode, size, false)?.0)
+    Ok(create_unnamed_with(mode, size, false, &[])?.0)
 }
 
 /// [`create_unnamed`], or with `sparse` an unreserved file (`ftruncate`
 /// only: pages are allocated at first touch, and a touch that finds the
-/// file system full is SIGBUS). Also returns the file's identity (its
-/// size in the returned info is 0: it is taken before the reservation).
+/// file system full is SIGBUS), with `head` written at offset 0 (the
+/// segment header). Also returns the file's identity (its size in the
+/// returned info is 0: it is taken before the reservation).
+///
+/// A reserved file of at most [`ONE_WRITE_MAX`] bytes is reserved and
+/// written by one `pwritev` of `head` and zeros over the whole size: every
+/// page is allocated (charged) by it as by `fallocate`, and it saves the
+/// separate write of `head`.
 pub fn create_unnamed_with(
     mode: u32,
     size: u64,
     sparse: bool,
+    head: &[u8],
 ) -> Result<(OwnedFd, FileInfo), Errno> {
     check_file_size_limit(size)?;
-    let fd = fs::openat(
-        dir()?,
-        ".",
-        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(mode),
-    )?;
+    // O_NOATIME: see `open`. The new file is ours, so it is allowed.
+    let fd = with_noatime(|noatime| {
+        fs::openat(
+            dir()?,
+            ".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC | noatime,
+            Mode::from_raw_mode(mode),
+        )
+    })?;
     // The umask may have trimmed the mode given to open: set exactly what
     // was asked, but only then (the fstat is needed anyway, for the id).
     let mut info = stat_fd(fd.as_fd())?;
@@ -227,10 +238,45 @@ pub fn create_unnamed_with(
     }
     if sparse {
         fs::ftruncate(&fd, size)?;
+    } else if size <= ONE_WRITE_MAX && head.len() as u64 <= size {
+        return write_whole(fd.as_fd(), head, size).map(|()| (fd, info));
     } else {
         reserve(fd.as_fd(), size)?;
     }
+    if !head.is_empty() {
+        write_at(fd.as_fd(), head, 0)?;
+    }
     Ok((fd, info))
+}
+
+/// Files up to this size are reserved by writing them whole (see
+/// [`create_unnamed_with`]); larger ones with `fallocate`, which zeroes
+/// pages in the kernel instead of copying zeros from us.
+pub const ONE_WRITE_MAX: u64 = 64 << 10;
+
+/// Writes `head` at offset 0 then zeros up to `size` bytes (`size` ≤
+/// [`ONE_WRITE_MAX`]), allocating every page: the reservation and the
+/// header in one system call. A full file system fails with `ENOSPC`
+/// (`ENOMEM` when the machine, not the mount, is full); a partly written
+/// unnamed file goes with its descriptor.
+fn write_whole(fd: BorrowedFd<'_>, head: &[u8], size: u64) -> Result<(), Errno> {
+    // Never written: its pages stay the shared zero page.
+    static ZEROS: [u8; ONE_WRITE_MAX as usize] = [0; ONE_WRITE_MAX as usize];
+    let mut done = 0usize;
+    let size = size as usize;
+    while done < size {
+        let h = head.get(done..).unwrap_or(&[]);
+        let zeros = &ZEROS[..size - done - h.len()];
+        let iov = [std::io::IoSlice::new(h), std::io::IoSlice::new(zeros)];
+        match rustix::io::pwritev(fd, &iov, done as u64) {
+            Ok(0) => return Err(Errno::NOSPC),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => continue,
+            Err(Errno::NOMEM) => return Err(Errno::NOSPC),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Allocates `size` bytes of the file from offset 0 (and sets its size).
@@ -262,7 +308,7 @@ fn reserve(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
 /// link through the `/proc/self/fd/N` magic link (any user, but a procfs
 /// path walk per call). Which one works is remembered per process, so a
 /// refused `AT_EMPTY_PATH` costs one extra system call once.
-pub fn publish(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+pub fn publish<P: Arg + Copy>(fd: BorrowedFd<'_>, file_name: P) -> Result<(), Errno> {
     use std::sync::atomic::{AtomicBool, Ordering};
     /// Whether `AT_EMPTY_PATH` was refused here (a hint: both ways are
     /// correct, so Relaxed suffices).
@@ -286,12 +332,12 @@ pub fn publish(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
 }
 
 /// `linkat(fd, "", AT_EMPTY_PATH)`: see [`publish`].
-fn link_direct(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+fn link_direct<P: Arg>(fd: BorrowedFd<'_>, file_name: P) -> Result<(), Errno> {
     fs::linkat(fd, "", dir()?, file_name, AtFlags::EMPTY_PATH)
 }
 
 /// `linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW)`: see [`publish`].
-fn link_via_proc(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
+fn link_via_proc<P: Arg>(fd: BorrowedFd<'_>, file_name: P) -> Result<(), Errno> {
     let proc_path = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
     fs::linkat(
         fs::CWD,
@@ -307,22 +353,45 @@ fn link_via_proc(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Errno> {
 /// another user put there: the caller must check with [`stat_fd`] that it
 /// is a regular file before using it (`O_NONBLOCK` makes opening a FIFO
 /// return at once; it changes nothing for regular files).
-pub fn open(file_name: &str, writable: bool) -> Result<OwnedFd, Errno> {
+///
+/// With `O_NOATIME` when allowed (we own the file, or may act as its
+/// owner): shmkit's own header reads (`pread`) and `mmap` then do not
+/// update the access time, which on this VM costs about 0.3 µs each (a
+/// clock read and an inode update), a few percent of a life cycle. The
+/// access time of a segment file means nothing to shmkit.
+pub fn open<P: Arg + Copy>(file_name: P, writable: bool) -> Result<OwnedFd, Errno> {
     let access = if writable {
         OFlags::RDWR
     } else {
         OFlags::RDONLY
     };
-    fs::openat(
-        dir()?,
-        file_name,
-        access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    with_noatime(|noatime| {
+        fs::openat(
+            dir()?,
+            file_name,
+            access
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY
+                | OFlags::CLOEXEC
+                | noatime,
+            Mode::empty(),
+        )
+    })
+}
+
+/// Runs `open` with `O_NOATIME`, and again without it if that was refused
+/// (`EPERM`: the file belongs to someone else and we may not act as its
+/// owner; any other cause of `EPERM` is then reported by the second try).
+fn with_noatime(open: impl Fn(OFlags) -> Result<OwnedFd, Errno>) -> Result<OwnedFd, Errno> {
+    match open(OFlags::NOATIME) {
+        Err(Errno::PERM) => open(OFlags::empty()),
+        other => other,
+    }
 }
 
 /// What the name is, without opening or following it (`lstat`).
-pub fn lstat(file_name: &str) -> Result<FileInfo, Errno> {
+pub fn lstat<P: Arg>(file_name: P) -> Result<FileInfo, Errno> {
     Ok(info_of(&fs::statat(
         dir()?,
         file_name,
@@ -386,7 +455,7 @@ fn info_of(st: &fs::Stat) -> FileInfo {
 }
 
 /// Identity of whatever the name points to now (no symlink following).
-pub fn id_of_name(file_name: &str) -> Result<FileId, Errno> {
+pub fn id_of_name<P: Arg>(file_name: P) -> Result<FileId, Errno> {
     let st = fs::statat(dir()?, file_name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(FileId {
         dev: st.st_dev,
@@ -395,14 +464,14 @@ pub fn id_of_name(file_name: &str) -> Result<FileId, Errno> {
 }
 
 /// Removes the name.
-pub fn unlink(file_name: &str) -> Result<(), Errno> {
+pub fn unlink<P: Arg>(file_name: P) -> Result<(), Errno> {
     fs::unlinkat(dir()?, file_name, AtFlags::empty())
 }
 
 /// Removes the name only if it still points to `id`. Returns whether it
 /// removed it. (A name re-created between the check and the unlink by an
 /// explicit remove-and-create is the one race left; see ARCHITECTURE.md.)
-pub fn unlink_if_same(file_name: &str, id: FileId) -> Result<bool, Errno> {
+pub fn unlink_if_same<P: Arg + Copy>(file_name: P, id: FileId) -> Result<bool, Errno> {
     match id_of_name(file_name) {
         Ok(now) if now == id => match unlink(file_name) {
             Ok(()) => Ok(true),
@@ -475,7 +544,10 @@ mod tests {
     #[test]
     fn both_link_paths_publish_and_refuse_a_taken_name() {
         type Link = fn(BorrowedFd<'_>, &str) -> Result<(), Errno>;
-        let paths: [(&str, Link); 2] = [("direct", link_direct), ("proc", link_via_proc)];
+        let paths: [(&str, Link); 2] = [
+            ("direct", |fd, f| link_direct(fd, f)),
+            ("proc", |fd, f| link_via_proc(fd, f)),
+        ];
         for (how, link) in paths {
             let file = format!("shmkit.unit-link-{how}-{}", std::process::id());
             let fd = create_unnamed(0o600, 4096).unwrap();
