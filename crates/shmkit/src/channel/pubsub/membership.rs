@@ -128,7 +128,6 @@ impl Pool<'_> {
         SubCursor {
             idx,
             next: join_pos,
-            seen_tail: join_pos,
             join_pos,
             missed: 0,
         }

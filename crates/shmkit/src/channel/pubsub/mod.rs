@@ -43,9 +43,9 @@
 //! # Algorithm
 //!
 //! Shared state: `slots` payload slots, each with a metadata line
-//! (`refs`, `seq`, `len`); a queue of `Q >= slots` slot numbers (a power
-//! of two); the publication counter `tail`; an `active` mask of joined
-//! subscriber numbers.
+//! (`refs`, `seq`, `len`); a queue of `Q >= slots` entries (a power of
+//! two), each a slot number stamped with `position + 1`; the publication
+//! counter `tail`; an `active` mask of joined subscriber numbers.
 //!
 //! `refs` (the ownership word of a slot) has two bits per subscriber `i`:
 //! *pending* (bit `i`: addressed to `i`, not yet received) and *held*
@@ -57,13 +57,18 @@
 //!   memory records the loan, so a publisher killed mid-loan leaves a free
 //!   slot that was never visible.
 //! - **publish** `pos`: store `seq = pos`, `len`, then `refs = active`'s
-//!   pending bits (`Release`), then `queue[pos % Q] = slot`, then `tail =
-//!   pos + 1` (`Release`), then a `SeqCst` fence (the sleeper check, and
-//!   the publisher's half of the join and leave Dekker pairs).
-//! - **receive** `pos`: load `tail` (`SeqCst`) unless `pos` is below the
-//!   last value loaded, read `queue[pos % Q]` (bounds-checked), then CAS
-//!   pending → held on our two bits of `refs` (`Acquire`). While we hold
-//!   it the slot cannot be republished, so we
+//!   pending bits (`Release`), then `queue[pos % Q] = (pos, slot)`
+//!   (`Release`: this commits the publication), then `tail = pos + 1`
+//!   (`Release`), then a `SeqCst` fence (the sleeper check, and the
+//!   publisher's half of the join and leave Dekker pairs). A publisher
+//!   killed between the entry and `tail` stores left `pos` visible: the
+//!   next publisher moves `tail` past it before anything else.
+//! - **receive** `pos`: load our next entry `queue[pos % Q]` (`Acquire`;
+//!   while messages arrive, the only shared line read before the slot's).
+//!   If it does not show `pos`, load `tail` (`SeqCst`): nothing new, or
+//!   lapped (skip ahead, counting). Then, with the entry's slot
+//!   (bounds-checked), CAS pending → held on our two bits of `refs`
+//!   (`Acquire`). While we hold it the slot cannot be republished, so we
 //!   then check `seq == pos`; if not, the queue entry was overwritten
 //!   (drop-oldest lapped us), we flip held back to pending and count the
 //!   message as missed.
@@ -123,7 +128,7 @@ const MAX_POSITION: u64 = 1 << 63;
 const fn sub_role(i: usize) -> u64 {
     1 + i as u64
 }
-const LAYOUT_TAG: u64 = 0x5055_4253_0001; // "PUBS" v1
+const LAYOUT_TAG: u64 = 0x5055_4253_0002; // "PUBS" v2: stamped queue entries
 const SUBS_OFF: u64 = 1024;
 const HELD_SHIFT: u32 = 32;
 const HELD_MASK: u64 = !0u64 << HELD_SHIFT;
@@ -211,7 +216,7 @@ impl PubSubLayout {
         const { assert!(std::mem::size_of::<PubCore>() <= SUBS_OFF as usize || cfg!(loom)) };
         let q = slots.next_power_of_two();
         let queue_off = SUBS_OFF + max_subs * 128;
-        let meta_off = round_up(queue_off + q * 4, 64).ok_or("overflow")?;
+        let meta_off = round_up(queue_off + q * 8, 64).ok_or("overflow")?;
         let data_off = round_up(meta_off + slots * 64, 4096).ok_or("overflow")?;
         let stride = round_up(slot_size, align.max(64)).ok_or("slot size overflows")?;
         let total = stride
@@ -494,7 +499,7 @@ fn pool_of<'a>(seg: &'a Segment, l: &PubSubLayout) -> Pool<'a> {
                 l.max_subs as usize,
             ),
             std::slice::from_raw_parts(
-                base.add(l.queue_off as usize) as *const AtomicU32,
+                base.add(l.queue_off as usize) as *const AtomicU64,
                 l.q as usize,
             ),
             std::slice::from_raw_parts(

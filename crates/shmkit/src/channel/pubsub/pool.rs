@@ -111,7 +111,7 @@ impl Bits {
 pub(crate) struct Pool<'a> {
     pub(crate) core: &'a PubCore,
     pub(crate) subs: &'a [SubShared],
-    pub(crate) queue: &'a [AtomicU32],
+    pub(crate) queue: &'a [AtomicU64],
     pub(crate) meta: &'a [SlotMeta],
     pub(crate) slot_size: u64,
     pub(crate) policy: Policy,
@@ -152,10 +152,6 @@ fn prefetch(addr: usize) {
 pub(crate) struct SubCursor {
     pub(crate) idx: usize,
     pub(crate) next: u64,
-    /// The last `tail` loaded: positions below it are published, so they
-    /// are read without loading `tail` again (its line changes with every
-    /// publication: one transfer saved per message while we are behind).
-    pub(crate) seen_tail: u64,
     pub(crate) join_pos: u64,
     pub(crate) missed: u64,
 }
@@ -168,13 +164,39 @@ pub(crate) struct Taken {
     pub(crate) missed: u64,
 }
 
+/// Bits of a queue entry holding the slot number (`MAX_SLOTS` = 2^16).
+const ENTRY_SLOT_BITS: u32 = 16;
+const _: () = assert!(MAX_SLOTS <= 1 << ENTRY_SLOT_BITS);
+
+/// The queue entry of publication `pos` in `slot`: the slot number, and
+/// `pos + 1` (0 = never written) modulo 2^48 above it. The stamp lets a
+/// subscriber poll its next entry instead of `tail`.
+#[inline]
+pub(crate) fn entry(pos: u64, slot: usize) -> u64 {
+    (pos.wrapping_add(1) << ENTRY_SLOT_BITS) | slot as u64
+}
+
+/// Whether queue entry `e` was written for position `pos` (modulo 2^48:
+/// an entry `2^48` positions older matches too; the `seq` check after the
+/// slot is held rejects it).
+#[inline]
+pub(crate) fn entry_is(e: u64, pos: u64) -> bool {
+    (e ^ (pos.wrapping_add(1) << ENTRY_SLOT_BITS)) >> ENTRY_SLOT_BITS == 0
+}
+
+/// The slot number of queue entry `e` (unchecked: callers bound it).
+#[inline]
+pub(crate) fn entry_slot(e: u64) -> usize {
+    (e & ((1 << ENTRY_SLOT_BITS) - 1)) as usize
+}
+
 impl<'a> Pool<'a> {
     /// A view of the pool in these regions (`queue.len()` a power of two,
     /// `meta.len() >= 1`).
     pub(crate) fn new(
         core: &'a PubCore,
         subs: &'a [SubShared],
-        queue: &'a [AtomicU32],
+        queue: &'a [AtomicU64],
         meta: &'a [SlotMeta],
         slot_size: u64,
         policy: Policy,
@@ -321,12 +343,18 @@ impl Pool<'_> {
         // store: an `xchg` here costs an extra serialised cache-line
         // transfer per message, measured +40 % on the hand-off.)
         m.refs.store(pending, Ordering::Release);
-        // Relaxed: published by the `tail` store below.
-        self.queue[(pos & self.qmask()) as usize].store(slot as u32, Ordering::Relaxed);
+        // Release: this store commits the publication. A subscriber polls
+        // its next entry (Acquire): one that reads this value sees the
+        // payload, `seq`, `len` and `refs` stored before, so its CAS on
+        // `refs` finds this publication's pending bits (not an older
+        // value). A publisher killed right after it is finished by the next
+        // one (`Pool::resume`).
+        self.queue[(pos & self.qmask()) as usize].store(entry(pos, slot), Ordering::Release);
         *tail = pos + 1;
-        // Release: the queue entry (and, through the `refs` store before
-        // it, the payload) is visible to a subscriber whose load of `tail`
-        // reads this value. The join protocol needs no SeqCst store here:
+        // Release: subscribers that fall back to `tail` (lapped, or
+        // nothing new in their entry) read the queue entry (and, through
+        // it, the payload) after an Acquire load of this value. Joiners
+        // start at it. The join protocol needs no SeqCst store here:
         // its Dekker pair is the SeqCst fence just below (in `notify`)
         // against the joiner's fence. If the joiner's fence comes first in
         // the single total order S, the `active` load of every later
@@ -396,6 +424,28 @@ impl Pool<'_> {
         self.repair(tail, 0, self.meta.len())
     }
 
+    /// Publisher taking over at `tail` (read by the caller, `<=
+    /// MAX_POSITION`): returns the position to continue at. The queue entry
+    /// store commits a publication (subscribers poll entries), so a
+    /// predecessor killed between its entry store and its `tail` store
+    /// left position `tail` visible: it counts, and `tail` moves past it.
+    /// (Then `recover` must use the new value, or that publication's slot
+    /// would look like an orphan and be freed under its readers.)
+    pub(crate) fn resume(&self, tail: u64) -> u64 {
+        // Acquire: the predecessor's slot stores before the entry are
+        // visible to our later `recover` (its `seq` read).
+        let e = self.queue[(tail & self.qmask()) as usize].load(Ordering::Acquire);
+        if !entry_is(e, tail) {
+            return tail;
+        }
+        // Release: as the `tail` store in `publish`.
+        self.core.tail.0.store(tail + 1, Ordering::Release);
+        // A subscriber may have gone to sleep before that entry was
+        // visible (its publisher died before its own wake-up check).
+        notify(&self.core.data_seq.0, &self.core.sub_sleepers.0);
+        tail + 1
+    }
+
     /// [`Pool::recover`] on `chunk` slots from `start` (wrapping).
     pub(crate) fn repair(&self, tail: u64, start: usize, chunk: usize) -> usize {
         let n = self.meta.len();
@@ -449,22 +499,29 @@ impl Pool<'_> {
         let bits = Bits::of(cur.idx);
         let q = self.queue.len() as u64;
         loop {
-            if cur.next >= cur.seen_tail {
-                // SeqCst: Acquire for the queue entries and slots below it
-                // (pairs with the Release store in `publish`); SeqCst for
-                // the join protocol.
+            let pos = cur.next;
+            let e = &self.queue[(pos & self.qmask()) as usize];
+            // Acquire: pairs with the Release store of the entry in
+            // `publish` (payload, `seq`, `len`, `refs` visible). Polling our
+            // own next entry instead of `tail` saves a line transfer per
+            // message: `tail` is read only when the entry does not show
+            // `pos` (nothing new, or lapped).
+            let mut v = e.load(Ordering::Acquire);
+            if !entry_is(v, pos) {
+                // SeqCst: Acquire for the entries below it (pairs with the
+                // Release store in `publish`); SeqCst for the join protocol.
                 let tail = self.core.tail.0.load(Ordering::SeqCst);
-                if tail < cur.next {
-                    return Err(corrupt(format_args!(
-                        "tail {tail} went back below {}",
-                        cur.next
-                    )));
-                }
-                if tail == cur.next {
+                if tail <= pos {
+                    // Entry `pos` may be visible a moment before `tail`
+                    // covers it (and for good if its publisher was killed in
+                    // between, until the next one resumes): `tail` may be
+                    // one below `next`, never more.
+                    if pos - tail > 1 {
+                        return Err(corrupt(format_args!("tail {tail} went back below {pos}")));
+                    }
                     return Ok(None);
                 }
-                cur.seen_tail = tail;
-                if tail - cur.next > q {
+                if tail - pos > q {
                     // Lapped beyond the queue (drop-oldest): those entries
                     // are gone. Under `Block` only the publication at
                     // `join_pos` (never addressed to us, so holding none of
@@ -472,22 +529,18 @@ impl Pool<'_> {
                     // miss. Under drop-oldest counting `join_pos` may
                     // over-count by one (see `silent`), never under-count.
                     let to = tail - q;
-                    let mut lost = to - cur.next;
-                    if self.policy == Policy::Block && (cur.next..to).contains(&cur.join_pos) {
+                    let mut lost = to - pos;
+                    if self.policy == Policy::Block && (pos..to).contains(&cur.join_pos) {
                         lost -= 1;
                     }
                     cur.missed = cur.missed.saturating_add(lost);
                     cur.next = to;
+                    continue;
                 }
+                // `pos < tail`: published. Acquire: as above; after the
+                // `tail` load, the entry shows `pos` or a later lap.
+                v = e.load(Ordering::Acquire);
             }
-            // Below `seen_tail`, without loading `tail` again: the Acquire
-            // load that returned it made these entries visible. An entry
-            // overwritten since (drop-oldest lapping us after that load)
-            // names a slot whose `seq` is not `pos`: found by the check
-            // below and counted as missed, exactly as when the publisher
-            // overwrites it right after a fresh load. (Lapping is detected
-            // in bulk only at a reload; in between, one entry at a time.)
-            let pos = cur.next;
             cur.next += 1;
             // The publication at `join_pos` may have been made before our
             // `active` bit was visible (see the join protocol): if it is
@@ -496,8 +549,15 @@ impl Pool<'_> {
             // reclaimed: count it then (over-reporting by at most one
             // message right after joining beats silent loss).
             let silent = pos == cur.join_pos && self.policy == Policy::Block;
-            // Relaxed: ordered by the SeqCst load of `tail` above.
-            let slot = self.queue[(pos & self.qmask()) as usize].load(Ordering::Relaxed) as usize;
+            if !entry_is(v, pos) {
+                // Overwritten since `tail` passed it: lapped (drop-oldest),
+                // or damaged memory. Either way, not deliverable.
+                if !silent {
+                    cur.missed = cur.missed.saturating_add(1);
+                }
+                continue;
+            }
+            let slot = entry_slot(v);
             let Some(m) = self.meta.get(slot) else {
                 return Err(corrupt(format_args!("slot number {slot} out of range")));
             };

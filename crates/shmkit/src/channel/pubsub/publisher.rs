@@ -68,6 +68,7 @@ impl Publisher {
             // Relaxed: nobody else can be sleeping for a slot: we are the
             // only publisher; a count left by a killed one is reset.
             pool.core.pub_sleepers.0.store(0, Ordering::Relaxed);
+            let tail = pool.resume(tail);
             pool.recover(tail);
             tail
         };

@@ -22,7 +22,7 @@ proptest::proptest! {
             proptest::prop_assert!(l.q >= l.slots && l.q.is_power_of_two());
             proptest::prop_assert!(l.max_subs <= u64::from(MAX_SUBSCRIBERS));
             proptest::prop_assert!(l.queue_off >= SUBS_OFF + l.max_subs * 128);
-            proptest::prop_assert!(l.meta_off >= l.queue_off + l.q * 4);
+            proptest::prop_assert!(l.meta_off >= l.queue_off + l.q * 8);
             proptest::prop_assert!(l.data_off >= l.meta_off + l.slots * 64);
             proptest::prop_assert!(l.stride >= l.slot_size);
         }
@@ -68,7 +68,7 @@ fn typed_open_checks_alignment() {
 fn block_join_race_is_not_a_miss() {
     let core = PubCore::new();
     let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
-    let queue: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
+    let queue: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
     let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
     let pool = Pool::new(&core, &subs, &queue, &meta, 8, Policy::Block);
     let (mut tail, mut rr) = (0, 0);
@@ -93,7 +93,7 @@ fn block_join_race_is_not_a_miss() {
 fn orphan_publication_is_reclaimed() {
     let core = PubCore::new();
     let subs: Vec<SubShared> = (0..2).map(|_| SubShared::new()).collect();
-    let queue: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
+    let queue: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
     let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
     let pool = Pool::new(&core, &subs, &queue, &meta, 8, Policy::Block);
     let mut cur = pool.join(0);
@@ -125,16 +125,15 @@ fn layout_examples() {
     assert!(PubSubLayout::new(0, 1, 1, Policy::Block, 1).is_err());
 }
 
-/// A subscriber reads positions below the last `tail` it loaded without
-/// loading `tail` again (`SubCursor::seen_tail`). Under drop-oldest the
-/// queue entries it then reads may have been overwritten since: each one
-/// must still be accounted for exactly once (received or missed), and the
-/// overwritten entry must not be delivered out of order.
+/// A subscriber polls its next queue entry, not `tail`. Under drop-oldest
+/// the entries it reads may have been overwritten by later laps: each
+/// message must still be accounted for exactly once (received or missed),
+/// and an overwritten entry must not be delivered out of order.
 #[test]
 fn stale_tail_walk_accounts_for_every_message() {
     let core = PubCore::new();
     let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
-    let queue: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
+    let queue: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
     let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
     let pool = Pool::new(&core, &subs, &queue, &meta, 8, Policy::DropOldest);
     let mut cur = pool.join(0);
@@ -147,7 +146,7 @@ fn stale_tail_walk_accounts_for_every_message() {
     publish(&pool);
     // Takes position 0 and remembers tail = 2.
     let t = pool.try_take(&mut cur).unwrap().unwrap();
-    assert_eq!((t.missed, cur.next, cur.seen_tail), (0, 1, 2));
+    assert_eq!((t.missed, cur.next), (0, 1));
     pool.release(0, t.slot);
     // Three more publications lap the subscriber (2 slots, queue of 2):
     // the entry of position 1 now names the slot of position 3.
@@ -168,4 +167,56 @@ fn stale_tail_walk_accounts_for_every_message() {
     assert_eq!(1 + missed + got.len() as u64, 5);
     // Every slot is free again.
     assert!(meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+}
+
+/// The queue entry store commits a publication: a publisher killed after
+/// it but before its `tail` store made the message visible. The next
+/// publisher continues after it (`Pool::resume`): the subscriber gets the
+/// dead publisher's message and every later one, nothing missed, nothing
+/// twice, whether it took the message before or after the takeover.
+/// Without `resume`, the new publisher reused that position: its first
+/// message was lost (taken first) or the old one freed under the
+/// subscriber and counted missed under `Block` (taken after).
+#[test]
+fn publisher_killed_after_entry_store_is_resumed() {
+    for take_first in [true, false] {
+        let core = PubCore::new();
+        let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
+        let queue: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        let meta: Vec<SlotMeta> = (0..4).map(|_| SlotMeta::new()).collect();
+        let pool = Pool::new(&core, &subs, &queue, &meta, 8, Policy::Block);
+        let mut cur = pool.join(0);
+        let (mut tail, mut rr) = (0, 0);
+        let s = pool.take_free(&mut rr).unwrap();
+        pool.publish(&mut tail, s, 8);
+        // The killed publisher: position 1 in slot 1 committed (entry
+        // stored), `tail` still 1.
+        meta[1].seq.store(1, Ordering::Relaxed);
+        meta[1].len.store(8, Ordering::Relaxed);
+        meta[1].refs.store(1, Ordering::Relaxed);
+        queue[1].store(entry(1, 1), Ordering::Relaxed);
+        let mut got = Vec::new();
+        let mut take = |cur: &mut SubCursor| {
+            while let Some(t) = pool.try_take(cur).unwrap() {
+                assert_eq!(t.missed, 0, "take_first {take_first}");
+                got.push(meta[t.slot].seq.load(Ordering::Relaxed));
+                pool.release(0, t.slot);
+            }
+        };
+        if take_first {
+            take(&mut cur);
+        }
+        // The next publisher: `attach` does this.
+        let mut tail = pool.resume(core.tail.0.load(Ordering::Relaxed));
+        assert_eq!(tail, 2);
+        pool.recover(tail);
+        let mut rr = 0;
+        for _ in 0..2 {
+            let s = pool.take_free(&mut rr).unwrap();
+            pool.publish(&mut tail, s, 8);
+        }
+        take(&mut cur);
+        assert_eq!(got, [0, 1, 2, 3], "take_first {take_first}");
+        assert!(meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    }
 }
