@@ -67,29 +67,6 @@ impl SubShared {
     }
 }
 
-/// Metadata of one payload slot.
-#[repr(C, align(64))]
-pub(crate) struct SlotMeta {
-    /// Ownership word: pending bits (0..32) and held bits (32..64), see
-    /// the module docs. 0 = free.
-    pub(crate) refs: AtomicU64,
-    /// Position the slot was last published at.
-    pub(crate) seq: AtomicU64,
-    /// Payload length of that publication.
-    pub(crate) len: AtomicU64,
-}
-
-impl SlotMeta {
-    #[allow(dead_code)]
-    pub(crate) fn new() -> SlotMeta {
-        SlotMeta {
-            refs: AtomicU64::new(0),
-            seq: AtomicU64::new(0),
-            len: AtomicU64::new(0),
-        }
-    }
-}
-
 /// Bits of subscriber `i` in `refs`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bits {
@@ -112,7 +89,7 @@ pub(crate) struct Pool<'a> {
     pub(crate) core: &'a PubCore,
     pub(crate) subs: &'a [SubShared],
     pub(crate) queue: &'a [AtomicU64],
-    pub(crate) meta: &'a [SlotMeta],
+    pub(crate) meta: Metas<'a>,
     pub(crate) slot_size: u64,
     pub(crate) policy: Policy,
     /// [`Pool::valid_bits`], computed once.
@@ -164,32 +141,6 @@ pub(crate) struct Taken {
     pub(crate) missed: u64,
 }
 
-/// Bits of a queue entry holding the slot number (`MAX_SLOTS` = 2^16).
-const ENTRY_SLOT_BITS: u32 = 16;
-const _: () = assert!(MAX_SLOTS <= 1 << ENTRY_SLOT_BITS);
-
-/// The queue entry of publication `pos` in `slot`: the slot number, and
-/// `pos + 1` (0 = never written) modulo 2^48 above it. The stamp lets a
-/// subscriber poll its next entry instead of `tail`.
-#[inline]
-pub(crate) fn entry(pos: u64, slot: usize) -> u64 {
-    (pos.wrapping_add(1) << ENTRY_SLOT_BITS) | slot as u64
-}
-
-/// Whether queue entry `e` was written for position `pos` (modulo 2^48:
-/// an entry `2^48` positions older matches too; the `seq` check after the
-/// slot is held rejects it).
-#[inline]
-pub(crate) fn entry_is(e: u64, pos: u64) -> bool {
-    (e ^ (pos.wrapping_add(1) << ENTRY_SLOT_BITS)) >> ENTRY_SLOT_BITS == 0
-}
-
-/// The slot number of queue entry `e` (unchecked: callers bound it).
-#[inline]
-pub(crate) fn entry_slot(e: u64) -> usize {
-    (e & ((1 << ENTRY_SLOT_BITS) - 1)) as usize
-}
-
 impl<'a> Pool<'a> {
     /// A view of the pool in these regions (`queue.len()` a power of two,
     /// `meta.len() >= 1`).
@@ -197,7 +148,7 @@ impl<'a> Pool<'a> {
         core: &'a PubCore,
         subs: &'a [SubShared],
         queue: &'a [AtomicU64],
-        meta: &'a [SlotMeta],
+        meta: impl Into<Metas<'a>>,
         slot_size: u64,
         policy: Policy,
     ) -> Pool<'a> {
@@ -209,7 +160,7 @@ impl<'a> Pool<'a> {
             core,
             subs,
             queue,
-            meta,
+            meta: meta.into(),
             slot_size,
             policy,
             valid: low | low << HELD_SHIFT,
@@ -508,6 +459,19 @@ impl Pool<'_> {
             // `pos` (nothing new, or lapped).
             let mut v = e.load(Ordering::Acquire);
             if !entry_is(v, pos) {
+                // Still the previous lap's entry (or never written): `pos`
+                // is not published yet, as the entry store comes first. No
+                // `tail` load: while we wait, the publisher's `tail` line
+                // stays in its cache. (Modulo 2^48, an entry of a lap
+                // 2^48 positions ahead also matches: a subscriber lapped
+                // that far would wait one more lap before skipping ahead.)
+                let unpublished = match pos.checked_sub(q) {
+                    Some(before) => entry_is(v, before),
+                    None => v == 0,
+                };
+                if unpublished {
+                    return Ok(None);
+                }
                 // SeqCst: Acquire for the entries below it (pairs with the
                 // Release store in `publish`); SeqCst for the join protocol.
                 let tail = self.core.tail.0.load(Ordering::SeqCst);

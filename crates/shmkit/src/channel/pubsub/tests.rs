@@ -22,9 +22,11 @@ proptest::proptest! {
             proptest::prop_assert!(l.q >= l.slots && l.q.is_power_of_two());
             proptest::prop_assert!(l.max_subs <= u64::from(MAX_SUBSCRIBERS));
             proptest::prop_assert!(l.queue_off >= SUBS_OFF + l.max_subs * 128);
-            proptest::prop_assert!(l.meta_off >= l.queue_off + l.q * 8);
-            proptest::prop_assert!(l.data_off >= l.meta_off + l.slots * 64);
-            proptest::prop_assert!(l.stride >= l.slot_size);
+            proptest::prop_assert!(l.data_off >= l.queue_off + l.q * 8);
+            proptest::prop_assert!(l.data_off % 4096 == 0 && l.stride % 64 == 0);
+            proptest::prop_assert!(l.hdr >= 32 && l.hdr % l.align == 0);
+            proptest::prop_assert!(l.stride >= l.hdr + l.slot_size);
+            proptest::prop_assert!(l.data_off + l.slots * l.stride <= l.total);
         }
     }
 }
@@ -115,7 +117,14 @@ fn orphan_publication_is_reclaimed() {
 fn layout_examples() {
     let l = PubSubLayout::new(3, 100, 2, Policy::Block, 1).unwrap();
     assert_eq!(l.q, 4);
-    assert_eq!(l.stride, 128);
+    // Metadata (32 bytes), then the payload: 132 bytes in 64-byte lines.
+    assert_eq!((l.hdr, l.stride), (32, 192));
+    // An 8-byte sample and its metadata share one line.
+    let small = PubSubLayout::new(4, 8, 1, Policy::Block, 8).unwrap();
+    assert_eq!((small.hdr, small.stride), (32, 64));
+    // Page-aligned payloads: the metadata takes the page before.
+    let big = PubSubLayout::new(2, 4096, 1, Policy::Block, 4096).unwrap();
+    assert_eq!((big.hdr, big.stride), (4096, 8192));
     assert_eq!(
         PubSubLayout::from_params(&l.params(), l.total as usize),
         Ok(l)
