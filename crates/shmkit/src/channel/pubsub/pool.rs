@@ -108,17 +108,26 @@ fn corrupt(args: std::fmt::Arguments<'_>) -> String {
     args.to_string()
 }
 
-/// Asks the CPU to start fetching the cache line at `addr`. A hint only:
-/// it never faults, whatever the address, and changes nothing the program
-/// can observe (on other targets, and under loom, it does nothing).
+/// Asks the CPU to start fetching the cache line at `addr`, for reading
+/// (`WRITE == false`) or for writing (`prefetchw`: the line arrives
+/// exclusive, so the store that follows needs no second transfer). A hint
+/// only: it never faults, whatever the address, and changes nothing the
+/// program can observe (on other targets, and under loom, it does
+/// nothing; a CPU without `prefetchw` executes it as a no-op).
 #[inline(always)]
-fn prefetch(addr: usize) {
+fn prefetch<const WRITE: bool>(addr: usize) {
     #[cfg(all(target_arch = "x86_64", not(loom)))]
-    // SAFETY: `prefetcht0` is a hint: it does not fault on any address
-    // and has no architecturally visible effect; SSE is part of the
-    // x86_64 baseline.
+    // SAFETY: `prefetcht0` and `prefetchw` are hints: they do not fault on
+    // any address and have no architecturally visible effect; SSE is part
+    // of the x86_64 baseline, and `prefetchw`'s opcode is a no-op where
+    // the instruction is missing.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        if WRITE {
+            _mm_prefetch::<_MM_HINT_ET0>(addr as *const i8)
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(addr as *const i8)
+        }
     };
     #[cfg(not(all(target_arch = "x86_64", not(loom))))]
     let _ = addr;
@@ -181,9 +190,9 @@ impl Pool<'_> {
     /// Prefetch hint for the first line of `slot`'s payload (`slot` need
     /// not be valid: a hint never faults).
     #[inline(always)]
-    fn prefetch_payload(&self, slot: usize) {
+    fn prefetch_payload<const WRITE: bool>(&self, slot: usize) {
         if self.payload_base != 0 {
-            prefetch(
+            prefetch::<WRITE>(
                 self.payload_base
                     .wrapping_add(slot.wrapping_mul(self.stride)),
             );
@@ -191,13 +200,16 @@ impl Pool<'_> {
     }
 
     /// Publisher: hints the CPU to fetch the lines the next `take_free`
-    /// most likely touches (slot `rr`'s `refs` and payload), so that their
-    /// transfer from a subscriber's core overlaps the caller's work.
+    /// most likely touches (slot `rr`'s metadata and payload), so that
+    /// their transfer from a subscriber's core overlaps the caller's work.
+    /// For writing: the publisher reads `refs`, then writes the line
+    /// (payload, `seq`, `len`, `refs`), which a shared copy would make a
+    /// second transfer (the upgrade).
     #[inline]
     pub(crate) fn prefetch_next(&self, rr: usize) {
         if let Some(m) = self.meta.get(rr) {
-            prefetch(m as *const SlotMeta as usize);
-            self.prefetch_payload(rr);
+            prefetch::<true>(m as *const SlotMeta as usize);
+            self.prefetch_payload::<true>(rr);
         }
     }
 
@@ -528,7 +540,7 @@ impl Pool<'_> {
             // The payload is read right after the CAS below, which a load
             // cannot pass (x86 locked instructions drain first): fetch its
             // line now, in parallel with the CAS's transfer of `refs`.
-            self.prefetch_payload(slot);
+            self.prefetch_payload::<false>(slot);
             // Relaxed: the CAS below re-reads it with Acquire.
             let mut r = m.refs.load(Ordering::Relaxed);
             let took = loop {
