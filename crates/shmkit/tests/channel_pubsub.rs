@@ -370,9 +370,13 @@ fn hostile_pool_indices() {
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             let v = rng.next() >> rng.below(64);
-            // Queue entries: a valid stamp half the time (a slot number
-            // that may be out of range).
-            let stamped = (rng.below(64) << 16) | (v & 0xffff);
+            // Queue entries: half the time stamped with a position near
+            // the publisher's `tail` (so subscribers act on it), naming a
+            // slot that may be out of range.
+            let mut t = [0u8; 8];
+            seg.read_at(0, &mut t).unwrap();
+            let near = u64::from_le_bytes(t).wrapping_add(rng.below(4));
+            let stamped = (near.wrapping_add(1) << 16) | (v & 0xf);
             let (off, v) = match rng.below(4) {
                 0 => (0, v), // tail
                 1 => (
