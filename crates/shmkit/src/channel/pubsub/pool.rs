@@ -250,6 +250,21 @@ impl Pool<'_> {
         None
     }
 
+    /// Publisher busy-polling for a slot: takes slot `*rr` (the next in
+    /// round-robin order) if it is free, without looking at the others.
+    #[inline]
+    pub(crate) fn take_next(&self, rr: &mut usize) -> Option<usize> {
+        let n = self.meta.len();
+        // `*rr` is ours (private), but clamp it rather than trust it.
+        let s = if *rr < n { *rr } else { 0 };
+        // Acquire: as in `take_free`.
+        if self.meta[s].refs.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        *rr = if s + 1 == n { 0 } else { s + 1 };
+        Some(s)
+    }
+
     /// Drop-oldest: takes the least recently published slot that nobody
     /// holds (pending bits only), so its readers-to-be count it missed.
     #[cold]
