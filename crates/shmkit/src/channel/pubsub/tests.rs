@@ -273,3 +273,15 @@ fn busy_poll_finds_a_slot_freed_out_of_order() {
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(reader.join().unwrap(), (1, 3));
 }
+
+/// Endpoints and loans keep their auto traits through layout v2 (the
+/// strided metadata view holds a raw pointer): a loan can still be sent to
+/// another thread or held across an `.await` in a `Send` future.
+#[test]
+fn endpoints_and_loans_stay_send() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Publisher>();
+    send_sync::<Loan<'static>>();
+    fn send<T: Send>() {}
+    send::<Subscriber>();
+}
