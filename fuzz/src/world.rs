@@ -205,18 +205,20 @@ pub fn hot_words(kind: Kind, p: &[u64; 8], len: u64) -> Vec<u64> {
             for i in 0..max_subs {
                 v.extend([1024 + i * 128, 1024 + i * 128 + 8]);
             }
+            // Layout v2: 8-byte stamped queue entries; from the next page,
+            // slots of `stride` bytes, each starting with refs, seq, len.
             let q = slots.max(1).next_power_of_two();
             let queue_off = 1024 + max_subs * 128;
             for i in 0..q.min(64) {
-                v.push(queue_off + 4 * i);
+                v.push(queue_off + 8 * i);
             }
-            let meta_off = (queue_off + q * 4).div_ceil(64) * 64;
+            let data_off = (queue_off + q * 8).div_ceil(4096) * 4096;
+            let (slot_size, align) = (p[1].min(1 << 36), p[4].clamp(1, 4096));
+            let line = align.max(64);
+            let stride = (align.max(32) + slot_size).div_ceil(line) * line;
             for i in 0..slots.min(64) {
-                v.extend([
-                    meta_off + i * 64,
-                    meta_off + i * 64 + 8,
-                    meta_off + i * 64 + 16,
-                ]);
+                let s = data_off.saturating_add(i.saturating_mul(stride));
+                v.extend([s, s.saturating_add(8), s.saturating_add(16)]);
             }
         }
         _ => v.extend([0, 8, 16]),

@@ -359,24 +359,33 @@ fn hostile_pool_indices() {
         assert_eq!(role, "scribbler");
         let seg = Segment::open(&name).unwrap();
         let mut rng = Rng::from_time();
-        // Layout (see PubSubLayout): core at 0, subscriber lines at 1024,
-        // queue after them, slot metadata (64 bytes each) after that.
+        // Layout v2 (see PubSubLayout): core at 0, subscriber lines at
+        // 1024, queue entries (8 bytes) after them; from the next page, the
+        // slots (stride 32 + 512 rounded to 64 = 576), each starting with
+        // its metadata (refs, seq, len).
         let queue_off = 1024 + SUBS * 128;
-        let meta_off = (queue_off + SLOTS * 4).next_multiple_of(64);
+        let data_off = (queue_off + SLOTS * 8).next_multiple_of(4096);
+        let stride = 576;
         // Until the parent kills us (bounded, in case it cannot).
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             let v = rng.next() >> rng.below(64);
-            let off = match rng.below(4) {
-                0 => 0, // tail
-                1 => queue_off + rng.below(SLOTS) * 4,
-                _ => meta_off + rng.below(SLOTS) * 64 + 8 * rng.below(3),
+            // Queue entries: half the time stamped with a position near
+            // the publisher's `tail` (so subscribers act on it), naming a
+            // slot that may be out of range.
+            let mut t = [0u8; 8];
+            seg.read_at(0, &mut t).unwrap();
+            let near = u64::from_le_bytes(t).wrapping_add(rng.below(4));
+            let stamped = (near.wrapping_add(1) << 16) | (v & 0xf);
+            let (off, v) = match rng.below(4) {
+                0 => (0, v), // tail
+                1 => (
+                    queue_off + rng.below(SLOTS) * 8,
+                    if rng.below(2) == 0 { v } else { stamped },
+                ),
+                _ => (data_off + rng.below(SLOTS) * stride + 8 * rng.below(3), v),
             };
-            if off >= queue_off && off < meta_off {
-                seg.write_at(off, &(v as u32).to_le_bytes()).unwrap();
-            } else {
-                seg.write_at(off, &v.to_le_bytes()).unwrap();
-            }
+            seg.write_at(off, &v.to_le_bytes()).unwrap();
             std::thread::yield_now();
         }
         return;

@@ -5,14 +5,14 @@ use loom::sync::Arc;
 use loom::thread;
 
 use super::CLOSED;
-use crate::channel::pubsub::{Policy, Pool, PubCore, SlotMeta, SubCursor, SubShared};
+use crate::channel::pubsub::{entry, Policy, Pool, PubCore, SlotMeta, SubCursor, SubShared};
 use crate::channel::wait::{sleep_once, wait_loop_marked, wake, Wait, WaitStrategy};
-use crate::primitive::{spin_hint, AtomicU32, Ordering};
+use crate::primitive::{spin_hint, AtomicU64, Ordering};
 
 struct Heap {
     core: PubCore,
     subs: Vec<SubShared>,
-    queue: Vec<AtomicU32>,
+    queue: Vec<AtomicU64>,
     meta: Vec<SlotMeta>,
     payload: Vec<UnsafeCell<u64>>,
     policy: Policy,
@@ -24,7 +24,7 @@ impl Heap {
             core: PubCore::new(),
             subs: (0..subs).map(|_| SubShared::new()).collect(),
             queue: (0..slots.next_power_of_two())
-                .map(|_| AtomicU32::new(0))
+                .map(|_| AtomicU64::new(0))
                 .collect(),
             meta: (0..slots).map(|_| SlotMeta::new()).collect(),
             payload: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
@@ -535,6 +535,53 @@ fn pubsub_recover_racing_lapped_subscriber() {
         let r = h.meta[1].refs.load(Ordering::Relaxed);
         assert!(r == 0 || r == 1, "orphan refs {r:#x}");
         h.pool().recover(3);
+        assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
+    });
+}
+
+/// The queue entry store commits a publication (subscribers poll their
+/// next entry, not `tail`): a publisher killed after it, before its `tail`
+/// store, left position 0 visible. The next publisher resumes past it
+/// (`Pool::resume`, then `recover`, as `Publisher::attach`) and publishes
+/// position 1 while the subscriber may be taking position 0: the
+/// subscriber gets both, in order, nothing missed, and every slot ends
+/// free. (Without `resume`, `recover` frees the committed slot under the
+/// subscriber, or the new publisher reuses position 0.)
+#[test]
+fn pubsub_resume_after_entry_commit() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(2, 1, Policy::Block));
+        let mut cur = h.pool().join(0);
+        // The killed publisher: position 0 in slot 0, committed.
+        let mut rr = 0;
+        let s = h.pool().take_free(&mut rr).unwrap();
+        h.payload[s].with_mut(|p| unsafe { *p = 1 });
+        h.meta[s].seq.store(0, Ordering::Relaxed);
+        h.meta[s].len.store(8, Ordering::Relaxed);
+        h.meta[s].refs.store(1, Ordering::Release);
+        h.queue[0].store(entry(0, s), Ordering::Release);
+        let sub = h.clone();
+        let subscriber = thread::spawn(move || {
+            let mut got = Vec::new();
+            if let Some(t) = sub.pool().try_take(&mut cur).unwrap() {
+                assert_eq!(t.missed, 0);
+                got.push(sub.payload[t.slot].with(|x| unsafe { *x }));
+                sub.pool().release(0, t.slot);
+            }
+            (cur, got)
+        });
+        // The next publisher.
+        let mut tail = h.pool().resume(h.core.tail.0.load(Ordering::Acquire));
+        h.pool().recover(tail);
+        let mut rr = 0;
+        h.publish(&mut tail, &mut rr, 2);
+        let (mut cur, mut got) = subscriber.join().unwrap();
+        while let Some(t) = h.pool().try_take(&mut cur).unwrap() {
+            assert_eq!(t.missed, 0);
+            got.push(h.payload[t.slot].with(|x| unsafe { *x }));
+            h.pool().release(0, t.slot);
+        }
+        assert_eq!(got, [1, 2]);
         assert!(h.meta.iter().all(|m| m.refs.load(Ordering::Relaxed) == 0));
     });
 }

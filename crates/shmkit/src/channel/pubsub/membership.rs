@@ -26,7 +26,7 @@ impl Pool<'_> {
         self.core.active.0.fetch_and(!(1 << idx), Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let mut freed = false;
-        for m in self.meta {
+        for m in self.meta.iter() {
             // Relaxed: after our fence, this sees a `refs` store that
             // precedes the publisher's fence (Dekker, see above); a slot
             // without our bits needs no RMW (only `publish` adds pending
@@ -76,7 +76,7 @@ impl Pool<'_> {
         // SeqCst: see the join protocol in the module docs.
         let join_pos = self.core.tail.0.load(Ordering::SeqCst);
         let mut freed = false;
-        for m in self.meta {
+        for m in self.meta.iter() {
             // Relaxed: the CAS below (or, for a held bit, the RMW that
             // clears it) is what we act on.
             let mut r = m.refs.load(Ordering::Relaxed);
@@ -128,7 +128,6 @@ impl Pool<'_> {
         SubCursor {
             idx,
             next: join_pos,
-            seen_tail: join_pos,
             join_pos,
             missed: 0,
         }

@@ -43,9 +43,9 @@
 //! # Algorithm
 //!
 //! Shared state: `slots` payload slots, each with a metadata line
-//! (`refs`, `seq`, `len`); a queue of `Q >= slots` slot numbers (a power
-//! of two); the publication counter `tail`; an `active` mask of joined
-//! subscriber numbers.
+//! (`refs`, `seq`, `len`); a queue of `Q >= slots` entries (a power of
+//! two), each a slot number stamped with `position + 1`; the publication
+//! counter `tail`; an `active` mask of joined subscriber numbers.
 //!
 //! `refs` (the ownership word of a slot) has two bits per subscriber `i`:
 //! *pending* (bit `i`: addressed to `i`, not yet received) and *held*
@@ -57,13 +57,18 @@
 //!   memory records the loan, so a publisher killed mid-loan leaves a free
 //!   slot that was never visible.
 //! - **publish** `pos`: store `seq = pos`, `len`, then `refs = active`'s
-//!   pending bits (`Release`), then `queue[pos % Q] = slot`, then `tail =
-//!   pos + 1` (`Release`), then a `SeqCst` fence (the sleeper check, and
-//!   the publisher's half of the join and leave Dekker pairs).
-//! - **receive** `pos`: load `tail` (`SeqCst`) unless `pos` is below the
-//!   last value loaded, read `queue[pos % Q]` (bounds-checked), then CAS
-//!   pending → held on our two bits of `refs` (`Acquire`). While we hold
-//!   it the slot cannot be republished, so we
+//!   pending bits (`Release`), then `queue[pos % Q] = (pos, slot)`
+//!   (`Release`: this commits the publication), then `tail = pos + 1`
+//!   (`Release`), then a `SeqCst` fence (the sleeper check, and the
+//!   publisher's half of the join and leave Dekker pairs). A publisher
+//!   killed between the entry and `tail` stores left `pos` visible: the
+//!   next publisher moves `tail` past it before anything else.
+//! - **receive** `pos`: load our next entry `queue[pos % Q]` (`Acquire`;
+//!   while messages arrive, the only shared line read before the slot's).
+//!   If it does not show `pos`, load `tail` (`SeqCst`): nothing new, or
+//!   lapped (skip ahead, counting). Then, with the entry's slot
+//!   (bounds-checked), CAS pending → held on our two bits of `refs`
+//!   (`Acquire`). While we hold it the slot cannot be republished, so we
 //!   then check `seq == pos`; if not, the queue entry was overwritten
 //!   (drop-oldest lapped us), we flip held back to pending and count the
 //!   message as missed.
@@ -123,7 +128,7 @@ const MAX_POSITION: u64 = 1 << 63;
 const fn sub_role(i: usize) -> u64 {
     1 + i as u64
 }
-const LAYOUT_TAG: u64 = 0x5055_4253_0001; // "PUBS" v1
+const LAYOUT_TAG: u64 = 0x5055_4253_0002; // "PUBS" v2: stamped queue entries
 const SUBS_OFF: u64 = 1024;
 const HELD_SHIFT: u32 = 32;
 const HELD_MASK: u64 = !0u64 << HELD_SHIFT;
@@ -153,6 +158,7 @@ mod aio;
 mod membership;
 mod pool;
 mod publisher;
+mod slots;
 mod subscriber;
 #[cfg(all(test, not(loom)))]
 mod tests;
@@ -163,6 +169,7 @@ pub use aio::{LoanFuture, SampleStream, SubRecvFuture};
 pub(crate) use pool::*;
 use publisher::live_subscribers;
 pub use publisher::{Loan, Publisher};
+pub(crate) use slots::*;
 pub use subscriber::{Sample, Subscriber};
 pub use typed::{PodRef, TypedLoan, TypedPublisher, TypedSample, TypedSubscriber};
 
@@ -176,8 +183,9 @@ pub(crate) struct PubSubLayout {
     align: u64,
     q: u64,
     queue_off: u64,
-    meta_off: u64,
     data_off: u64,
+    /// Offset of the payload in a slot (after its `SlotMeta`).
+    hdr: u64,
     stride: u64,
     total: u64,
 }
@@ -211,9 +219,12 @@ impl PubSubLayout {
         const { assert!(std::mem::size_of::<PubCore>() <= SUBS_OFF as usize || cfg!(loom)) };
         let q = slots.next_power_of_two();
         let queue_off = SUBS_OFF + max_subs * 128;
-        let meta_off = round_up(queue_off + q * 4, 64).ok_or("overflow")?;
-        let data_off = round_up(meta_off + slots * 64, 4096).ok_or("overflow")?;
-        let stride = round_up(slot_size, align.max(64)).ok_or("slot size overflows")?;
+        let data_off = round_up(queue_off + q * 8, 4096).ok_or("overflow")?;
+        // Each slot: its `SlotMeta`, then the payload, aligned; with
+        // `align <= 32` the payload starts at 32, in the metadata's line.
+        const { assert!(std::mem::size_of::<SlotMeta>() <= 32 || cfg!(loom)) };
+        let hdr = align.max(32);
+        let stride = round_up(hdr + slot_size, align.max(64)).ok_or("slot size overflows")?;
         let total = stride
             .checked_mul(slots)
             .and_then(|b| b.checked_add(data_off))
@@ -227,8 +238,8 @@ impl PubSubLayout {
             align,
             q,
             queue_off,
-            meta_off,
             data_off,
+            hdr,
             stride,
             total,
         })
@@ -431,7 +442,11 @@ impl Shared {
             std::mem::size_of::<T>() as u64,
             std::mem::align_of::<T>() as u64,
         );
-        if self.l.slot_size < size || self.l.align < align || self.l.stride % align != 0 {
+        if self.l.slot_size < size
+            || self.l.align < align
+            || self.l.stride % align != 0
+            || self.l.hdr % align != 0
+        {
             return Err(segment::Error::corrupt(
                 "open pubsub",
                 self.seg.name(),
@@ -451,12 +466,13 @@ impl Shared {
     #[inline]
     fn payload(&self, slot: usize) -> *mut u8 {
         assert!((slot as u64) < self.l.slots);
-        // SAFETY: `slot < slots`, so `data_off + (slot + 1) * stride <=
+        // SAFETY: `slot < slots` and `hdr + slot_size <= stride`, so the
+        // payload ends at or before `data_off + (slot + 1) * stride <=
         // total <= seg.len()` (checked by `from_params`): in bounds.
         unsafe {
             self.seg
                 .as_ptr()
-                .add((self.l.data_off + slot as u64 * self.l.stride) as usize)
+                .add((self.l.data_off + slot as u64 * self.l.stride + self.l.hdr) as usize)
         }
     }
 }
@@ -476,35 +492,51 @@ fn check_segment(seg: &Segment, op: &'static str) -> Result<PubSubLayout, segmen
 
 fn pool_of<'a>(seg: &'a Segment, l: &PubSubLayout) -> Pool<'a> {
     let base = seg.as_ptr();
+    // The line of each slot's payload worth a prefetch hint: the payload's
+    // first when it has its own (`hdr >= 64`), else its second when it can
+    // reach it (the first is the metadata's, fetched anyway), else none.
+    let hint = if l.hdr >= 64 {
+        Some(l.hdr)
+    } else if l.slot_size > 64 - l.hdr {
+        Some(64)
+    } else {
+        None
+    };
     // SAFETY: (all four regions)
     // - the data area is page aligned and `l.total <= seg.len()` (checked
     //   by `from_params`); each region below lies inside it at an offset
     //   aligned for its type (SUBS_OFF and the 128-byte sub lines,
-    //   queue_off a multiple of 128, meta_off of 64);
+    //   queue_off a multiple of 128; the slots' metadata at `data_off`, a
+    //   multiple of 4096, plus multiples of `stride`, itself a multiple
+    //   of 64, and `slots * stride <= total - data_off`);
     // - the types are atomics only: any bit pattern is valid, and every
     //   process accesses them atomically;
     // - the references live no longer than the borrow of `seg`;
-    // - the payload area starts at `data_off <= total`: in bounds (its
-    //   address is only used for prefetch hints).
+    // - the hint addresses are only used for prefetch hints (never
+    //   dereferenced), and lie in the slots anyway.
     unsafe {
-        Pool::new(
+        let pool = Pool::new(
             &*(base as *const PubCore),
             std::slice::from_raw_parts(
                 base.add(SUBS_OFF as usize) as *const SubShared,
                 l.max_subs as usize,
             ),
             std::slice::from_raw_parts(
-                base.add(l.queue_off as usize) as *const AtomicU32,
+                base.add(l.queue_off as usize) as *const AtomicU64,
                 l.q as usize,
             ),
-            std::slice::from_raw_parts(
-                base.add(l.meta_off as usize) as *const SlotMeta,
+            Metas::strided(
+                base.add(l.data_off as usize),
+                l.stride as usize,
                 l.slots as usize,
             ),
             l.slot_size,
             l.policy,
-        )
-        .with_payloads(base.add(l.data_off as usize), l.stride as usize)
+        );
+        match hint {
+            Some(h) => pool.with_payloads(base.add((l.data_off + h) as usize), l.stride as usize),
+            None => pool,
+        }
     }
 }
 

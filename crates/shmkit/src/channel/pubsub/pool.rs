@@ -67,29 +67,6 @@ impl SubShared {
     }
 }
 
-/// Metadata of one payload slot.
-#[repr(C, align(64))]
-pub(crate) struct SlotMeta {
-    /// Ownership word: pending bits (0..32) and held bits (32..64), see
-    /// the module docs. 0 = free.
-    pub(crate) refs: AtomicU64,
-    /// Position the slot was last published at.
-    pub(crate) seq: AtomicU64,
-    /// Payload length of that publication.
-    pub(crate) len: AtomicU64,
-}
-
-impl SlotMeta {
-    #[allow(dead_code)]
-    pub(crate) fn new() -> SlotMeta {
-        SlotMeta {
-            refs: AtomicU64::new(0),
-            seq: AtomicU64::new(0),
-            len: AtomicU64::new(0),
-        }
-    }
-}
-
 /// Bits of subscriber `i` in `refs`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bits {
@@ -111,8 +88,8 @@ impl Bits {
 pub(crate) struct Pool<'a> {
     pub(crate) core: &'a PubCore,
     pub(crate) subs: &'a [SubShared],
-    pub(crate) queue: &'a [AtomicU32],
-    pub(crate) meta: &'a [SlotMeta],
+    pub(crate) queue: &'a [AtomicU64],
+    pub(crate) meta: Metas<'a>,
     pub(crate) slot_size: u64,
     pub(crate) policy: Policy,
     /// [`Pool::valid_bits`], computed once.
@@ -131,17 +108,26 @@ fn corrupt(args: std::fmt::Arguments<'_>) -> String {
     args.to_string()
 }
 
-/// Asks the CPU to start fetching the cache line at `addr`. A hint only:
-/// it never faults, whatever the address, and changes nothing the program
-/// can observe (on other targets, and under loom, it does nothing).
+/// Asks the CPU to start fetching the cache line at `addr`, for reading
+/// (`WRITE == false`) or for writing (`prefetchw`: the line arrives
+/// exclusive, so the store that follows needs no second transfer). A hint
+/// only: it never faults, whatever the address, and changes nothing the
+/// program can observe (on other targets, and under loom, it does
+/// nothing; a CPU without `prefetchw` executes it as a no-op).
 #[inline(always)]
-fn prefetch(addr: usize) {
+fn prefetch<const WRITE: bool>(addr: usize) {
     #[cfg(all(target_arch = "x86_64", not(loom)))]
-    // SAFETY: `prefetcht0` is a hint: it does not fault on any address
-    // and has no architecturally visible effect; SSE is part of the
-    // x86_64 baseline.
+    // SAFETY: `prefetcht0` and `prefetchw` are hints: they do not fault on
+    // any address and have no architecturally visible effect; SSE is part
+    // of the x86_64 baseline, and `prefetchw`'s opcode is a no-op where
+    // the instruction is missing.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        if WRITE {
+            _mm_prefetch::<_MM_HINT_ET0>(addr as *const i8)
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(addr as *const i8)
+        }
     };
     #[cfg(not(all(target_arch = "x86_64", not(loom))))]
     let _ = addr;
@@ -152,10 +138,6 @@ fn prefetch(addr: usize) {
 pub(crate) struct SubCursor {
     pub(crate) idx: usize,
     pub(crate) next: u64,
-    /// The last `tail` loaded: positions below it are published, so they
-    /// are read without loading `tail` again (its line changes with every
-    /// publication: one transfer saved per message while we are behind).
-    pub(crate) seen_tail: u64,
     pub(crate) join_pos: u64,
     pub(crate) missed: u64,
 }
@@ -174,8 +156,8 @@ impl<'a> Pool<'a> {
     pub(crate) fn new(
         core: &'a PubCore,
         subs: &'a [SubShared],
-        queue: &'a [AtomicU32],
-        meta: &'a [SlotMeta],
+        queue: &'a [AtomicU64],
+        meta: impl Into<Metas<'a>>,
         slot_size: u64,
         policy: Policy,
     ) -> Pool<'a> {
@@ -187,7 +169,7 @@ impl<'a> Pool<'a> {
             core,
             subs,
             queue,
-            meta,
+            meta: meta.into(),
             slot_size,
             policy,
             valid: low | low << HELD_SHIFT,
@@ -208,9 +190,9 @@ impl Pool<'_> {
     /// Prefetch hint for the first line of `slot`'s payload (`slot` need
     /// not be valid: a hint never faults).
     #[inline(always)]
-    fn prefetch_payload(&self, slot: usize) {
+    fn prefetch_payload<const WRITE: bool>(&self, slot: usize) {
         if self.payload_base != 0 {
-            prefetch(
+            prefetch::<WRITE>(
                 self.payload_base
                     .wrapping_add(slot.wrapping_mul(self.stride)),
             );
@@ -218,13 +200,16 @@ impl Pool<'_> {
     }
 
     /// Publisher: hints the CPU to fetch the lines the next `take_free`
-    /// most likely touches (slot `rr`'s `refs` and payload), so that their
-    /// transfer from a subscriber's core overlaps the caller's work.
+    /// most likely touches (slot `rr`'s metadata and payload), so that
+    /// their transfer from a subscriber's core overlaps the caller's work.
+    /// For writing: the publisher reads `refs`, then writes the line
+    /// (payload, `seq`, `len`, `refs`), which a shared copy would make a
+    /// second transfer (the upgrade).
     #[inline]
     pub(crate) fn prefetch_next(&self, rr: usize) {
         if let Some(m) = self.meta.get(rr) {
-            prefetch(m as *const SlotMeta as usize);
-            self.prefetch_payload(rr);
+            prefetch::<true>(m as *const SlotMeta as usize);
+            self.prefetch_payload::<true>(rr);
         }
     }
 
@@ -263,6 +248,21 @@ impl Pool<'_> {
             return self.reclaim_oldest(rr);
         }
         None
+    }
+
+    /// Publisher busy-polling for a slot: takes slot `*rr` (the next in
+    /// round-robin order) if it is free, without looking at the others.
+    #[inline]
+    pub(crate) fn take_next(&self, rr: &mut usize) -> Option<usize> {
+        let n = self.meta.len();
+        // `*rr` is ours (private), but clamp it rather than trust it.
+        let s = if *rr < n { *rr } else { 0 };
+        // Acquire: as in `take_free`.
+        if self.meta[s].refs.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        *rr = if s + 1 == n { 0 } else { s + 1 };
+        Some(s)
     }
 
     /// Drop-oldest: takes the least recently published slot that nobody
@@ -321,12 +321,18 @@ impl Pool<'_> {
         // store: an `xchg` here costs an extra serialised cache-line
         // transfer per message, measured +40 % on the hand-off.)
         m.refs.store(pending, Ordering::Release);
-        // Relaxed: published by the `tail` store below.
-        self.queue[(pos & self.qmask()) as usize].store(slot as u32, Ordering::Relaxed);
+        // Release: this store commits the publication. A subscriber polls
+        // its next entry (Acquire): one that reads this value sees the
+        // payload, `seq`, `len` and `refs` stored before, so its CAS on
+        // `refs` finds this publication's pending bits (not an older
+        // value). A publisher killed right after it is finished by the next
+        // one (`Pool::resume`).
+        self.queue[(pos & self.qmask()) as usize].store(entry(pos, slot), Ordering::Release);
         *tail = pos + 1;
-        // Release: the queue entry (and, through the `refs` store before
-        // it, the payload) is visible to a subscriber whose load of `tail`
-        // reads this value. The join protocol needs no SeqCst store here:
+        // Release: subscribers that fall back to `tail` (lapped, or
+        // nothing new in their entry) read the queue entry (and, through
+        // it, the payload) after an Acquire load of this value. Joiners
+        // start at it. The join protocol needs no SeqCst store here:
         // its Dekker pair is the SeqCst fence just below (in `notify`)
         // against the joiner's fence. If the joiner's fence comes first in
         // the single total order S, the `active` load of every later
@@ -396,6 +402,28 @@ impl Pool<'_> {
         self.repair(tail, 0, self.meta.len())
     }
 
+    /// Publisher taking over at `tail` (read by the caller, `<=
+    /// MAX_POSITION`): returns the position to continue at. The queue entry
+    /// store commits a publication (subscribers poll entries), so a
+    /// predecessor killed between its entry store and its `tail` store
+    /// left position `tail` visible: it counts, and `tail` moves past it.
+    /// (Then `recover` must use the new value, or that publication's slot
+    /// would look like an orphan and be freed under its readers.)
+    pub(crate) fn resume(&self, tail: u64) -> u64 {
+        // Acquire: the predecessor's slot stores before the entry are
+        // visible to our later `recover` (its `seq` read).
+        let e = self.queue[(tail & self.qmask()) as usize].load(Ordering::Acquire);
+        if !entry_is(e, tail) {
+            return tail;
+        }
+        // Release: as the `tail` store in `publish`.
+        self.core.tail.0.store(tail + 1, Ordering::Release);
+        // A subscriber may have gone to sleep before that entry was
+        // visible (its publisher died before its own wake-up check).
+        notify(&self.core.data_seq.0, &self.core.sub_sleepers.0);
+        tail + 1
+    }
+
     /// [`Pool::recover`] on `chunk` slots from `start` (wrapping).
     pub(crate) fn repair(&self, tail: u64, start: usize, chunk: usize) -> usize {
         let n = self.meta.len();
@@ -449,22 +477,42 @@ impl Pool<'_> {
         let bits = Bits::of(cur.idx);
         let q = self.queue.len() as u64;
         loop {
-            if cur.next >= cur.seen_tail {
-                // SeqCst: Acquire for the queue entries and slots below it
-                // (pairs with the Release store in `publish`); SeqCst for
-                // the join protocol.
-                let tail = self.core.tail.0.load(Ordering::SeqCst);
-                if tail < cur.next {
-                    return Err(corrupt(format_args!(
-                        "tail {tail} went back below {}",
-                        cur.next
-                    )));
-                }
-                if tail == cur.next {
+            let pos = cur.next;
+            let e = &self.queue[(pos & self.qmask()) as usize];
+            // Acquire: pairs with the Release store of the entry in
+            // `publish` (payload, `seq`, `len`, `refs` visible). Polling our
+            // own next entry instead of `tail` saves a line transfer per
+            // message: `tail` is read only when the entry does not show
+            // `pos` (nothing new, or lapped).
+            let mut v = e.load(Ordering::Acquire);
+            if !entry_is(v, pos) {
+                // Still the previous lap's entry (or never written): `pos`
+                // is not published yet, as the entry store comes first. No
+                // `tail` load: while we wait, the publisher's `tail` line
+                // stays in its cache. (Modulo 2^48, an entry of a lap
+                // 2^48 positions ahead also matches: a subscriber lapped
+                // that far would wait one more lap before skipping ahead.)
+                let unpublished = match pos.checked_sub(q) {
+                    Some(before) => entry_is(v, before),
+                    None => v == 0,
+                };
+                if unpublished {
                     return Ok(None);
                 }
-                cur.seen_tail = tail;
-                if tail - cur.next > q {
+                // SeqCst: Acquire for the entries below it (pairs with the
+                // Release store in `publish`); SeqCst for the join protocol.
+                let tail = self.core.tail.0.load(Ordering::SeqCst);
+                if tail <= pos {
+                    // Entry `pos` may be visible a moment before `tail`
+                    // covers it (and for good if its publisher was killed in
+                    // between, until the next one resumes): `tail` may be
+                    // one below `next`, never more.
+                    if pos - tail > 1 {
+                        return Err(corrupt(format_args!("tail {tail} went back below {pos}")));
+                    }
+                    return Ok(None);
+                }
+                if tail - pos > q {
                     // Lapped beyond the queue (drop-oldest): those entries
                     // are gone. Under `Block` only the publication at
                     // `join_pos` (never addressed to us, so holding none of
@@ -472,22 +520,18 @@ impl Pool<'_> {
                     // miss. Under drop-oldest counting `join_pos` may
                     // over-count by one (see `silent`), never under-count.
                     let to = tail - q;
-                    let mut lost = to - cur.next;
-                    if self.policy == Policy::Block && (cur.next..to).contains(&cur.join_pos) {
+                    let mut lost = to - pos;
+                    if self.policy == Policy::Block && (pos..to).contains(&cur.join_pos) {
                         lost -= 1;
                     }
                     cur.missed = cur.missed.saturating_add(lost);
                     cur.next = to;
+                    continue;
                 }
+                // `pos < tail`: published. Acquire: as above; after the
+                // `tail` load, the entry shows `pos` or a later lap.
+                v = e.load(Ordering::Acquire);
             }
-            // Below `seen_tail`, without loading `tail` again: the Acquire
-            // load that returned it made these entries visible. An entry
-            // overwritten since (drop-oldest lapping us after that load)
-            // names a slot whose `seq` is not `pos`: found by the check
-            // below and counted as missed, exactly as when the publisher
-            // overwrites it right after a fresh load. (Lapping is detected
-            // in bulk only at a reload; in between, one entry at a time.)
-            let pos = cur.next;
             cur.next += 1;
             // The publication at `join_pos` may have been made before our
             // `active` bit was visible (see the join protocol): if it is
@@ -496,15 +540,22 @@ impl Pool<'_> {
             // reclaimed: count it then (over-reporting by at most one
             // message right after joining beats silent loss).
             let silent = pos == cur.join_pos && self.policy == Policy::Block;
-            // Relaxed: ordered by the SeqCst load of `tail` above.
-            let slot = self.queue[(pos & self.qmask()) as usize].load(Ordering::Relaxed) as usize;
+            if !entry_is(v, pos) {
+                // Overwritten since `tail` passed it: lapped (drop-oldest),
+                // or damaged memory. Either way, not deliverable.
+                if !silent {
+                    cur.missed = cur.missed.saturating_add(1);
+                }
+                continue;
+            }
+            let slot = entry_slot(v);
             let Some(m) = self.meta.get(slot) else {
                 return Err(corrupt(format_args!("slot number {slot} out of range")));
             };
             // The payload is read right after the CAS below, which a load
             // cannot pass (x86 locked instructions drain first): fetch its
             // line now, in parallel with the CAS's transfer of `refs`.
-            self.prefetch_payload(slot);
+            self.prefetch_payload::<false>(slot);
             // Relaxed: the CAS below re-reads it with Acquire.
             let mut r = m.refs.load(Ordering::Relaxed);
             let took = loop {
@@ -588,195 +639,5 @@ impl Pool<'_> {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    //! Hostile and crashed-peer states of the pool, on real segments
-    //! (issue 14 smaller findings, issue 8 "pub/sub with hostile memory").
-
-    use std::time::{Duration, Instant};
-
-    use super::*;
-
-    fn unique() -> String {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        format!(
-            "t-proofs-pool-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        )
-    }
-
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = crate::segment::remove(&self.0);
-        }
-    }
-
-    /// The pool of `name`, through a handle of its own (no role).
-    fn with_pool<R>(name: &str, f: impl FnOnce(&Pool<'_>) -> R) -> R {
-        let seg = Segment::open(name).unwrap();
-        let l = check_segment(&seg, "test").unwrap();
-        f(&pool_of(&seg, &l))
-    }
-
-    /// Issue 8: a subscriber bit at or above `max_subscribers` (pending or
-    /// held) in a slot's ownership word is damage no subscriber can ever
-    /// clear. The publisher must detect it and take the slot back, not
-    /// wait for it for ever. Before: `try_send` was `Full` for good.
-    #[test]
-    fn foreign_subscriber_bits_are_reaped() {
-        for policy in [Policy::Block, Policy::DropOldest] {
-            for bad in [1u64 << 2, 1 << 31, 1 << (HELD_SHIFT + 5), 1 << 63] {
-                let name = unique();
-                let _c = Cleanup(name.clone());
-                let opts = PubSubOptions::new(1, 64, 2).policy(policy);
-                let mut p = Publisher::create(&name, &opts).unwrap();
-                with_pool(&name, |pool| {
-                    pool.meta[0].refs.store(bad, Ordering::Relaxed)
-                });
-                p.try_send(b"x")
-                    .unwrap_or_else(|e| panic!("{policy:?} refs {bad:#x}: {e}"));
-                // And an `active` bit beyond the maximum addresses nobody.
-                with_pool(&name, |pool| {
-                    pool.core.active.0.fetch_or(1 << 7, Ordering::Relaxed)
-                });
-                p.try_send(b"y").unwrap();
-                with_pool(&name, |pool| {
-                    assert_eq!(pool.meta[0].refs.load(Ordering::Relaxed), 0, "{policy:?}");
-                });
-            }
-        }
-    }
-
-    /// Issue 8: `Publisher::open` on slot state where every slot looks
-    /// like a held orphan (`seq >= tail`, a held bit) must finish in
-    /// bounded time. Before, `recover` spun 100,000 times per slot: about
-    /// three minutes at 65,536 slots. Foreign held bits are also freed.
-    #[test]
-    fn publisher_open_on_corrupt_slots_is_bounded() {
-        let name = unique();
-        let _c = Cleanup(name.clone());
-        let slots = MAX_SLOTS as usize;
-        drop(Publisher::create(&name, &PubSubOptions::new(slots as u64, 1, 2)).unwrap());
-        with_pool(&name, |pool| {
-            for (i, m) in pool.meta.iter().enumerate() {
-                m.seq.store(u64::MAX / 4, Ordering::Relaxed);
-                // Half with a held bit of a real (inactive) subscriber
-                // number, half with a foreign one.
-                let held = if i % 2 == 0 { 0 } else { 9 };
-                m.refs.store(1 << (HELD_SHIFT + held), Ordering::Relaxed);
-            }
-        });
-        let start = Instant::now();
-        let p = Publisher::open(&name).unwrap();
-        let took = start.elapsed();
-        assert!(took < Duration::from_secs(10), "open took {took:?}");
-        with_pool(&name, |pool| {
-            for (i, m) in pool.meta.iter().enumerate() {
-                let r = m.refs.load(Ordering::Relaxed);
-                assert_eq!(r != 0, i % 2 == 0, "slot {i}: {r:#x}");
-            }
-        });
-        drop(p);
-    }
-
-    /// `recover` never leaks an orphan that is held at the time it runs
-    /// (a lapped subscriber flipping it back): it leaves it, and the
-    /// publisher's next look (no free slot) frees it. Before, a holder
-    /// that stayed past 100,000 spins made it give up for good.
-    #[test]
-    fn held_orphan_is_freed_later() {
-        let name = unique();
-        let _c = Cleanup(name.clone());
-        drop(Publisher::create(&name, &PubSubOptions::new(1, 8, 2)).unwrap());
-        let held = 1u64 << HELD_SHIFT;
-        with_pool(&name, |pool| {
-            pool.meta[0].seq.store(0, Ordering::Relaxed);
-            pool.meta[0].refs.store(held, Ordering::Relaxed);
-            assert_eq!(pool.recover(0), 0);
-            // The holder lets go (flips back to pending).
-            pool.meta[0].refs.store(1, Ordering::Relaxed);
-        });
-        let mut p = Publisher::open(&name).unwrap();
-        p.try_send(b"ok").unwrap();
-        drop(p);
-        // Held at the publisher's open, let go later: the wait path frees it.
-        // (An orphan again: addressed at position `tail` = 1, never
-        // made visible.)
-        with_pool(&name, |pool| {
-            pool.meta[0].seq.store(1, Ordering::Relaxed);
-            pool.meta[0].refs.store(held, Ordering::Relaxed);
-        });
-        let mut p = Publisher::open(&name).unwrap();
-        assert!(matches!(p.try_send(b"no"), Err(SendError::Full)));
-        with_pool(&name, |pool| pool.meta[0].refs.store(1, Ordering::Relaxed));
-        p.try_send(b"ok").unwrap();
-    }
-
-    const ROLE: &str = "SHMKIT_PROOFS_POOL_ROLE";
-
-    /// Issue 14: a subscriber SIGKILLed while asleep in `recv` left its
-    /// count in `sub_sleepers` for good, so every later publish paid a
-    /// futex wake. Reaping it takes the count back (and so does the next
-    /// joiner of its number, tested at the end).
-    #[test]
-    fn dead_sleeper_count_is_taken_back() {
-        if let Ok(name) = std::env::var(ROLE) {
-            let s = Subscriber::open(&name).unwrap();
-            // Bounded: the parent kills us long before.
-            let _ = s.recv_timeout(Duration::from_secs(60));
-            return;
-        }
-        use std::os::unix::process::CommandExt;
-        let name = unique();
-        let _c = Cleanup(name.clone());
-        let mut p = Publisher::create(&name, &PubSubOptions::new(2, 8, 2)).unwrap();
-        for round in 0..2 {
-            let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-            cmd.args([
-                "--exact",
-                "channel::pubsub::pool::tests::dead_sleeper_count_is_taken_back",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, &name)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-            // SAFETY: `prctl` is async-signal-safe; nothing else runs
-            // between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let mut child = cmd.spawn().unwrap();
-            let asleep = |pool: &Pool<'_>| {
-                (
-                    pool.core.sub_sleepers.0.load(Ordering::Relaxed),
-                    pool.subs[0].asleep.load(Ordering::Relaxed),
-                )
-            };
-            let start = Instant::now();
-            while with_pool(&name, asleep) != (1, 1) {
-                if start.elapsed() > Duration::from_secs(20) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the subscriber never slept");
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            child.kill().unwrap();
-            child.wait().unwrap();
-            if round == 0 {
-                assert_eq!(p.reap(), 1);
-            } else {
-                // The next subscriber to take number 0 repairs it too.
-                let s = Subscriber::open(&name).unwrap();
-                assert_eq!(s.index(), 0);
-            }
-            assert_eq!(with_pool(&name, asleep), (0, 0), "round {round}");
-        }
-        p.try_send(b"x").unwrap();
-    }
-}
+#[path = "pool_tests.rs"]
+mod tests;

@@ -24,6 +24,9 @@ const REAP_EVERY: u32 = 256;
 /// pass over `MAX_SLOTS` takes about half a million loans; the wait path
 /// (no free slot) still recovers every slot at once.
 const REPAIR_CHUNK: usize = 32;
+/// A publisher busy-polling for a slot scans every slot once per this many
+/// polls (the others check only the next slot).
+const FULL_SCAN_EVERY: u32 = 64;
 
 impl Publisher {
     /// Creates a byte pub/sub channel and becomes its publisher.
@@ -68,6 +71,7 @@ impl Publisher {
             // Relaxed: nobody else can be sleeping for a slot: we are the
             // only publisher; a count left by a killed one is reset.
             pool.core.pub_sleepers.0.store(0, Ordering::Relaxed);
+            let tail = pool.resume(tail);
             pool.recover(tail);
             tail
         };
@@ -213,12 +217,33 @@ impl Publisher {
             cursor.set(c);
             r
         };
+        // Busy-polling under `Block`: poll only the next slot in round-robin
+        // order (the least recently published, which a reader keeping up
+        // frees first), with a full scan every `FULL_SCAN_EVERY` polls (a
+        // reader holding an older sample) and at every slow check.
+        // `take_free` on every poll read each slot's line, pulling all of
+        // them from the subscribers' cores again and again. (Not when the
+        // strategy sleeps: a poll after a wake-up must see any freed slot.)
+        let fast = *strategy == WaitStrategy::BusyPoll && pool.policy == Policy::Block;
+        let polls = Cell::new(0u32);
+        let poll = || {
+            let k = polls.get().wrapping_add(1);
+            polls.set(k);
+            if fast && k % FULL_SCAN_EVERY != 0 {
+                let mut c = cursor.get();
+                let r = pool.take_next(&mut c);
+                cursor.set(c);
+                r
+            } else {
+                take()
+            }
+        };
         let r = wait_loop(
             *strategy,
             wait,
             &pool.core.free_seq.0,
             &pool.core.pub_sleepers.0,
-            take,
+            poll,
             || {
                 reap_dead(pool, fd, sh.l.max_subs as usize);
                 // Orphaned or damaged slots come back here at the latest.
