@@ -420,11 +420,13 @@ fn hostile_ring_indices() {
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             let v = rng.next() >> rng.below(64);
-            let off = match rng.below(4) {
+            let off = match rng.below(6) {
                 0 => 0,                                 // tail
                 1 => 128,                               // head
                 2 => 4096 + rng.below(16) * stride,     // a slot's stamp
-                _ => 4096 + rng.below(16) * stride + 8, // a slot's length
+                3 => 4096 + rng.below(16) * stride + 8, // a slot's length
+                4 => 1024,                              // data_armed
+                _ => 1152,                              // space_armed
             };
             seg.write_at(off, &v.to_le_bytes()).unwrap();
             std::thread::yield_now();
