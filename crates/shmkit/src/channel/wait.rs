@@ -24,6 +24,43 @@
 //! Sleeps are cut in slices of [`SLICE`]: after each slice the waiter
 //! re-checks the peer's liveness, so the death of a process that would
 //! have woken us is noticed within a slice, not never.
+//!
+//! # Arming (rings): no fence while nobody has ever slept
+//!
+//! The `SeqCst` fence of `notify` costs the notifier a store-buffer drain
+//! per message (it halved the spinning ring's 8-byte stream rate). A ring
+//! direction therefore has a third word, `armed`, and uses
+//! [`notify_armed`] / [`wait_loop_armed`]:
+//!
+//! | `armed` | meaning |
+//! |---|---|
+//! | [`UNARMED`] | no waiter has ever got ready to sleep: notifiers store their index and nothing else (no fence, no `sleepers` load) |
+//! | [`ARMED`] | a waiter is ready to sleep, no notifier has acknowledged it yet |
+//! | [`ACKED`] (or any other value) | a notifier saw the waiter: every notify from now on runs the full sleeper protocol above |
+//!
+//! - A waiter arms (`UNARMED` → `ARMED`) before its first sleep, and
+//!   before a [`Wait::No`] operation reports empty/full (the async
+//!   endpoints sleep through the reactor after it).
+//! - A notifier loads `armed` (`Relaxed`) after its index store. When it is
+//!   not `UNARMED`, it runs `notify` (fence, `sleepers`), then, unless it
+//!   read `ACKED`, stores `ACKED` with `Release`.
+//! - A notifier that loaded `UNARMED` may have raced with the arming (the
+//!   store-buffering pattern again, now without fences) and skipped a
+//!   sleeper. So a waiter trusts the sleeper protocol only after it loads
+//!   `ACKED` (`Acquire`): that load makes every index store the notifier
+//!   made before acknowledging visible to the waiter's re-check, and every
+//!   notify after the acknowledgement runs the full protocol (the word is
+//!   never lowered, and a notifier's later loads see at least what it
+//!   stored). Until then the waiter sleeps in short slices ([`ARM_SLICE`],
+//!   doubling per sleep up to [`SLICE`]): the one wake-up the race can
+//!   lose costs at most such a slice, once per ring (the word is sticky).
+//! - Hostile values: anything but `UNARMED` makes notifiers run the full
+//!   protocol; a waiter trusts only `ACKED`. A process that lowers the
+//!   word can only delay a sleeper to the end of its slice, never hang it.
+//!
+//! So an endpoint pair that never sleeps (both [`WaitStrategy::BusyPoll`],
+//! blocking calls only) never pays a fence per message; one that ever
+//! sleeps pays what it paid before, forever after.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +69,17 @@ use crate::sys::futex;
 
 /// Longest a waiter sleeps before it re-checks the peer's liveness.
 pub const SLICE: Duration = Duration::from_millis(20);
+
+/// `armed`: no waiter of this direction has ever got ready to sleep.
+pub(crate) const UNARMED: u32 = 0;
+/// `armed`: a waiter is ready to sleep, not yet acknowledged.
+pub(crate) const ARMED: u32 = 1;
+/// `armed`: a notifier acknowledged; every notify runs the full protocol.
+pub(crate) const ACKED: u32 = 2;
+
+/// First sleep of a waiter whose arming is not yet acknowledged; each
+/// further unacknowledged sleep doubles it, up to [`SLICE`].
+pub(crate) const ARM_SLICE: Duration = Duration::from_micros(100);
 
 /// How an endpoint waits when it cannot make progress (empty on receive,
 /// full on send). Chosen per endpoint; the other side need not agree.
@@ -102,6 +150,59 @@ pub(crate) fn notify(word: &AtomicU32, sleepers: &AtomicU32) {
     }
 }
 
+/// [`notify`] for a direction with an `armed` word (see "Arming"): only
+/// a `Relaxed` load while nobody has ever got ready to sleep.
+///
+/// Call after the `Release` store that made progress visible.
+#[inline]
+pub(crate) fn notify_armed(word: &AtomicU32, sleepers: &AtomicU32, armed: &AtomicU32) {
+    // Relaxed: a stale `UNARMED` here is the race the acknowledgement
+    // covers (a waiter that has not loaded `ACKED` sleeps only briefly).
+    let a = armed.load(Ordering::Relaxed);
+    if a != UNARMED {
+        notify_acked(word, sleepers, armed, a);
+    }
+}
+
+/// The armed notify: the full sleeper protocol, then the acknowledgement.
+#[cold]
+#[inline(never)]
+fn notify_acked(word: &AtomicU32, sleepers: &AtomicU32, armed: &AtomicU32, seen: u32) {
+    notify(word, sleepers);
+    if seen != ACKED {
+        // Release: pairs with the waiter's Acquire load of `ACKED` in
+        // `arm`: our index stores before this one are visible to its
+        // re-check (the SeqCst fence in `notify` just before would do as
+        // well; Release says it here). Our later notifies load a
+        // non-`UNARMED` value (coherence: nobody honest lowers the word)
+        // and so run the full protocol above.
+        armed.store(ACKED, Ordering::Release);
+    }
+}
+
+/// Before a sleep (or an empty/full [`Wait::No`] answer) on an armed
+/// direction: arms it if needed and returns how long this waiter may
+/// sleep: [`SLICE`] once acknowledged, else `ARM_SLICE << unacked`
+/// (capped), counting `unacked` up.
+pub(crate) fn arm(armed: &AtomicU32, unacked: &mut u32) -> Duration {
+    // Acquire: pairs with the Release store of `ACKED` in `notify_acked`
+    // (see there); our re-check after this load sees every index store
+    // made before the acknowledgement.
+    let a = armed.load(Ordering::Acquire);
+    if a == ACKED {
+        return SLICE;
+    }
+    if a == UNARMED {
+        // Relaxed: this store publishes nothing; it only asks notifiers
+        // to run the full protocol, which we trust only once acknowledged.
+        // A failed exchange means someone else moved the word on: fine.
+        let _ = armed.compare_exchange(UNARMED, ARMED, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let slice = ARM_SLICE.saturating_mul(1 << (*unacked).min(10));
+    *unacked = unacked.saturating_add(1);
+    slice.min(SLICE)
+}
+
 #[cold]
 #[inline(never)]
 pub(crate) fn wake(word: &AtomicU32) {
@@ -140,6 +241,44 @@ pub(crate) fn wait_loop_marked<R>(
     word: &AtomicU32,
     sleepers: &AtomicU32,
     mine: Option<&AtomicU32>,
+    poll: impl FnMut() -> Option<R>,
+    check: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    wait_loop_inner(strategy, wait, word, sleepers, mine, None, poll, check)
+}
+
+/// [`wait_loop`] for a direction whose notifiers use [`notify_armed`]:
+/// arms `armed` before sleeping, and sleeps in short slices until a
+/// notifier acknowledged (see "Arming").
+pub(crate) fn wait_loop_armed<R>(
+    strategy: WaitStrategy,
+    wait: Wait,
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    armed: &AtomicU32,
+    poll: impl FnMut() -> Option<R>,
+    check: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    wait_loop_inner(
+        strategy,
+        wait,
+        word,
+        sleepers,
+        None,
+        Some(armed),
+        poll,
+        check,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn wait_loop_inner<R>(
+    strategy: WaitStrategy,
+    wait: Wait,
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    mine: Option<&AtomicU32>,
+    armed: Option<&AtomicU32>,
     mut poll: impl FnMut() -> Option<R>,
     mut check: impl FnMut() -> Option<R>,
 ) -> Option<R> {
@@ -148,7 +287,12 @@ pub(crate) fn wait_loop_marked<R>(
     }
     let deadline = wait.deadline();
     let expired = |now: Instant| deadline.is_some_and(|d| now >= d);
+    let mut unacked = 0;
     if wait == Wait::No {
+        // The async endpoints sleep through the reactor after this answer.
+        if let Some(a) = armed {
+            arm(a, &mut unacked);
+        }
         return check();
     }
     let spins = match strategy {
@@ -185,7 +329,8 @@ pub(crate) fn wait_loop_marked<R>(
         if expired(t) {
             return poll();
         }
-        let slice_end = t + SLICE;
+        let slice = armed.map_or(SLICE, |a| arm(a, &mut unacked));
+        let slice_end = t + slice;
         let until = deadline.map_or(slice_end, |d| d.min(slice_end));
         let outcome = match sleep_once_marked(word, sleepers, mine, &mut poll, Some(until)) {
             Ok(r) => return Some(r),

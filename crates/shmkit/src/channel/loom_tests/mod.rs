@@ -18,7 +18,9 @@ use loom::sync::Arc;
 use loom::thread;
 
 use super::ring::{ConsCursor, ProdCursor, RingCore, Stuck};
-use super::wait::{notify, sleep_once, wait_loop, wake, Wait, WaitStrategy};
+use super::wait::{
+    arm, notify, notify_armed, sleep_once, wait_loop_armed, wake, Wait, WaitStrategy, SLICE,
+};
 use crate::primitive::{now, spin_hint, AtomicU64, Ordering};
 
 mod pubsub;
@@ -113,6 +115,56 @@ fn ring_sleeper_is_never_lost() {
     });
 }
 
+/// Arming ("Arming" in `wait.rs`): the producer sends two messages with
+/// `notify_armed` (no fence while `UNARMED`); the consumer, before each
+/// sleep, arms and sleeps without any bound once `arm` reports the
+/// acknowledgement (`SLICE`), in a bounded sleep before. Loom checks that
+/// the unbounded sleep is never lost (no deadlock) and both messages
+/// arrive: the acknowledgement closes the race between arming and a
+/// notifier that loaded `UNARMED`. (A waiter that trusts `ARMED` makes
+/// loom find the lost wake-up, a deadlock: checked. CI bound 5: ~6 s;
+/// exhaustive takes minutes.)
+#[test]
+fn ring_armed_sleeper_is_never_lost() {
+    loom::model(|| {
+        let r = Arc::new(Ring::new());
+        let p = r.clone();
+        let producer = thread::spawn(move || {
+            let mut cur = ProdCursor {
+                tail: 0,
+                head_cache: 0,
+            };
+            ring_send(&p, &mut cur, 1);
+            ring_send(&p, &mut cur, 2);
+        });
+        let mut cur = ConsCursor { head: 0 };
+        let mut unacked = 0;
+        for v in 1..=2u64 {
+            let pos = loop {
+                let stamp = &r.stamps[(cur.head & 1) as usize];
+                if let Ok(pos) = cur.try_peek(2, stamp) {
+                    break pos;
+                }
+                let slice = arm(&r.core.data_armed.0, &mut unacked);
+                let until = (slice != SLICE).then(|| now() + slice);
+                let mut poll = || cur.try_peek(2, stamp).ok();
+                if let Ok(pos) = sleep_once(
+                    &r.core.data_seq.0,
+                    &r.core.cons_sleepers.0,
+                    &mut poll,
+                    until,
+                ) {
+                    break pos;
+                }
+            };
+            assert_eq!(r.slots[(pos & 1) as usize].with(|s| unsafe { *s }), v);
+            cur.release(&r.core);
+        }
+        producer.join().unwrap();
+        assert_eq!(r.core.cons_sleepers.0.load(Ordering::Relaxed), 0);
+    });
+}
+
 /// Pushes `v` through the ring with `cur` (spinning while full).
 fn ring_send(r: &Ring, cur: &mut ProdCursor, v: u64) {
     let pos = loop {
@@ -124,7 +176,11 @@ fn ring_send(r: &Ring, cur: &mut ProdCursor, v: u64) {
     };
     r.slots[(pos & 1) as usize].with_mut(|s| unsafe { *s = v });
     cur.commit(&r.core, &r.stamps[(pos & 1) as usize]);
-    notify(&r.core.data_seq.0, &r.core.cons_sleepers.0);
+    notify_armed(
+        &r.core.data_seq.0,
+        &r.core.cons_sleepers.0,
+        &r.core.data_armed.0,
+    );
 }
 
 /// Receives one value with `cur` (spinning while empty); `release`:
@@ -234,11 +290,12 @@ fn wait_loop_forever_gets_the_message() {
             ring_send(&p, &mut cur, 7);
         });
         let mut cur = ConsCursor { head: 0 };
-        let got = wait_loop(
+        let got = wait_loop_armed(
             WaitStrategy::SpinThenSleep { spins: 1 },
             Wait::Forever,
             &r.core.data_seq.0,
             &r.core.cons_sleepers.0,
+            &r.core.data_armed.0,
             || cur.try_peek(2, &r.stamps[0]).ok(),
             || None,
         );
@@ -269,11 +326,12 @@ fn wait_loop_deadline_and_slices() {
         let mut cur = ConsCursor { head: 0 };
         let checks = std::cell::Cell::new(0u32);
         let deadline = now() + super::wait::SLICE * 3;
-        let got = wait_loop(
+        let got = wait_loop_armed(
             WaitStrategy::Sleep,
             Wait::Until(deadline),
             &r.core.data_seq.0,
             &r.core.cons_sleepers.0,
+            &r.core.data_armed.0,
             || cur.try_peek(2, &r.stamps[0]).ok(),
             || {
                 checks.set(checks.get() + 1);
@@ -306,11 +364,12 @@ fn ring_close_wakes_waiting_consumer() {
             wake(&p.core.data_seq.0);
         });
         let mut cur = ConsCursor { head: 0 };
-        let got = wait_loop(
+        let got = wait_loop_armed(
             WaitStrategy::Sleep,
             Wait::Forever,
             &r.core.data_seq.0,
             &r.core.cons_sleepers.0,
+            &r.core.data_armed.0,
             || cur.try_peek(2, &r.stamps[0]).ok().map(Ok),
             || (r.core.prod_state.0.load(Ordering::SeqCst) == CLOSED).then_some(Err(())),
         );
@@ -339,11 +398,12 @@ fn ring_close_wakes_waiting_producer() {
             c.core.cons_state.0.store(CLOSED, Ordering::SeqCst);
             wake(&c.core.space_seq.0);
         });
-        let got = wait_loop(
+        let got = wait_loop_armed(
             WaitStrategy::Sleep,
             Wait::Forever,
             &r.core.space_seq.0,
             &r.core.prod_sleepers.0,
+            &r.core.space_armed.0,
             || cur.try_reserve(&r.core, 2).ok().map(Ok),
             || (r.core.cons_state.0.load(Ordering::SeqCst) == CLOSED).then_some(Err(())),
         );

@@ -84,7 +84,7 @@ impl Sender {
         }
         let core = self.sh.core();
         self.cur.store_tail(core);
-        notify(&core.data_seq.0, &core.cons_sleepers.0);
+        notify_armed(&core.data_seq.0, &core.cons_sleepers.0, &core.data_armed.0);
         Ok(sent)
     }
 }
@@ -111,7 +111,10 @@ impl Receiver {
         let mut pos = match self.cur.try_peek(cap, self.sh.stamp_of(self.cur.head)) {
             Ok(pos) => pos,
             Err(Stuck::Corrupt(m)) => return Err(RecvError::Corrupt(m)),
-            Err(Stuck::Blocked) => self.wait_message(wait)?,
+            Err(Stuck::Blocked) => {
+                self.wait_message(wait)?;
+                self.cur.head
+            }
         };
         let mut got = 0;
         let result = loop {
@@ -149,7 +152,11 @@ impl Receiver {
         if got > 0 {
             let core = self.sh.core();
             self.cur.store_head(core);
-            notify(&core.space_seq.0, &core.prod_sleepers.0);
+            notify_armed(
+                &core.space_seq.0,
+                &core.prod_sleepers.0,
+                &core.space_armed.0,
+            );
         }
         match result {
             // Corruption after good messages: deliver those, report the

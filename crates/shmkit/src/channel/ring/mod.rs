@@ -61,7 +61,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::error::{OpenError, RecvError, SendError};
 use super::peer::{self, PeerState};
-use super::wait::{notify, wait_loop, wake, Wait, WaitStrategy};
+use super::wait::{notify_armed, wait_loop_armed, wake, Wait, WaitStrategy};
 use super::CachePadded;
 use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 use crate::segment::{self, Fingerprint, Kind, Lifetime, Segment};
@@ -96,7 +96,8 @@ pub const MAX_MESSAGE: u64 = 1 << 31;
 const DATA_OFF: u64 = 4096;
 /// Layout version stored in params[3]; bump when the layout changes.
 /// v2: slot stride is a multiple of [`CACHE_LINE`] (v1: of the prefix).
-const LAYOUT_TAG: u64 = 0x5249_4e47_0002; // "RING" v2
+/// v3: the `armed` words (a v2 notifier would never acknowledge).
+const LAYOUT_TAG: u64 = 0x5249_4e47_0003; // "RING" v3
 /// Slot strides are multiples of this.
 const CACHE_LINE: u64 = 64;
 
@@ -127,6 +128,13 @@ pub(crate) struct RingCore {
     pub(crate) prod_state: CachePadded<AtomicU32>,
     /// Consumer role state.
     pub(crate) cons_state: CachePadded<AtomicU32>,
+    /// Whether producers must run the sleeper protocol on `data_seq`
+    /// ([`UNARMED`](super::wait::UNARMED), `ARMED`, `ACKED`; see
+    /// "Arming" in [`super::wait`]). Raised by the consumer, acknowledged
+    /// by the producer, never lowered; read by every `send`.
+    pub(crate) data_armed: CachePadded<AtomicU32>,
+    /// The same for consumers and `space_seq` (raised by the producer).
+    pub(crate) space_armed: CachePadded<AtomicU32>,
 }
 
 impl RingCore {
@@ -142,6 +150,8 @@ impl RingCore {
             prod_sleepers: CachePadded(AtomicU32::new(0)),
             prod_state: CachePadded(AtomicU32::new(0)),
             cons_state: CachePadded(AtomicU32::new(0)),
+            data_armed: CachePadded(AtomicU32::new(0)),
+            space_armed: CachePadded(AtomicU32::new(0)),
         }
     }
 }
@@ -197,8 +207,10 @@ impl ProdCursor {
     /// is that slot's stamp word.
     #[inline]
     pub(crate) fn commit(&mut self, core: &RingCore, stamp: &AtomicU64) {
-        self.stamp(stamp);
-        self.store_tail(core);
+        let t = self.stamp(stamp);
+        // Release: as in `store_tail` (`t` is `self.tail`, passed on so
+        // that it is not read back after the stamp store).
+        core.tail.0.store(t, Ordering::Release);
     }
 
     /// Publishes the reserved slot to the consumer (which polls stamps)
@@ -207,12 +219,14 @@ impl ProdCursor {
     /// published messages past `tail`; `resume` on either side scans the
     /// stamps past `tail` to find them.
     #[inline]
-    pub(crate) fn stamp(&mut self, stamp: &AtomicU64) {
-        self.tail += 1;
+    pub(crate) fn stamp(&mut self, stamp: &AtomicU64) -> u64 {
+        let t = self.tail + 1;
+        self.tail = t;
         // Release: the slot's payload and length, written before, are
         // visible to a consumer that loads this stamp with Acquire (in
         // `ConsCursor::try_peek`).
-        stamp.store(self.tail, Ordering::Release);
+        stamp.store(t, Ordering::Release);
+        t
     }
 
     /// Stores the shared `tail` after one or more [`Self::stamp`]s.
@@ -323,9 +337,10 @@ impl ConsCursor {
         if s == want {
             return Ok(self.head);
         }
-        // Not yet: the slot still holds the previous lap's message (or
-        // none yet). Any other value is impossible.
-        if s == want.saturating_sub(cap) || (s == 0 && self.head < cap) {
+        // Not yet: the slot still holds the previous lap's message, or
+        // none yet (stamp 0, while `head < cap`, which is when `want -
+        // cap` saturates to 0). Any other value is impossible.
+        if s == want.saturating_sub(cap) {
             return Err(Stuck::Blocked);
         }
         Err(Self::corrupt(s, want, cap))
@@ -342,8 +357,10 @@ impl ConsCursor {
     /// Frees the slot just read.
     #[inline]
     pub(crate) fn release(&mut self, core: &RingCore) {
-        self.head += 1;
-        self.store_head(core);
+        let h = self.head + 1;
+        self.head = h;
+        // Release: as in `store_head`.
+        core.head.0.store(h, Ordering::Release);
     }
 
     /// Moves past the slot just read without freeing it yet: a batch frees

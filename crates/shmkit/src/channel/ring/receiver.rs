@@ -134,20 +134,18 @@ impl Receiver {
     /// the segment could change the bytes under it (never the bounds).
     #[inline]
     pub fn recv_with<R>(&mut self, wait: Wait, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
-        let mut slot = self.sh.slot(self.cur.head);
+        // The message to read is always the one at `head`, waited for or
+        // not: its slot is computed once.
+        let slot = self.sh.slot(self.cur.head);
         match self
             .cur
             .try_peek(self.sh.layout.cap, self.sh.stamp_word(slot))
         {
             Ok(_) => {}
             Err(Stuck::Corrupt(m)) => return Err(RecvError::Corrupt(m)),
-            Err(Stuck::Blocked) => {
-                let pos = self.wait_message(wait)?;
-                slot = self.sh.slot(pos);
-            }
+            Err(Stuck::Blocked) => self.wait_message(wait)?,
         };
-        let core = self.sh.core();
-        // Relaxed: ordered after the Acquire load of `tail` that showed
+        // Relaxed: ordered after the Acquire load of the stamp that showed
         // this message (in `try_peek`).
         let len = u64::from(self.sh.len_word(slot).load(Ordering::Relaxed));
         if len > self.sh.layout.max {
@@ -159,20 +157,27 @@ impl Receiver {
         // SAFETY:
         // - `slot + prefix + len <= slot + stride` (len checked against
         //   max, stride >= prefix + max): in bounds of the mapping;
-        // - the producer wrote these bytes before its Release of `tail`,
-        //   which we loaded with Acquire, and will not touch the slot until
-        //   our Release of `head` below (after `f` returns).
+        // - the producer wrote these bytes before its Release store of the
+        //   stamp, which we loaded with Acquire, and will not touch the
+        //   slot until our Release of `head` below (after `f` returns).
         let bytes = unsafe {
             std::slice::from_raw_parts(slot.add(self.sh.layout.prefix as usize), len as usize)
         };
         let r = f(bytes);
+        let core = self.sh.core();
         self.cur.release(core);
-        notify(&core.space_seq.0, &core.prod_sleepers.0);
+        notify_armed(
+            &core.space_seq.0,
+            &core.prod_sleepers.0,
+            &core.space_armed.0,
+        );
         Ok(r)
     }
 
+    /// Waits (under `wait`) until the message at `head` is published;
+    /// `Ok` means it is, and its stamp was loaded with Acquire.
     #[cold]
-    pub(super) fn wait_message(&mut self, wait: Wait) -> Result<u64, RecvError> {
+    pub(super) fn wait_message(&mut self, wait: Wait) -> Result<(), RecvError> {
         let Receiver {
             sh,
             cur,
@@ -191,13 +196,16 @@ impl Receiver {
         } else {
             peer::Stale::NONE
         };
-        let r = wait_loop(
+        // `head` does not move while we wait: one stamp word to poll.
+        let stamp = sh.stamp_of(cur.head);
+        let r = wait_loop_armed(
             *strategy,
             wait,
             &core.data_seq.0,
             &core.cons_sleepers.0,
-            || match cur.try_peek(cap, sh.stamp_of(cur.head)) {
-                Ok(pos) => Some(Ok(pos)),
+            &core.data_armed.0,
+            || match cur.try_peek(cap, stamp) {
+                Ok(_) => Some(Ok(())),
                 Err(Stuck::Blocked) => None,
                 Err(Stuck::Corrupt(m)) => Some(Err(RecvError::Corrupt(m))),
             },
@@ -208,13 +216,13 @@ impl Receiver {
             },
         );
         match r {
-            Some(Ok(pos)) => Ok(pos),
+            Some(Ok(())) => Ok(()),
             // The producer closed or died: deliver what it committed
-            // before (its last `tail` store happened before the close or
+            // before (its last stamp store happened before the close or
             // death we just observed).
             Some(Err(e @ (RecvError::Disconnected | RecvError::SenderDied))) => {
-                match cur.try_peek(cap, sh.stamp_of(cur.head)) {
-                    Ok(pos) => Ok(pos),
+                match cur.try_peek(cap, stamp) {
+                    Ok(_) => Ok(()),
                     Err(Stuck::Corrupt(m)) => Err(RecvError::Corrupt(m)),
                     Err(Stuck::Blocked) => Err(e),
                 }

@@ -162,7 +162,7 @@ impl Sender {
         // Relaxed: published by the Release store of `tail` in `commit`.
         self.sh.len_word(slot).store(len as u32, Ordering::Relaxed);
         self.cur.commit(core, self.sh.stamp_word(slot));
-        notify(&core.data_seq.0, &core.cons_sleepers.0);
+        notify_armed(&core.data_seq.0, &core.cons_sleepers.0, &core.data_armed.0);
         Ok(())
     }
 
@@ -178,11 +178,12 @@ impl Sender {
         let core = sh.core();
         let cap = sh.layout.cap;
         let fd = sh.seg.fd();
-        let r = wait_loop(
+        let r = wait_loop_armed(
             *strategy,
             wait,
             &core.space_seq.0,
             &core.prod_sleepers.0,
+            &core.space_armed.0,
             || match cur.try_reserve(core, cap) {
                 Ok(pos) => Some(Ok(pos)),
                 Err(Stuck::Blocked) => None,

@@ -146,3 +146,65 @@ fn try_ops_do_not_query_liveness_every_time() {
     drop(rx);
     assert_eq!(tx.try_send(b"y"), Err(SendError::Disconnected));
 }
+
+/// Arming ("Arming" in `wait.rs`): endpoints that only spin leave both
+/// directions `UNARMED` (no fence per message); a consumer that sleeps
+/// arms its direction, the producer's next notify acknowledges it, and a
+/// try-receive on an empty ring (the async endpoints' way in) arms too.
+#[test]
+fn only_a_sleeping_waiter_arms_its_direction() {
+    use crate::channel::wait::{ACKED, UNARMED};
+    let name = format!("t-ring-armed-{}", std::process::id());
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = crate::segment::remove(&self.0);
+        }
+    }
+    let _rm = Rm(name.clone());
+    let mut rx = Receiver::create(&name, &RingOptions::new(2, 8)).unwrap();
+    let mut tx = Sender::open(&name).unwrap();
+    rx.set_wait_strategy(WaitStrategy::BusyPoll);
+    tx.set_wait_strategy(WaitStrategy::BusyPoll);
+    let armed = |rx: &Receiver| {
+        let core = rx.sh.core();
+        (
+            core.data_armed.0.load(Ordering::Relaxed),
+            core.space_armed.0.load(Ordering::Relaxed),
+        )
+    };
+    // Spinning both ways, full and empty in turn: nobody arms.
+    let t = std::thread::spawn(move || {
+        for i in 0..1000u32 {
+            tx.send(&i.to_le_bytes()).unwrap();
+        }
+        tx
+    });
+    for i in 0..1000u32 {
+        assert_eq!(rx.recv().unwrap(), i.to_le_bytes());
+    }
+    let mut tx = t.join().unwrap();
+    assert_eq!(armed(&rx), (UNARMED, UNARMED));
+    // A consumer that sleeps arms `data`; the next send acknowledges.
+    rx.set_wait_strategy(WaitStrategy::Sleep);
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        tx.send(b"late").unwrap();
+        tx
+    });
+    assert_eq!(rx.recv().unwrap(), b"late");
+    let tx = t.join().unwrap();
+    assert_eq!(armed(&rx), (ACKED, UNARMED));
+    drop(tx);
+    // A try-receive that finds the ring empty arms as well (the second
+    // direction here: a producer's try-send on a full ring).
+    let name2 = format!("t-ring-armed2-{}", std::process::id());
+    let _rm2 = Rm(name2.clone());
+    let mut rx2 = Receiver::create(&name2, &RingOptions::new(1, 8)).unwrap();
+    let mut tx2 = Sender::open(&name2).unwrap();
+    tx2.try_send(b"a").unwrap();
+    assert_eq!(tx2.try_send(b"b"), Err(crate::channel::SendError::Full));
+    assert_ne!(armed(&rx2).1, UNARMED);
+    assert_eq!(rx2.try_recv().unwrap(), b"a");
+    assert_eq!(armed(&rx2).1, ACKED);
+}
