@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use super::*;
 use crate::aio::park::{spins_for, Check, Park, Target};
-use crate::channel::wait::SLICE;
+use crate::channel::wait::{arm, SLICE};
 
 impl Shared {
     /// The control block, with a lifetime not tied to `&self`, so that a
@@ -30,24 +30,24 @@ impl Shared {
     }
 }
 
-fn recv_target(core: &RingCore, strategy: WaitStrategy) -> Target<'_> {
+fn recv_target(core: &RingCore, strategy: WaitStrategy, slice: Duration) -> Target<'_> {
     Target {
         word: &core.data_seq.0,
         sleepers: Some(&core.cons_sleepers.0),
         mine: None,
-        slice: Some(SLICE),
+        slice: Some(slice),
         // In the segment's mapping: the registration may linger.
         linger: true,
         spins: spins_for(strategy),
     }
 }
 
-fn send_target(core: &RingCore, strategy: WaitStrategy) -> Target<'_> {
+fn send_target(core: &RingCore, strategy: WaitStrategy, slice: Duration) -> Target<'_> {
     Target {
         word: &core.space_seq.0,
         sleepers: Some(&core.prod_sleepers.0),
         mine: None,
-        slice: Some(SLICE),
+        slice: Some(slice),
         // In the segment's mapping: the registration may linger.
         linger: true,
         spins: spins_for(strategy),
@@ -145,7 +145,11 @@ impl<R, F: FnOnce(&[u8]) -> R + Unpin> Future for RecvWithFuture<'_, F> {
         if f.is_none() {
             panic!("RecvWithFuture polled after completion");
         }
-        let target = recv_target(core, rx.strategy);
+        // Arms this direction before we may sleep; until a producer has
+        // acknowledged it, sleep in short slices (see `wait::arm`): the
+        // one wake-up the arming race can lose costs such a slice.
+        let slice = arm(&core.data_armed.0, &mut rx.unacked);
+        let target = recv_target(core, rx.strategy, slice);
         this.park.poll(cx, target, |how| rx.poll_recv(how, f))
     }
 }
@@ -153,7 +157,7 @@ impl<R, F: FnOnce(&[u8]) -> R + Unpin> Future for RecvWithFuture<'_, F> {
 impl<F> Drop for RecvWithFuture<'_, F> {
     fn drop(&mut self) {
         self.park
-            .done(recv_target(self.rx.sh.core(), self.rx.strategy));
+            .done(recv_target(self.rx.sh.core(), self.rx.strategy, SLICE));
     }
 }
 
@@ -177,7 +181,11 @@ impl futures_core::Stream for RecvStream<'_> {
         // SAFETY: used only within this call, while `this.rx` is borrowed.
         let core = unsafe { this.rx.sh.core_detached() };
         let rx = &mut *this.rx;
-        let target = recv_target(core, rx.strategy);
+        // Arms this direction before we may sleep; until a producer has
+        // acknowledged it, sleep in short slices (see `wait::arm`): the
+        // one wake-up the arming race can lose costs such a slice.
+        let slice = arm(&core.data_armed.0, &mut rx.unacked);
+        let target = recv_target(core, rx.strategy, slice);
         let r = std::task::ready!(this.park.poll(cx, target, |how| {
             rx.poll_recv(how, &mut Some(<[u8]>::to_vec))
         }));
@@ -204,7 +212,7 @@ impl futures_core::FusedStream for RecvStream<'_> {
 impl Drop for RecvStream<'_> {
     fn drop(&mut self) {
         self.park
-            .done(recv_target(self.rx.sh.core(), self.rx.strategy));
+            .done(recv_target(self.rx.sh.core(), self.rx.strategy, SLICE));
     }
 }
 
@@ -292,7 +300,9 @@ impl Future for SendFuture<'_> {
         // SAFETY: used only within this call, while `this.tx` is borrowed.
         let core = unsafe { this.tx.sh.core_detached() };
         let (tx, msg) = (&mut *this.tx, this.msg);
-        let target = send_target(core, tx.strategy);
+        // As in the receive futures: arm, short slices until acknowledged.
+        let slice = arm(&core.space_armed.0, &mut tx.unacked);
+        let target = send_target(core, tx.strategy, slice);
         this.park.poll(cx, target, |how| {
             if how == Check::Spin && tx.len() >= tx.capacity() {
                 return None;
@@ -308,7 +318,7 @@ impl Future for SendFuture<'_> {
 impl Drop for SendFuture<'_> {
     fn drop(&mut self) {
         self.park
-            .done(send_target(self.tx.sh.core(), self.tx.strategy));
+            .done(send_target(self.tx.sh.core(), self.tx.strategy, SLICE));
     }
 }
 
@@ -325,7 +335,9 @@ impl SendSink<'_> {
         // SAFETY: used only within this call, while `self.tx` is borrowed.
         let core = unsafe { self.tx.sh.core_detached() };
         let tx = &mut *self.tx;
-        let target = send_target(core, tx.strategy);
+        // As in the receive futures: arm, short slices until acknowledged.
+        let slice = arm(&core.space_armed.0, &mut tx.unacked);
+        let target = send_target(core, tx.strategy, slice);
         self.park.poll(cx, target, |how| tx.poll_room(how))
     }
 }
@@ -355,6 +367,73 @@ impl<B: AsRef<[u8]>> futures_sink::Sink<B> for SendSink<'_> {
 impl Drop for SendSink<'_> {
     fn drop(&mut self) {
         self.park
-            .done(send_target(self.tx.sh.core(), self.tx.strategy));
+            .done(send_target(self.tx.sh.core(), self.tx.strategy, SLICE));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::channel::wait::UNARMED;
+
+    /// Removes the ring's name, also when the test fails.
+    struct Cleanup(String);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = crate::segment::remove(&self.0);
+        }
+    }
+
+    /// A producer that never acknowledges the arming (its view of the
+    /// word stays "unarmed", as in the race the acknowledgement covers)
+    /// sends no wake-up: an awaiting receiver must still get the message
+    /// after a short slice, not after a whole 20 ms liveness slice.
+    #[test]
+    fn an_unacknowledged_async_receiver_sleeps_in_short_slices() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut best = Duration::MAX;
+        for trial in 0..5 {
+            let name = format!("t-aio-arm-{}-{trial}", std::process::id());
+            let _cleanup = Cleanup(name.clone());
+            let mut rx = Receiver::create(&name, &RingOptions::new(4, 64)).unwrap();
+            let mut tx = Sender::open(&name).unwrap();
+            rx.set_wait_strategy(WaitStrategy::Sleep);
+            // SAFETY: `rx` (and so the mapping) outlives every use below.
+            let core = unsafe { rx.sh.core_detached() };
+            let took = std::thread::scope(|s| {
+                let producer = s.spawn(move || {
+                    // Once the future below is parked (it armed at its
+                    // first poll), make the producer blind to the arming.
+                    std::thread::sleep(Duration::from_millis(1));
+                    // Relaxed: a test of a lost wake-up, no data published.
+                    core.data_armed.0.store(UNARMED, Ordering::Relaxed);
+                    let t = Instant::now();
+                    tx.send(b"m").unwrap();
+                    // Kept alive: its drop (a close) would wake the receiver.
+                    (t, tx)
+                });
+                let m = rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(5), rx.recv_async())
+                        .await
+                        .expect("the message arrives within a slice")
+                        .unwrap()
+                });
+                let got = Instant::now();
+                assert_eq!(m, b"m");
+                let (sent, _tx) = producer.join().unwrap();
+                got.saturating_duration_since(sent)
+            });
+            best = best.min(took);
+        }
+        // Unacknowledged slices start at 100 µs and double (the message
+        // comes after about 1 ms: within ~1 ms more); a 20 ms slice, what
+        // an acknowledged waiter uses, would make each trial take ~19 ms.
+        assert!(best < Duration::from_millis(8), "best of 5: {best:?}");
     }
 }

@@ -9,6 +9,11 @@ pub struct Receiver {
     pub(super) cur: ConsCursor,
     pub(super) strategy: WaitStrategy,
     pub(super) alive: peer::AliveCache,
+    /// Async sleeps taken while this direction's arming was not yet
+    /// acknowledged (see [`super::super::wait::arm`]): sets the futures'
+    /// short, doubling slice.
+    #[cfg_attr(not(all(feature = "async", not(loom))), allow(dead_code))]
+    pub(super) unacked: u32,
     /// A producer that had closed or died before we attached, and `head`
     /// then: while we have received nothing (`cur.head` unchanged) its end
     /// is not ours, we wait for the next producer. Once we received a
@@ -55,6 +60,7 @@ impl Receiver {
             sh,
             strategy: WaitStrategy::default(),
             alive: peer::AliveCache::default(),
+            unacked: 0,
             stale,
         })
     }
@@ -184,6 +190,7 @@ impl Receiver {
             strategy,
             alive,
             stale,
+            ..
         } = self;
         let core = sh.core();
         let cap = sh.layout.cap;

@@ -9,6 +9,11 @@ pub struct Sender {
     pub(super) cur: ProdCursor,
     pub(super) strategy: WaitStrategy,
     pub(super) alive: peer::AliveCache,
+    /// Async sleeps taken while this direction's arming was not yet
+    /// acknowledged (see [`super::super::wait::arm`]): sets the futures'
+    /// short, doubling slice.
+    #[cfg_attr(not(all(feature = "async", not(loom))), allow(dead_code))]
+    pub(super) unacked: u32,
     /// A consumer that had closed or died before we attached: not a
     /// reason to fail; we wait for the next one.
     pub(super) stale: peer::Stale,
@@ -51,6 +56,7 @@ impl Sender {
             sh,
             strategy: WaitStrategy::default(),
             alive: peer::AliveCache::default(),
+            unacked: 0,
             stale,
         })
     }
@@ -174,6 +180,7 @@ impl Sender {
             strategy,
             alive,
             stale,
+            ..
         } = self;
         let core = sh.core();
         let cap = sh.layout.cap;
