@@ -111,7 +111,7 @@ def test_python_sender_into_cli_recv(name, cli):
     with shmkit.Sender.create(name, capacity=8, max_message=1024) as tx:
         p = subprocess.Popen([cli, "recv", name], stdout=subprocess.PIPE)
         for i in range(100):
-            tx.send(b"line %d\n" % i)
+            tx.send(b"line %d\n" % i, timeout=30)
         tx.close()
         out, _ = p.communicate(timeout=30)
     assert p.returncode == 0
