@@ -319,10 +319,8 @@ fn writer_killed_at_random_points() {
     writer_kill_rounds("writer_killed_at_random_points", 10);
 }
 
-/// The longer documented run: `cargo test -p shmkit --test channel_ring
-/// -- --ignored writer_killed_100_times`.
+/// The longer run (100 kills, about 3 s): part of every test run.
 #[test]
-#[ignore = "long crash run (100 kills); run explicitly"]
 fn writer_killed_100_times() {
     writer_kill_rounds("writer_killed_100_times", 100);
 }

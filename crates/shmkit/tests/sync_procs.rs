@@ -256,9 +256,9 @@ fn mutex_holder_sigkilled_in_critical_section() {
     crash_test("mutex_holder_sigkilled_in_critical_section", 12);
 }
 
-/// `cargo test -p shmkit --release --test sync_procs -- --ignored --nocapture`
+/// 1000 SIGKILLs (about 5 s; `SYNC_CRASH_ROUNDS` sets another count):
+/// part of every test run.
 #[test]
-#[ignore = "long: 1000 SIGKILLs; run explicitly"]
 fn mutex_holder_sigkilled_many_times() {
     let rounds = std::env::var("SYNC_CRASH_ROUNDS")
         .ok()

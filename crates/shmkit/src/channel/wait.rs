@@ -38,9 +38,11 @@
 //! | [`ARMED`] | a waiter is ready to sleep, no notifier has acknowledged it yet |
 //! | [`ACKED`] (or any other value) | a notifier saw the waiter: every notify from now on runs the full sleeper protocol above |
 //!
-//! - A waiter arms (`UNARMED` → `ARMED`) before its first sleep, and
-//!   before a [`Wait::No`] operation reports empty/full (the async
-//!   endpoints sleep through the reactor after it).
+//! - A waiter arms (`UNARMED` → `ARMED`) before its first sleep; an async
+//!   ring future arms in each poll that may park (it then sleeps through
+//!   the reactor, in the slices [`arm`] returns). A [`Wait::No`] call
+//!   (`try_recv`, `try_send`) never sleeps and so never arms: a user
+//!   spinning on `try_recv` keeps the fence-free path.
 //! - A notifier loads `armed` (`Relaxed`) after its index store. When it is
 //!   not `UNARMED`, it runs `notify` (fence, `sleepers`), then, unless it
 //!   read `ACKED`, stores `ACKED` with `Release`.
@@ -180,7 +182,7 @@ fn notify_acked(word: &AtomicU32, sleepers: &AtomicU32, armed: &AtomicU32, seen:
     }
 }
 
-/// Before a sleep (or an empty/full [`Wait::No`] answer) on an armed
+/// Before a sleep (blocking, or an async future's poll) on an armed
 /// direction: arms it if needed and returns how long this waiter may
 /// sleep: [`SLICE`] once acknowledged, else `ARM_SLICE << unacked`
 /// (capped), counting `unacked` up.
@@ -289,10 +291,7 @@ fn wait_loop_inner<R>(
     let expired = |now: Instant| deadline.is_some_and(|d| now >= d);
     let mut unacked = 0;
     if wait == Wait::No {
-        // The async endpoints sleep through the reactor after this answer.
-        if let Some(a) = armed {
-            arm(a, &mut unacked);
-        }
+        // Never sleeps, so never arms (the async futures arm themselves).
         return check();
     }
     let spins = match strategy {

@@ -376,7 +376,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::channel::wait::UNARMED;
+    use crate::channel::wait::{ARMED, UNARMED};
 
     /// Removes the ring's name, also when the test fails.
     struct Cleanup(String);
@@ -411,6 +411,8 @@ mod tests {
                     // Once the future below is parked (it armed at its
                     // first poll), make the producer blind to the arming.
                     std::thread::sleep(Duration::from_millis(1));
+                    // Relaxed: a test. The pending future armed it.
+                    assert_eq!(core.data_armed.0.load(Ordering::Relaxed), ARMED);
                     // Relaxed: a test of a lost wake-up, no data published.
                     core.data_armed.0.store(UNARMED, Ordering::Relaxed);
                     let t = Instant::now();

@@ -149,8 +149,8 @@ fn try_ops_do_not_query_liveness_every_time() {
 
 /// Arming ("Arming" in `wait.rs`): endpoints that only spin leave both
 /// directions `UNARMED` (no fence per message); a consumer that sleeps
-/// arms its direction, the producer's next notify acknowledges it, and a
-/// try-receive on an empty ring (the async endpoints' way in) arms too.
+/// arms its direction and the producer's next notify acknowledges it; a
+/// try-send on a full ring (a user spinning with `try_`) does not arm.
 #[test]
 fn only_a_sleeping_waiter_arms_its_direction() {
     use crate::channel::wait::{ACKED, UNARMED};
@@ -196,15 +196,22 @@ fn only_a_sleeping_waiter_arms_its_direction() {
     let tx = t.join().unwrap();
     assert_eq!(armed(&rx), (ACKED, UNARMED));
     drop(tx);
-    // A try-receive that finds the ring empty arms as well (the second
-    // direction here: a producer's try-send on a full ring).
+    // A try-send that finds the ring full never sleeps, so it does not
+    // arm (the second direction here); a blocking send that sleeps does.
     let name2 = format!("t-ring-armed2-{}", std::process::id());
     let _rm2 = Rm(name2.clone());
     let mut rx2 = Receiver::create(&name2, &RingOptions::new(1, 8)).unwrap();
     let mut tx2 = Sender::open(&name2).unwrap();
     tx2.try_send(b"a").unwrap();
     assert_eq!(tx2.try_send(b"b"), Err(crate::channel::SendError::Full));
-    assert_ne!(armed(&rx2).1, UNARMED);
-    assert_eq!(rx2.try_recv().unwrap(), b"a");
+    assert_eq!(armed(&rx2).1, UNARMED);
+    tx2.set_wait_strategy(WaitStrategy::Sleep);
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(rx2.try_recv().unwrap(), b"a");
+        rx2
+    });
+    tx2.send(b"b").unwrap();
+    let rx2 = t.join().unwrap();
     assert_eq!(armed(&rx2).1, ACKED);
 }
