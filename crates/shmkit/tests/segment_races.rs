@@ -339,3 +339,44 @@ fn dropping_an_inherited_handle_in_a_forked_child_leaves_the_parent_attached() {
         assert!(!name.exists());
     }
 }
+
+/// The other way round: the parent detaches while a forked child still
+/// holds the inherited descriptor and mapping (as Python's fork-started
+/// workers do). The parent's last detach must not leave an exclusive lock
+/// on the shared open file description: a later open succeeds at once.
+#[test]
+fn a_detach_while_a_forked_child_lives_leaves_the_segment_openable() {
+    let name = Name::new("race-fork-live");
+    let seg = Segment::builder(&name).size(4096).create().unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: a plain pipe(2) into a 2-int array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the child only reads a pipe and calls `_exit`: it neither
+    // drops nor uses the inherited handle (nor runs Rust cleanup).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        let mut b = 0u8;
+        // SAFETY: reads one byte (or EOF) from the pipe's read end; the
+        // write end is closed so that the parent's close ends the wait.
+        unsafe {
+            libc::close(fds[1]);
+            libc::read(fds[0], (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: our copy of the read end; the child has its own.
+    unsafe { libc::close(fds[0]) };
+    assert!(!seg.detach().unwrap(), "persistent: not deleted");
+    let reopened = Segment::builder(&name)
+        .open_timeout(Duration::from_millis(500))
+        .open();
+    // SAFETY: closing the write end lets the child exit; then reap it.
+    unsafe { libc::close(fds[1]) };
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    let reopened = reopened.expect("open after the parent's detach");
+    reopened.detach().unwrap();
+    segment::remove(&name).unwrap();
+}

@@ -416,8 +416,13 @@ fn detach_protocol(
     if !flock::try_exclusive(fd.as_fd()).map_err(err)? {
         return Ok(false);
     }
-    // We were the last. We hold the lock until our descriptor and mapping
-    // are gone; an opener meeting it backs off and retries.
+    // We were the last. On the deleting path we keep the lock: the file is
+    // unlinked, and an opener that found it before meets the lock, backs
+    // off and retries by name. Otherwise we release it at once: our open
+    // file description may outlive this handle (a forked child that
+    // inherited it, a second mapping of the file such as the Python
+    // views' shadow), and a lingering exclusive lock there would make
+    // every later open `Busy` until that reference goes.
     if lifetime == Lifetime::Persistent {
         // Due only if marked. `remove_when_unused` stores the mark (SeqCst
         // fetch_or) *before* its lock attempts. If an attempt of the
@@ -429,6 +434,7 @@ fn detach_protocol(
         // and deletes the segment itself, since we may have read the word
         // before its store.
         if !marked_after_lock(fd, map) {
+            flock::unlock(fd.as_fd()).map_err(err)?;
             return Ok(false);
         }
     }
