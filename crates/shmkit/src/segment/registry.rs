@@ -234,7 +234,8 @@ pub fn remove(name: &str) -> Result<()> {
 
 /// Marks `name` for deferred removal (System V `IPC_RMID`): it is deleted
 /// when the last attached process detaches or dies, at once if nobody is
-/// attached (then this returns `true`). New opens fail with
+/// attached (then this returns `true`; `false` if a collector, such as a
+/// concurrent `list` or [`gc`], saw the mark and deleted it first). New opens fail with
 /// [`Error::MarkedForRemoval`]. [`Error::Busy`] if another process held
 /// the segment exclusively for 2 s (brief, unless forged: see the trust
 /// model in ARCHITECTURE.md); the mark is then set, and the deletion is
