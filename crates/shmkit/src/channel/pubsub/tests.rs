@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// A pool's shared parts on the heap: `subs` subscriber records, `slots`
+/// queue entries and slots, all zero (a fresh segment).
+fn fixture(subs: usize, slots: usize) -> (PubCore, Vec<SubShared>, Vec<AtomicU64>, Vec<SlotMeta>) {
+    (
+        PubCore::new(),
+        (0..subs).map(|_| SubShared::new()).collect(),
+        (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        (0..slots).map(|_| SlotMeta::new()).collect(),
+    )
+}
+
 proptest::proptest! {
     /// Untrusted header params never panic, and an accepted layout
     /// always fits in the data area it was checked against.
@@ -68,10 +79,7 @@ fn typed_open_checks_alignment() {
 /// which is not a miss.
 #[test]
 fn block_join_race_is_not_a_miss() {
-    let core = PubCore::new();
-    let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
-    let queue: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
-    let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
+    let (core, subs, queue, meta) = fixture(1, 2);
     let pool = Pool::new(&core, &subs, &queue, &meta, 8, Policy::Block);
     let (mut tail, mut rr) = (0, 0);
     // Position 0 is in flight (active loaded, no subscriber yet) when
@@ -93,10 +101,7 @@ fn block_join_race_is_not_a_miss() {
 
 #[test]
 fn orphan_publication_is_reclaimed() {
-    let core = PubCore::new();
-    let subs: Vec<SubShared> = (0..2).map(|_| SubShared::new()).collect();
-    let queue: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
-    let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
+    let (core, subs, queue, meta) = fixture(2, 2);
     let pool = Pool::new(&core, &subs, &queue, &meta, 8, Policy::Block);
     let mut cur = pool.join(0);
     let (mut tail, mut rr) = (0, 0);
@@ -140,10 +145,7 @@ fn layout_examples() {
 /// and an overwritten entry must not be delivered out of order.
 #[test]
 fn stale_tail_walk_accounts_for_every_message() {
-    let core = PubCore::new();
-    let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
-    let queue: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
-    let meta: Vec<SlotMeta> = (0..2).map(|_| SlotMeta::new()).collect();
+    let (core, subs, queue, meta) = fixture(1, 2);
     let pool = Pool::new(&core, &subs, &queue, &meta, 8, Policy::DropOldest);
     let mut cur = pool.join(0);
     let (mut tail, mut rr) = (0, 0);
@@ -189,10 +191,7 @@ fn stale_tail_walk_accounts_for_every_message() {
 #[test]
 fn publisher_killed_after_entry_store_is_resumed() {
     for take_first in [true, false] {
-        let core = PubCore::new();
-        let subs: Vec<SubShared> = (0..1).map(|_| SubShared::new()).collect();
-        let queue: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
-        let meta: Vec<SlotMeta> = (0..4).map(|_| SlotMeta::new()).collect();
+        let (core, subs, queue, meta) = fixture(1, 4);
         let pool = Pool::new(&core, &subs, &queue, &meta, 8, Policy::Block);
         let mut cur = pool.join(0);
         let (mut tail, mut rr) = (0, 0);
