@@ -54,6 +54,37 @@ fn send_target(core: &RingCore, strategy: WaitStrategy, slice: Duration) -> Targ
     }
 }
 
+/// The target of a receive future's poll. An empty ring may make it park:
+/// then it arms the direction and, until a producer has acknowledged that,
+/// sleeps in short slices (see `wait::arm`: the one wake-up the arming race
+/// can lose costs such a slice). A message already there ends the poll
+/// without a sleep (nobody else consumes), so it does not arm: arming is
+/// sticky and would make the producer pay the fence for ever.
+fn recv_wait<'a>(core: &'a RingCore, rx: &mut Receiver) -> Target<'a> {
+    // Acquire, on the word the poll itself checks (`ConsCursor::try_peek`):
+    // a message seen here is seen there (coherence), so skipping the arm
+    // never leaves an unarmed future parked.
+    let ready = rx.sh.stamp_of(rx.cur.head).load(Ordering::Acquire) == rx.cur.head + 1;
+    let slice = if ready {
+        SLICE
+    } else {
+        arm(&core.data_armed.0, &mut rx.unacked)
+    };
+    recv_target(core, rx.strategy, slice)
+}
+
+/// [`recv_wait`] for a send future: arms only on a full ring.
+fn send_wait<'a>(core: &'a RingCore, tx: &mut Sender) -> Target<'a> {
+    // `len` reads `head`, the word `try_reserve` checks: room seen here is
+    // seen there (coherence: `head` only grows).
+    let slice = if tx.len() >= tx.capacity() {
+        arm(&core.space_armed.0, &mut tx.unacked)
+    } else {
+        SLICE
+    };
+    send_target(core, tx.strategy, slice)
+}
+
 impl Receiver {
     /// One receive attempt for the futures: `None` if the ring is empty
     /// and the producer may still send. In the spin (`Check::Spin`) only
@@ -145,11 +176,7 @@ impl<R, F: FnOnce(&[u8]) -> R + Unpin> Future for RecvWithFuture<'_, F> {
         if f.is_none() {
             panic!("RecvWithFuture polled after completion");
         }
-        // Arms this direction before we may sleep; until a producer has
-        // acknowledged it, sleep in short slices (see `wait::arm`): the
-        // one wake-up the arming race can lose costs such a slice.
-        let slice = arm(&core.data_armed.0, &mut rx.unacked);
-        let target = recv_target(core, rx.strategy, slice);
+        let target = recv_wait(core, rx);
         this.park.poll(cx, target, |how| rx.poll_recv(how, f))
     }
 }
@@ -181,11 +208,7 @@ impl futures_core::Stream for RecvStream<'_> {
         // SAFETY: used only within this call, while `this.rx` is borrowed.
         let core = unsafe { this.rx.sh.core_detached() };
         let rx = &mut *this.rx;
-        // Arms this direction before we may sleep; until a producer has
-        // acknowledged it, sleep in short slices (see `wait::arm`): the
-        // one wake-up the arming race can lose costs such a slice.
-        let slice = arm(&core.data_armed.0, &mut rx.unacked);
-        let target = recv_target(core, rx.strategy, slice);
+        let target = recv_wait(core, rx);
         let r = std::task::ready!(this.park.poll(cx, target, |how| {
             rx.poll_recv(how, &mut Some(<[u8]>::to_vec))
         }));
@@ -300,9 +323,7 @@ impl Future for SendFuture<'_> {
         // SAFETY: used only within this call, while `this.tx` is borrowed.
         let core = unsafe { this.tx.sh.core_detached() };
         let (tx, msg) = (&mut *this.tx, this.msg);
-        // As in the receive futures: arm, short slices until acknowledged.
-        let slice = arm(&core.space_armed.0, &mut tx.unacked);
-        let target = send_target(core, tx.strategy, slice);
+        let target = send_wait(core, tx);
         this.park.poll(cx, target, |how| {
             if how == Check::Spin && tx.len() >= tx.capacity() {
                 return None;
@@ -335,9 +356,7 @@ impl SendSink<'_> {
         // SAFETY: used only within this call, while `self.tx` is borrowed.
         let core = unsafe { self.tx.sh.core_detached() };
         let tx = &mut *self.tx;
-        // As in the receive futures: arm, short slices until acknowledged.
-        let slice = arm(&core.space_armed.0, &mut tx.unacked);
-        let target = send_target(core, tx.strategy, slice);
+        let target = send_wait(core, tx);
         self.park.poll(cx, target, |how| tx.poll_room(how))
     }
 }
@@ -437,5 +456,25 @@ mod tests {
         // comes after about 1 ms: within ~1 ms more); a 20 ms slice, what
         // an acknowledged waiter uses, would make each trial take ~19 ms.
         assert!(best < Duration::from_millis(8), "best of 5: {best:?}");
+    }
+
+    /// A future that finds its message (or room) at once never parks, so
+    /// it leaves the direction unarmed: the peer keeps the fence-free path.
+    #[test]
+    fn a_future_that_does_not_park_does_not_arm() {
+        let name = format!("t-aio-noarm-{}", std::process::id());
+        let _cleanup = Cleanup(name.clone());
+        let mut rx = Receiver::create(&name, &RingOptions::new(4, 64)).unwrap();
+        let mut tx = Sender::open(&name).unwrap();
+        futures::executor::block_on(async {
+            for i in 0..8u8 {
+                tx.send_async(&[i]).await.unwrap();
+                assert_eq!(rx.recv_async().await.unwrap(), [i]);
+            }
+        });
+        let core = rx.sh.core();
+        // Relaxed: a test reading words nobody writes any more.
+        assert_eq!(core.data_armed.0.load(Ordering::Relaxed), UNARMED);
+        assert_eq!(core.space_armed.0.load(Ordering::Relaxed), UNARMED);
     }
 }
