@@ -64,10 +64,7 @@ fn ring_producer_killed_inside_batch() {
             let r = Arc::new(Ring::new());
             let p = r.clone();
             let old = thread::spawn(move || {
-                let mut cur = ProdCursor {
-                    tail: 0,
-                    head_cache: 0,
-                };
+                let mut cur = ProdCursor::default();
                 for v in 1..=stamped {
                     let pos = p.reserve_and_write(&mut cur, v);
                     cur.stamp(p.stamp(pos));
@@ -108,10 +105,7 @@ fn ring_consumer_killed_inside_batch() {
         let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
+            let mut cur = ProdCursor::default();
             for v in 1..=3 {
                 let pos = p.reserve_and_write(&mut cur, v);
                 cur.stamp(p.stamp(pos));

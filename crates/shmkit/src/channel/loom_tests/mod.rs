@@ -50,10 +50,7 @@ fn ring_push_pop() {
         let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
+            let mut cur = ProdCursor::default();
             for v in 1..=3u64 {
                 let pos = loop {
                     match cur.try_reserve(&p.core, 2) {
@@ -92,10 +89,7 @@ fn ring_sleeper_is_never_lost() {
         let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
+            let mut cur = ProdCursor::default();
             let pos = cur.try_reserve(&p.core, 2).unwrap();
             p.slots[pos as usize].with_mut(|s| unsafe { *s = 42 });
             cur.commit(&p.core, &p.stamps[pos as usize]);
@@ -130,10 +124,7 @@ fn ring_armed_sleeper_is_never_lost() {
         let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
+            let mut cur = ProdCursor::default();
             ring_send(&p, &mut cur, 1);
             ring_send(&p, &mut cur, 2);
         });
@@ -212,10 +203,7 @@ fn ring_producer_takeover_while_consumer_live() {
         let r = Arc::new(Ring::new());
         let p = r.clone();
         let producers = thread::spawn(move || {
-            let mut one = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
+            let mut one = ProdCursor::default();
             ring_send(&p, &mut one, 1);
             // Message 2: slot written, stamp stored, killed before `tail`.
             let pos = loop {
@@ -249,10 +237,7 @@ fn ring_consumer_takeover_while_producer_live() {
         let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
+            let mut cur = ProdCursor::default();
             for v in 1..=3 {
                 ring_send(&p, &mut cur, v);
             }
@@ -283,10 +268,7 @@ fn wait_loop_forever_gets_the_message() {
         let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
+            let mut cur = ProdCursor::default();
             ring_send(&p, &mut cur, 7);
         });
         let mut cur = ConsCursor { head: 0 };
@@ -317,10 +299,7 @@ fn wait_loop_deadline_and_slices() {
         let r = Arc::new(Ring::new());
         let p = r.clone();
         let producer = thread::spawn(move || {
-            let mut cur = ProdCursor {
-                tail: 0,
-                head_cache: 0,
-            };
+            let mut cur = ProdCursor::default();
             ring_send(&p, &mut cur, 7);
         });
         let mut cur = ConsCursor { head: 0 };
@@ -387,10 +366,7 @@ fn ring_close_wakes_waiting_consumer() {
 fn ring_close_wakes_waiting_producer() {
     loom::model(|| {
         let r = Arc::new(Ring::new());
-        let mut cur = ProdCursor {
-            tail: 0,
-            head_cache: 0,
-        };
+        let mut cur = ProdCursor::default();
         ring_send(&r, &mut cur, 1);
         ring_send(&r, &mut cur, 2);
         let c = r.clone();

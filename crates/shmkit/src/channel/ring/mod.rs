@@ -165,8 +165,9 @@ pub(crate) enum Stuck {
     Corrupt(String),
 }
 
-/// The producer's private view: its own `tail` and a cached `head`.
-#[derive(Debug)]
+/// The producer's private view: its own `tail` and a cached `head`
+/// (`default()`: a fresh ring, for the models).
+#[derive(Debug, Default)]
 pub(crate) struct ProdCursor {
     pub(crate) tail: u64,
     pub(crate) head_cache: u64,

@@ -48,10 +48,7 @@ proptest::proptest! {
 fn cursors_detect_impossible_indices() {
     let core = RingCore::new();
     let stamps: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
-    let mut p = ProdCursor {
-        tail: 0,
-        head_cache: 0,
-    };
+    let mut p = ProdCursor::default();
     let mut c = ConsCursor { head: 0 };
     assert_eq!(c.try_peek(4, &stamps[0]), Err(Stuck::Blocked));
     for _ in 0..4 {
