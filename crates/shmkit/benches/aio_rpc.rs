@@ -2,8 +2,8 @@
 //! baselines measured in the same run.
 //!
 //! ```text
-//! cargo bench -p shmkit --features async --bench aio_rpc
-//! SHMKIT_BENCH_QUICK=1 cargo bench -p shmkit --features async --bench aio_rpc
+//! cargo bench -p shmkit --features tokio --bench aio_rpc
+//! SHMKIT_BENCH_QUICK=1 cargo bench -p shmkit --features tokio --bench aio_rpc
 //! ```
 //!
 //! Every case is a ping-pong between this process and a child (this binary
@@ -16,11 +16,17 @@
 //! - `ring/blocking-default`: the same with the default spin-then-sleep;
 //! - `ring/async-sleep`: both ends tokio (current-thread runtime) with
 //!   `recv_async`/`send_async`, `WaitStrategy::Sleep` (no spin): each
-//!   hand-off goes through the waiter thread (futex_waitv) and the
-//!   executor's wake; compared with `ring/blocking-sleep`;
+//!   hand-off is an io_uring `FUTEX_WAIT` completing in the runtime's own
+//!   `epoll_wait` (the feature `tokio` fast path); compared with
+//!   `ring/blocking-sleep`;
 //! - `ring/async-default`: the same with the default strategy (the future
 //!   spins the same 200 times before it goes pending); compared with
 //!   `ring/blocking-default`;
+//! - `ring/async-sleep-thread`, `ring/async-default-thread`: the same two
+//!   with the fast path off (`aio::set_uring(false)`, and
+//!   `SHMKIT_AIO_URING=0` in the child): each hand-off goes through the
+//!   waiter thread (futex_waitv) and then the executor's wake, as with any
+//!   executor other than tokio;
 //! - `wake/tokio-notify`: two tokio current-thread runtimes on two threads
 //!   of this process ping-ponging through `tokio::sync::Notify`: the cost
 //!   of waking an executor from another thread, which every async
@@ -64,6 +70,11 @@ fn spawn(role: &str, name: &str, size: usize) -> Child {
         .env(ROLE, role)
         .env(NAME, name)
         .env(SIZE, size.to_string())
+        // The waiter-thread cases: the child's fast path off too.
+        .env(
+            "SHMKIT_AIO_URING",
+            if role.ends_with("-thread") { "0" } else { "1" },
+        )
         .spawn()
         .expect("spawn bench child")
 }
@@ -97,7 +108,7 @@ fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
 fn open_ring(role: &str, name: &str) -> (Receiver, Sender) {
     let mut rx = Receiver::open(&format!("{name}.ping")).unwrap();
     let mut tx = Sender::open(&format!("{name}.pong")).unwrap();
-    if role.ends_with("sleep") {
+    if role.contains("sleep") {
         rx.set_wait_strategy(WaitStrategy::Sleep);
         tx.set_wait_strategy(WaitStrategy::Sleep);
     }
@@ -117,7 +128,10 @@ fn child(role: &str) {
                 }
             }
         }
-        "ring-async-sleep" | "ring-async-default" => current_thread().block_on(async {
+        "ring-async-sleep"
+        | "ring-async-default"
+        | "ring-async-sleep-thread"
+        | "ring-async-default-thread" => current_thread().block_on(async {
             let (mut rx, mut tx) = open_ring(role, &name);
             while let Ok(m) = rx.recv_async().await {
                 if tx.send_async(&m).await.is_err() {
@@ -211,7 +225,7 @@ impl RingCase {
         let opts = RingOptions::new(4, size as u64);
         let mut tx = Sender::create(&format!("{name}.ping"), &opts).unwrap();
         let mut rx = Receiver::create(&format!("{name}.pong"), &opts).unwrap();
-        if role.ends_with("sleep") {
+        if role.contains("sleep") {
             tx.set_wait_strategy(WaitStrategy::Sleep);
             rx.set_wait_strategy(WaitStrategy::Sleep);
         }
@@ -247,6 +261,9 @@ impl Case for RingCase {
 struct AsyncRingCase {
     inner: RingCase,
     rt: tokio::runtime::Runtime,
+    /// Whether this case uses the io_uring fast path (else the waiter
+    /// thread); the child gets the same through its role.
+    uring: bool,
 }
 
 impl Case for AsyncRingCase {
@@ -256,6 +273,7 @@ impl Case for AsyncRingCase {
 
     fn round_trips(&mut self, n: u64) -> Vec<Duration> {
         let c = &mut self.inner;
+        shmkit::aio::set_uring(self.uring);
         self.rt.block_on(async {
             let mut out = Vec::with_capacity(n as usize);
             for _ in 0..n {
@@ -491,14 +509,17 @@ fn make(id: &str) -> Box<dyn Case> {
     match id {
         "ring/blocking-sleep/8" => Box::new(RingCase::new("ring-sleep", 8)),
         "ring/blocking-default/8" => Box::new(RingCase::new("ring-default", 8)),
-        "ring/async-sleep/8" => Box::new(AsyncRingCase {
-            inner: RingCase::new("ring-async-sleep", 8),
-            rt: current_thread(),
-        }),
-        "ring/async-default/8" => Box::new(AsyncRingCase {
-            inner: RingCase::new("ring-async-default", 8),
-            rt: current_thread(),
-        }),
+        "ring/async-sleep/8"
+        | "ring/async-default/8"
+        | "ring/async-sleep-thread/8"
+        | "ring/async-default-thread/8" => {
+            let role = id.replace("ring/", "ring-").replace("/8", "");
+            Box::new(AsyncRingCase {
+                inner: RingCase::new(&role, 8),
+                rt: current_thread(),
+                uring: !id.contains("-thread"),
+            })
+        }
         "wake/tokio-notify" => Box::new(NotifyCase::new()),
         "uds/tokio/8" => Box::new(TokioUdsCase::new(8)),
         "rpc/call/8" => Box::new(RpcCase::new(8, false)),
@@ -510,11 +531,13 @@ fn make(id: &str) -> Box<dyn Case> {
     }
 }
 
-const CASES: [&str; 11] = [
+const CASES: [&str; 13] = [
     "ring/blocking-sleep/8",
     "ring/blocking-default/8",
     "ring/async-sleep/8",
     "ring/async-default/8",
+    "ring/async-sleep-thread/8",
+    "ring/async-default-thread/8",
     "wake/tokio-notify",
     "uds/tokio/8",
     "rpc/call/8",
@@ -583,7 +606,7 @@ fn main() {
         (m("ring/blocking-sleep/8") + m("wake/tokio-notify")) / m("ring/blocking-sleep/8")
     };
     // (what, numerator case, denominator case, goal)
-    let ratios: [(&str, &str, &str, &str); 8] = [
+    let ratios: [(&str, &str, &str, &str); 10] = [
         (
             "async wake / blocking wake, no spin (async-sleep / blocking-sleep)",
             "ring/async-sleep/8",
@@ -595,6 +618,18 @@ fn main() {
             "ring/async-default/8",
             "ring/blocking-default/8",
             " (goal <= 1.3x)",
+        ),
+        (
+            "waiter thread, no spin (async-sleep-thread / blocking-sleep)",
+            "ring/async-sleep-thread/8",
+            "ring/blocking-sleep/8",
+            "",
+        ),
+        (
+            "waiter thread, spin (async-default-thread / blocking-default)",
+            "ring/async-default-thread/8",
+            "ring/blocking-default/8",
+            "",
         ),
         (
             "async shmkit (sleep) / tokio UnixStream",

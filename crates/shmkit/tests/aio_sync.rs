@@ -27,7 +27,8 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// 1,000 concurrent awaits on 200 semaphores (five per word, 200 words:
-/// two waiter threads), all released by posts from a blocking thread.
+/// two waiter threads; or 1,000 io_uring waits), all released by posts
+/// from a blocking thread.
 #[test]
 fn thousand_awaits_on_two_hundred_semaphores() {
     let names: Vec<String> = (0..200).map(|_| unique("aio-sem")).collect();
@@ -56,11 +57,19 @@ fn thousand_awaits_on_two_hundred_semaphores() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (threads, words, _) = shmkit::aio::stats();
-    assert!(
-        threads >= 2 && words >= 200,
-        "{threads} threads, {words} words"
-    );
+    if uses_uring() {
+        let (regs, waits) = uring_waits();
+        assert!(
+            regs >= 1000 && waits >= 1000,
+            "{regs} registrations, {waits} waits"
+        );
+    } else {
+        let (threads, words, _) = shmkit::aio::stats();
+        assert!(
+            threads >= 2 && words >= 200,
+            "{threads} threads, {words} words"
+        );
+    }
     assert_eq!(done.load(Ordering::Relaxed), 0);
     let poster = {
         let sems = sems.clone();

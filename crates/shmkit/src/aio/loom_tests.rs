@@ -13,8 +13,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use loom::sync::Arc;
 use loom::thread;
 
-use super::park::{Park, Registrar, Target};
-use super::reactor::{Registration, Shard};
+use super::park::{Park, Reg, Registrar, Target};
+use super::reactor::Shard;
 use crate::channel::wait::notify;
 use crate::primitive::{AtomicU32, Ordering};
 use crate::sys::futex;
@@ -22,10 +22,15 @@ use crate::sys::futex;
 struct ModelRegistrar(StdArc<Shard>);
 
 impl Registrar for ModelRegistrar {
-    fn register(&self, word: &AtomicU32, linger: bool) -> Registration {
-        self.0
-            .try_add(word as *const AtomicU32 as usize, linger)
-            .expect("room")
+    fn register(&self, word: &AtomicU32, linger: bool) -> Reg {
+        Reg::Thread(
+            self.0
+                .try_add(word as *const AtomicU32 as usize, linger)
+                .expect("room"),
+        )
+    }
+    fn owns(&self, _reg: &Reg) -> bool {
+        true
     }
 }
 

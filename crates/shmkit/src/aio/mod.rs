@@ -24,6 +24,8 @@
 
 pub(crate) mod park;
 pub(crate) mod reactor;
+#[cfg(all(feature = "tokio", not(loom)))]
+pub(crate) mod uring;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -41,4 +43,30 @@ pub fn stats() -> (usize, usize, u64) {
 #[cfg(not(loom))]
 pub fn is_fallback() -> bool {
     reactor::Reactor::get().is_fallback()
+}
+
+/// `(rings, registrations, waits in the kernel)` of the tokio fast path
+/// (feature `tokio`) in this process: one ring per tokio runtime that has
+/// had a pending future. For monitoring and tests.
+#[cfg(all(feature = "tokio", not(loom)))]
+pub fn uring_stats() -> (usize, usize, usize) {
+    uring::stats()
+}
+
+/// Whether futures polled inside a tokio runtime wait through io_uring
+/// (feature `tokio`; Linux >= 6.7, not switched off by
+/// `SHMKIT_AIO_URING=0`, [`set_uring`] or a failed submission).
+#[cfg(all(feature = "tokio", not(loom)))]
+pub fn uses_uring() -> bool {
+    uring::is_enabled()
+}
+
+/// Switches the tokio fast path (feature `tokio`) on or off for the
+/// futures polled from now on; pending ones move at their next poll. On
+/// by default where the kernel supports it; `SHMKIT_AIO_URING=0` in the
+/// environment switches it off at start. Switching it on where the kernel
+/// lacks io_uring `FUTEX_WAIT` changes nothing ([`uses_uring`] tells).
+#[cfg(all(feature = "tokio", not(loom)))]
+pub fn set_uring(on: bool) {
+    uring::set_enabled(on)
 }

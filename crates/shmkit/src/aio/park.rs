@@ -26,6 +26,33 @@ use std::time::{Duration, Instant};
 use super::reactor::Registration;
 use crate::primitive::{fence, AtomicU32, Ordering};
 
+/// A future's registration: with a waiter thread (`reactor`), or with its
+/// tokio runtime's io_uring (`uring`, feature `tokio`).
+#[derive(Debug)]
+pub(crate) enum Reg {
+    Thread(Registration),
+    #[cfg(all(feature = "tokio", not(loom)))]
+    Uring(super::uring::Registration),
+}
+
+impl Reg {
+    /// Arms: `false` if `word` no longer holds `seen`, else `waker` is
+    /// woken when it changes or at `tick` (both backends, same contract).
+    fn arm(
+        &self,
+        word: &AtomicU32,
+        seen: u32,
+        waker: &std::task::Waker,
+        tick: Option<Instant>,
+    ) -> bool {
+        match self {
+            Reg::Thread(r) => r.arm(word, seen, waker, tick),
+            #[cfg(all(feature = "tokio", not(loom)))]
+            Reg::Uring(r) => r.arm(word, seen, waker, tick),
+        }
+    }
+}
+
 /// What a future waits on.
 #[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
@@ -86,7 +113,7 @@ pub(crate) fn spins_for(strategy: crate::channel::WaitStrategy) -> u32 {
 /// the same target (the count lives in the endpoint the owner borrows).
 #[derive(Debug, Default)]
 pub(crate) struct Park {
-    reg: Option<Registration>,
+    reg: Option<Reg>,
     /// Whether we incremented the target's sleeper count.
     counted: bool,
     /// When the slow check (`check(true)`) is next due.
@@ -95,13 +122,29 @@ pub(crate) struct Park {
 
 /// How a registration is made; the model tests use their own shard.
 pub(crate) trait Registrar {
-    fn register(&self, word: &AtomicU32, linger: bool) -> Registration;
+    fn register(&self, word: &AtomicU32, linger: bool) -> Reg;
+    /// Whether `reg` was made by this registrar (a future polled from
+    /// another runtime, or outside one, registers again).
+    fn owns(&self, reg: &Reg) -> bool;
 }
 
 #[cfg(not(loom))]
 impl Registrar for super::reactor::Reactor {
-    fn register(&self, word: &AtomicU32, linger: bool) -> Registration {
-        super::reactor::Reactor::register(self, word, linger)
+    fn register(&self, word: &AtomicU32, linger: bool) -> Reg {
+        Reg::Thread(super::reactor::Reactor::register(self, word, linger))
+    }
+    fn owns(&self, reg: &Reg) -> bool {
+        matches!(reg, Reg::Thread(_))
+    }
+}
+
+#[cfg(all(feature = "tokio", not(loom)))]
+impl Registrar for std::sync::Arc<super::uring::Ring> {
+    fn register(&self, _word: &AtomicU32, _linger: bool) -> Reg {
+        Reg::Uring(super::uring::Ring::register(self))
+    }
+    fn owns(&self, reg: &Reg) -> bool {
+        matches!(reg, Reg::Uring(r) if r.is_on(self))
     }
 }
 
@@ -120,6 +163,10 @@ impl Park {
         target: Target<'_>,
         mut check: impl FnMut(Check) -> Option<R>,
     ) -> Poll<R> {
+        #[cfg(feature = "tokio")]
+        if let Some(ring) = super::uring::Ring::current() {
+            return self.poll_with(&ring, cx, target, &mut check);
+        }
         self.poll_with(super::reactor::Reactor::get(), cx, target, &mut check)
     }
 
@@ -174,6 +221,9 @@ impl Park {
             if let Some(r) = check(Check::Normal) {
                 self.done(target);
                 return Poll::Ready(r);
+            }
+            if self.reg.as_ref().is_some_and(|r| !registrar.owns(r)) {
+                self.reg = None;
             }
             let reg = self
                 .reg

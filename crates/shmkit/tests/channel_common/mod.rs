@@ -213,3 +213,41 @@ pub fn check_large(msg: &[u8]) -> u64 {
     }
     seq
 }
+
+/// Whether pending futures in a tokio runtime wait through io_uring here
+/// (feature `tokio` on a kernel with io_uring `FUTEX_WAIT`), rather than
+/// through the waiter thread.
+#[cfg(feature = "async")]
+#[allow(dead_code)]
+pub fn uses_uring() -> bool {
+    #[cfg(feature = "tokio")]
+    return shmkit::aio::uses_uring();
+    #[cfg(not(feature = "tokio"))]
+    false
+}
+
+/// Waits registered in this process, on either backend: futex words of
+/// the waiter threads, or io_uring waits in the kernel.
+#[cfg(feature = "async")]
+#[allow(dead_code)]
+pub fn pending_waits() -> usize {
+    #[cfg(feature = "tokio")]
+    let uring = shmkit::aio::uring_stats().2;
+    #[cfg(not(feature = "tokio"))]
+    let uring = 0;
+    shmkit::aio::stats().1 + uring
+}
+
+/// `(registrations, waits in the kernel)` of the io_uring fast path;
+/// zeros without the feature `tokio`.
+#[cfg(feature = "async")]
+#[allow(dead_code)]
+pub fn uring_waits() -> (usize, usize) {
+    #[cfg(feature = "tokio")]
+    {
+        let (_, regs, waits) = shmkit::aio::uring_stats();
+        (regs, waits)
+    }
+    #[cfg(not(feature = "tokio"))]
+    (0, 0)
+}

@@ -1,0 +1,513 @@
+//! The tokio fast path (feature `tokio`): a pending future inside a tokio
+//! runtime waits through an io_uring `IORING_OP_FUTEX_WAIT` (Linux >= 6.7)
+//! on that runtime's ring, whose descriptor sits in tokio's own reactor.
+//! The waking side's `FUTEX_WAKE` completes the wait, the completion makes
+//! the ring readable, and the runtime's `epoll_wait` returns: one thread
+//! wake per hand-off, as for a blocking waiter, where the waiter thread
+//! (`reactor`) costs two (the thread, then the executor).
+//!
+//! # Protocol
+//!
+//! [`Registration::arm`] reads the word under the ring lock and returns
+//! `false` if it no longer holds `seen`; otherwise it stores the `Waker`
+//! and, unless a wait of this registration is already in the kernel,
+//! submits `FUTEX_WAIT(word, seen)` (linked to a timeout at the liveness
+//! tick, if any). The kernel compares the word with `seen` atomically with
+//! queueing the waiter, exactly as `futex_waitv` does in the waiter
+//! thread, so `park`'s handshake (count, fence, re-check, arm) carries
+//! over unchanged: a change after the arming read either fails the
+//! kernel's compare (`EAGAIN`) or meets a queued waiter that the waking
+//! side's `FUTEX_WAKE` completes. A wait already in flight stays valid
+//! across a re-arm: the future has been counted as a sleeper since before
+//! that wait was queued, so any later change of the word comes with a
+//! `FUTEX_WAKE` that completes it.
+//!
+//! A per-ring reaper task (spawned on the runtime) awaits readiness of the
+//! ring's descriptor, drains the completion queue and wakes the wakers of
+//! the completed waits. Dropping a registration with a wait in flight
+//! submits `IORING_OP_ASYNC_CANCEL` for it; its late completion matches no
+//! registration and is only counted.
+//!
+//! # When it is used
+//!
+//! Inside a tokio runtime with its IO driver (`enable_io`, `enable_all`,
+//! `#[tokio::main]`), when the kernel has io_uring with `FUTEX_WAIT` and
+//! `SHMKIT_AIO_URING` is not `0`. Elsewhere (another executor, a runtime
+//! without IO, io_uring disabled by sysctl or seccomp, an older kernel, a
+//! failed submission) futures use the waiter thread. See `docs/async.md`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as StdOrdering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+use std::time::Instant;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::primitive::{AtomicU32, Ordering};
+
+/// `FUTEX2_SIZE_U32`: the words are 32-bit. Not `FUTEX2_PRIVATE`: they are
+/// shared between processes.
+const FUTEX2_SIZE_U32: u32 = 0x02;
+/// `FUTEX_BITSET_MATCH_ANY`.
+const MATCH_ANY: u64 = 0xffff_ffff;
+/// Submission queue entries: a submission is made at once, so at most two
+/// (a wait and its timeout) are queued at a time per arming thread.
+const SQ_ENTRIES: u32 = 64;
+/// Completion queue entries; the kernel keeps overflow beyond this
+/// (`IORING_FEAT_NODROP`), so it bounds nothing, it only sizes the ring.
+const CQ_ENTRIES: u32 = 1024;
+/// The `user_data` of cancellations (odd: not a wait, see [`wait_ud`]).
+const CANCEL_UD: u64 = u64::MAX;
+
+/// A wait's `user_data`: the registration id, shifted; odd values are
+/// the timeouts and cancellations, which wake nobody.
+fn wait_ud(id: u64) -> u64 {
+    id << 1
+}
+
+/// Whether the kernel has io_uring with `FUTEX_WAIT` (probed once).
+static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// Switched off: by `SHMKIT_AIO_URING=0` (read once, at first use), by
+/// [`set_enabled`], or after a submission failed.
+static OFF: AtomicBool = AtomicBool::new(false);
+/// Whether the environment was read into [`OFF`].
+static ENV: std::sync::Once = std::sync::Once::new();
+
+/// The rings of this process, one per tokio runtime (weak: a ring lives
+/// as long as its reaper task or a registration holds it).
+static RINGS: Mutex<Vec<std::sync::Weak<Ring>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's last ring, to skip the global lookup on each poll.
+    static LAST: std::cell::RefCell<Option<Arc<Ring>>> = const { std::cell::RefCell::new(None) };
+    /// Set while registering the ring with tokio: a runtime without its
+    /// IO driver panics there, and that expected panic is not reported.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// One runtime's io_uring instance.
+pub(crate) struct Ring {
+    /// The ring, registered with the runtime's reactor for readability
+    /// (completions pending).
+    fd: AsyncFd<RingFd>,
+    /// The runtime it belongs to, and the process (a forked child must not
+    /// use its parent's ring).
+    rt: tokio::runtime::Id,
+    pid: u32,
+    /// Cleared when the reaper task ends (its runtime shut down).
+    alive: AtomicBool,
+    /// Waits submitted and not yet completed (cancelled ones included).
+    in_flight: AtomicUsize,
+}
+
+/// The descriptor tokio polls; owns the ring, so the descriptor stays
+/// open while tokio has it registered.
+struct RingFd {
+    raw: RawFd,
+    inner: Mutex<Inner>,
+}
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw
+    }
+}
+
+struct Inner {
+    uring: IoUring,
+    slots: HashMap<u64, Slot>,
+    next_id: u64,
+    /// A submission failed: never submit on this ring again.
+    broken: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    waker: Option<Waker>,
+    /// A `FUTEX_WAIT` of this registration is in the kernel.
+    in_flight: bool,
+}
+
+/// Whether io_uring `FUTEX_WAIT` is usable in this process.
+fn enabled() -> bool {
+    ENV.call_once(|| {
+        if std::env::var_os("SHMKIT_AIO_URING").is_some_and(|v| v == "0") {
+            OFF.store(true, StdOrdering::Relaxed);
+        }
+    });
+    // Relaxed: a plain switch; futures registered before a change move
+    // over at their next poll (`park::Registrar::owns`).
+    !OFF.load(StdOrdering::Relaxed) && *SUPPORTED.get_or_init(|| probe().is_ok())
+}
+
+/// Switches the fast path on or off for futures polled from now on.
+pub(crate) fn set_enabled(on: bool) {
+    ENV.call_once(|| {});
+    OFF.store(!on, StdOrdering::Relaxed);
+}
+
+/// Builds a ring and checks that the kernel knows `FUTEX_WAIT`.
+fn probe() -> std::io::Result<IoUring> {
+    let uring = IoUring::builder()
+        .setup_cqsize(CQ_ENTRIES)
+        .build(SQ_ENTRIES)?;
+    let mut p = io_uring::Probe::new();
+    uring.submitter().register_probe(&mut p)?;
+    if !p.is_supported(opcode::FutexWait::CODE) || !uring.params().is_feature_nodrop() {
+        return Err(std::io::ErrorKind::Unsupported.into());
+    }
+    Ok(uring)
+}
+
+/// Reports a panic unless it is the expected one of [`QUIET`]; installed
+/// once, in front of the hook that was there.
+fn quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                prev(info)
+            }
+        }));
+    });
+}
+
+impl Ring {
+    /// The ring of the tokio runtime this thread runs in, created on first
+    /// use; `None` outside tokio or when the fast path is off.
+    pub(crate) fn current() -> Option<Arc<Ring>> {
+        if !enabled() {
+            return None;
+        }
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let id = handle.id();
+        let pid = std::process::id();
+        let usable = |r: &Ring| r.rt == id && r.pid == pid && r.alive.load(StdOrdering::Acquire);
+        if let Some(r) = LAST.with(|l| l.borrow().clone()) {
+            if usable(&r) {
+                return Some(r);
+            }
+        }
+        let ring = {
+            let mut rings = RINGS.lock().unwrap_or_else(|e| e.into_inner());
+            rings.retain(|w| w.strong_count() > 0);
+            match rings.iter().filter_map(|w| w.upgrade()).find(|r| usable(r)) {
+                Some(r) => r,
+                None => {
+                    let r = Ring::new(&handle)?;
+                    rings.push(Arc::downgrade(&r));
+                    r
+                }
+            }
+        };
+        LAST.with(|l| *l.borrow_mut() = Some(ring.clone()));
+        Some(ring)
+    }
+
+    /// A new ring for `handle`'s runtime, with its reaper task; `None` if
+    /// io_uring fails here or the runtime has no IO driver.
+    fn new(handle: &tokio::runtime::Handle) -> Option<Arc<Ring>> {
+        let uring = probe().ok()?;
+        let raw = uring.as_raw_fd();
+        let ringfd = RingFd {
+            raw,
+            inner: Mutex::new(Inner {
+                uring,
+                slots: HashMap::new(),
+                next_id: 0,
+                broken: false,
+            }),
+        };
+        quiet_hook();
+        QUIET.with(|q| q.set(true));
+        let fd = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: `raw` is the descriptor of the ring that `ringfd`
+            // owns; it stays open and the same until the `AsyncFd` (which
+            // owns `ringfd`) is dropped.
+            unsafe { AsyncFd::register_with_interest(ringfd, Interest::READABLE) }.ok()
+        }));
+        QUIET.with(|q| q.set(false));
+        // A runtime without IO panics in `register`: not for this one.
+        let fd = fd.ok()??;
+        let ring = Arc::new(Ring {
+            fd,
+            rt: handle.id(),
+            pid: std::process::id(),
+            alive: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+        });
+        let reaper = Reaper(ring.clone());
+        handle.spawn(async move { reaper.run().await });
+        Some(ring)
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic under the lock leaves the table consistent (no step
+        // spans an unwind), so a poisoned lock is still usable.
+        self.fd
+            .get_ref()
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A registration for one future.
+    pub(crate) fn register(self: &Arc<Self>) -> Registration {
+        let mut g = self.inner();
+        g.next_id += 1;
+        let id = g.next_id;
+        g.slots.insert(id, Slot::default());
+        Registration {
+            ring: self.clone(),
+            id,
+        }
+    }
+
+    /// Drains the completion queue and wakes the wakers of completed
+    /// waits.
+    fn reap(&self) {
+        let mut wake = Vec::new();
+        {
+            let mut g = self.inner();
+            let Inner { uring, slots, .. } = &mut *g;
+            for cqe in uring.completion() {
+                let ud = cqe.user_data();
+                if ud & 1 == 1 {
+                    continue;
+                }
+                // Relaxed: a statistic, changed under the ring lock.
+                self.in_flight.fetch_sub(1, StdOrdering::Relaxed);
+                if let Some(s) = slots.get_mut(&(ud >> 1)) {
+                    s.in_flight = false;
+                    wake.extend(s.waker.take());
+                }
+            }
+        }
+        for w in wake {
+            w.wake();
+        }
+    }
+
+    /// Pushes `entries` and submits them. After a failure the ring is
+    /// `broken`: entries may be left queued (with pointers that are dead
+    /// by then), so nothing is submitted on it again and the caller fails
+    /// over.
+    fn submit(g: &mut Inner, entries: &[squeue::Entry]) -> std::io::Result<()> {
+        if g.broken {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let r = Self::try_submit(g, entries);
+        g.broken = r.is_err();
+        r
+    }
+
+    fn try_submit(g: &mut Inner, entries: &[squeue::Entry]) -> std::io::Result<()> {
+        let room = {
+            let sq = g.uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < entries.len() {
+            g.uring.submit()?;
+        }
+        {
+            let mut sq = g.uring.submission();
+            for e in entries {
+                // SAFETY: the entries point at nothing that must outlive
+                // this call but the timespec of a link timeout, which the
+                // kernel copies when the submission below prepares it, and
+                // the futex word, which the caller's future keeps mapped
+                // while the wait can be queued (the kernel reads the word
+                // only when queueing, and faults safely). A failure marks
+                // the ring broken, so a left entry is never submitted.
+                unsafe { sq.push(e) }.map_err(|_| std::io::ErrorKind::WouldBlock)?;
+            }
+        }
+        loop {
+            match g.uring.submit() {
+                Ok(n) if n >= entries.len() => return Ok(()),
+                Ok(_) => return Err(std::io::ErrorKind::WouldBlock.into()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The reaper task: holds its ring and marks it dead when the runtime
+/// drops the task.
+struct Reaper(Arc<Ring>);
+
+impl Reaper {
+    async fn run(&self) {
+        loop {
+            match self.0.fd.readable().await {
+                Ok(mut guard) => {
+                    // Clear first, then drain: a completion posted after
+                    // the clear makes the descriptor ready again.
+                    guard.clear_ready();
+                    self.0.reap();
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire in `current`: a thread that sees
+        // the ring dead also sees it will be reaped no more.
+        self.0.alive.store(false, StdOrdering::Release);
+        // Nobody reaps this ring now: wake every armed future so that it
+        // polls again and moves to the waiter thread or another ring.
+        let wake: Vec<Waker> = self
+            .0
+            .inner()
+            .slots
+            .values_mut()
+            .filter_map(|s| s.waker.take())
+            .collect();
+        for w in wake {
+            w.wake();
+        }
+    }
+}
+
+/// A future's place in a ring.
+pub(crate) struct Registration {
+    ring: Arc<Ring>,
+    id: u64,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("uring::Registration")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Registration {
+    /// Whether this registration is on `ring`.
+    pub(crate) fn is_on(&self, ring: &Arc<Ring>) -> bool {
+        Arc::ptr_eq(&self.ring, ring)
+    }
+
+    /// As the waiter thread's `Registration::arm`: `false` if `word` no
+    /// longer holds `seen`; else `waker` is woken when it changes (or at
+    /// `tick`).
+    pub(crate) fn arm(
+        &self,
+        word: &AtomicU32,
+        seen: u32,
+        waker: &Waker,
+        tick: Option<Instant>,
+    ) -> bool {
+        let mut g = self.ring.inner();
+        // Acquire: pairs with the waking side's Release bump; the caller
+        // re-checks its condition after a `false`.
+        if word.load(Ordering::Acquire) != seen {
+            return false;
+        }
+        if !self.ring.alive.load(StdOrdering::Acquire) {
+            // Nobody reaps this ring: poll again, elsewhere.
+            drop(g);
+            waker.wake_by_ref();
+            return true;
+        }
+        let slot = g.slots.entry(self.id).or_default();
+        match &mut slot.waker {
+            Some(old) if old.will_wake(waker) => {}
+            w => *w = Some(waker.clone()),
+        }
+        if slot.in_flight {
+            // Still valid (module docs): its completion wakes `waker`.
+            return true;
+        }
+        let wait = opcode::FutexWait::new(
+            word.as_ptr().cast_const(),
+            u64::from(seen),
+            MATCH_ANY,
+            FUTEX2_SIZE_U32,
+        )
+        .build()
+        .user_data(wait_ud(self.id));
+        let ts;
+        let r = match tick {
+            Some(t) => {
+                let d = t.saturating_duration_since(Instant::now());
+                ts = types::Timespec::new()
+                    .sec(d.as_secs())
+                    .nsec(d.subsec_nanos());
+                let timeout = opcode::LinkTimeout::new(&ts)
+                    .build()
+                    .user_data(wait_ud(self.id) | 1);
+                Ring::submit(&mut g, &[wait.flags(squeue::Flags::IO_LINK), timeout])
+            }
+            None => Ring::submit(&mut g, &[wait]),
+        };
+        match r {
+            Ok(()) => {
+                if let Some(s) = g.slots.get_mut(&self.id) {
+                    s.in_flight = true;
+                }
+                // Relaxed: a statistic, changed under the ring lock.
+                self.ring.in_flight.fetch_add(1, StdOrdering::Relaxed);
+            }
+            Err(_) => {
+                // The fast path is broken here: switch it off for the
+                // process and poll again, on the waiter thread.
+                OFF.store(true, StdOrdering::Relaxed);
+                if let Some(s) = g.slots.get_mut(&self.id) {
+                    s.waker = None;
+                }
+                drop(g);
+                waker.wake_by_ref();
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut g = self.ring.inner();
+        if let Some(s) = g.slots.remove(&self.id) {
+            if s.in_flight && self.ring.alive.load(StdOrdering::Acquire) {
+                let cancel = opcode::AsyncCancel::new(wait_ud(self.id))
+                    .build()
+                    .user_data(CANCEL_UD);
+                // A failed cancel leaves the wait queued until the word
+                // changes or its timeout: a kernel entry, not a leak of
+                // ours (its completion matches no slot).
+                let _ = Ring::submit(&mut g, &[cancel]);
+            }
+        }
+    }
+}
+
+/// `(rings, registrations, waits in the kernel)` of this process.
+pub(crate) fn stats() -> (usize, usize, usize) {
+    let rings: Vec<Arc<Ring>> = RINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect();
+    let regs = rings.iter().map(|r| r.inner().slots.len()).sum();
+    let flight = rings
+        .iter()
+        .map(|r| r.in_flight.load(StdOrdering::Relaxed))
+        .sum();
+    (rings.len(), regs, flight)
+}
+
+/// Whether futures inside a tokio runtime use io_uring in this process.
+pub(crate) fn is_enabled() -> bool {
+    enabled()
+}
