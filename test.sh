@@ -14,6 +14,11 @@ cargo test -p shmkit --features async --test aio_ring --test aio_sync --test aio
 # The unit tests compiled only with the feature (waiter-thread table, the
 # spin, the pub/sub futures): the ones whose path contains `aio`.
 cargo test -p shmkit --features async --lib aio
+# The same suites on the tokio fast path (feature `tokio`: futures inside a
+# tokio runtime wait through io_uring FUTEX_WAIT), plus its own tests.
+echo "=== Rust: async endpoints on the tokio fast path (feature tokio)"
+cargo test -p shmkit --features tokio --test aio_ring --test aio_sync --test aio_pubsub --test rpc --test aio_uring
+cargo test -p shmkit --features tokio --lib aio
 
 # --- C ABI and System V (issue 10): section added by that work ---
 # Nothing to add: these are cargo integration tests that invoke cc, make,

@@ -568,3 +568,100 @@ pub(crate) fn stats() -> (usize, usize, usize) {
 pub(crate) fn is_enabled() -> bool {
     enabled()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The ring's own bookkeeping: waits reach the kernel, a dropped
+    //! registration cancels its wait, a change completes it, and the tick
+    //! timer wakes a registration whose word never changes.
+
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Counts its wakes.
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, StdOrdering::SeqCst);
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    /// Runs the runtime (so the reaper reaps) until `cond` or 5 s.
+    fn until(rt: &tokio::runtime::Runtime, ring: &Ring, mut cond: impl FnMut(&Ring) -> bool) {
+        rt.block_on(async {
+            let t0 = Instant::now();
+            while !cond(ring) {
+                assert!(t0.elapsed() < Duration::from_secs(5), "timed out");
+                tokio::task::yield_now().await;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+    }
+
+    #[test]
+    fn dropped_registration_cancels_its_wait_and_a_change_completes_one() {
+        assert!(enabled(), "io_uring FUTEX_WAIT unavailable on this kernel");
+        let rt = rt();
+        let ring = rt.block_on(async { Ring::current() }).expect("a ring");
+        let word = Box::new(AtomicU32::new(7));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        // A stale `seen` arms nothing.
+        let reg = ring.register();
+        assert!(!reg.arm(&word, 6, &waker, None));
+        assert_eq!(ring.in_flight.load(StdOrdering::SeqCst), 0);
+        // Armed without a tick: only a change or a cancel ends the wait.
+        assert!(reg.arm(&word, 7, &waker, None));
+        assert_eq!(ring.in_flight.load(StdOrdering::SeqCst), 1);
+        // A re-arm while in flight submits nothing more.
+        assert!(reg.arm(&word, 7, &waker, None));
+        assert_eq!(ring.in_flight.load(StdOrdering::SeqCst), 1);
+        drop(reg);
+        until(&rt, &ring, |r| r.in_flight.load(StdOrdering::SeqCst) == 0);
+        assert_eq!(
+            count.0.load(StdOrdering::SeqCst),
+            0,
+            "a dropped waiter woken"
+        );
+        assert_eq!(ring.inner().slots.len(), 0);
+        // A change and a FUTEX_WAKE complete a wait and wake its waker.
+        let reg = ring.register();
+        assert!(reg.arm(&word, 7, &waker, None));
+        word.store(8, Ordering::Release);
+        crate::sys::futex::wake_all(&word);
+        until(&rt, &ring, |r| r.in_flight.load(StdOrdering::SeqCst) == 0);
+        assert_eq!(count.0.load(StdOrdering::SeqCst), 1);
+        drop(reg);
+    }
+
+    #[test]
+    fn the_tick_timer_wakes_a_registration_whose_word_never_changes() {
+        assert!(enabled(), "io_uring FUTEX_WAIT unavailable on this kernel");
+        let rt = rt();
+        let ring = rt.block_on(async { Ring::current() }).expect("a ring");
+        let word = Box::new(AtomicU32::new(0));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let reg = ring.register();
+        let t0 = Instant::now();
+        assert!(reg.arm(&word, 0, &waker, Some(t0 + Duration::from_millis(30))));
+        until(&rt, &ring, |_| count.0.load(StdOrdering::SeqCst) == 1);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(29), "woken early: {took:?}");
+        // The wait itself is still in the kernel, and still valid.
+        assert_eq!(ring.in_flight.load(StdOrdering::SeqCst), 1);
+        drop(reg);
+        until(&rt, &ring, |r| r.in_flight.load(StdOrdering::SeqCst) == 0);
+    }
+}
