@@ -44,7 +44,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as StdOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Instant;
@@ -87,6 +87,16 @@ static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 static OFF: AtomicBool = AtomicBool::new(false);
 /// Whether the environment was read into [`OFF`].
 static ENV: std::sync::Once = std::sync::Once::new();
+/// Forks so far: bumped in the child of every `fork` (a `pthread_atfork`
+/// handler), so that a child never uses a ring it inherited. Cheaper than
+/// `getpid`, a system call per poll.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked_child() {
+    // Relaxed: the child has one thread now; later reads are on it or on
+    // threads it starts (which synchronise with their start).
+    FORKS.fetch_add(1, StdOrdering::Relaxed);
+}
 
 /// The rings of this process, one per tokio runtime (weak: a ring lives
 /// as long as its reaper task or a registration holds it).
@@ -105,10 +115,10 @@ pub(crate) struct Ring {
     /// The ring, registered with the runtime's reactor for readability
     /// (completions pending).
     fd: AsyncFd<RingFd>,
-    /// The runtime it belongs to, and the process (a forked child must not
-    /// use its parent's ring).
+    /// The runtime it belongs to, and the process's fork count when it
+    /// was made (a forked child must not use its parent's ring).
     rt: tokio::runtime::Id,
-    pid: u32,
+    forks: u64,
     /// Cleared when the reaper task ends (its runtime shut down).
     alive: AtomicBool,
     /// Waits submitted and not yet completed (cancelled ones included).
@@ -151,6 +161,9 @@ struct Slot {
 /// Whether io_uring `FUTEX_WAIT` is usable in this process.
 fn enabled() -> bool {
     ENV.call_once(|| {
+        // SAFETY: registers a handler that only bumps an atomic, which is
+        // async-signal-safe, as code run in a forked child must be.
+        unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
         if std::env::var_os("SHMKIT_AIO_URING").is_some_and(|v| v == "0") {
             OFF.store(true, StdOrdering::Relaxed);
         }
@@ -162,7 +175,7 @@ fn enabled() -> bool {
 
 /// Switches the fast path on or off for futures polled from now on.
 pub(crate) fn set_enabled(on: bool) {
-    ENV.call_once(|| {});
+    enabled();
     OFF.store(!on, StdOrdering::Relaxed);
 }
 
@@ -202,8 +215,9 @@ impl Ring {
         }
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let id = handle.id();
-        let pid = std::process::id();
-        let usable = |r: &Ring| r.rt == id && r.pid == pid && r.alive.load(StdOrdering::Acquire);
+        let forks = FORKS.load(StdOrdering::Relaxed);
+        let usable =
+            |r: &Ring| r.rt == id && r.forks == forks && r.alive.load(StdOrdering::Acquire);
         if let Some(r) = LAST.with(|l| l.borrow().clone()) {
             if usable(&r) {
                 return Some(r);
@@ -254,7 +268,7 @@ impl Ring {
         let ring = Arc::new(Ring {
             fd,
             rt: handle.id(),
-            pid: std::process::id(),
+            forks: FORKS.load(StdOrdering::Relaxed),
             alive: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
         });
