@@ -101,6 +101,11 @@ extern "C" fn forked_child() {
 /// The rings of this process, one per tokio runtime (weak: a ring lives
 /// as long as its reaper task or a registration holds it).
 static RINGS: Mutex<Vec<std::sync::Weak<Ring>>> = Mutex::new(Vec::new());
+/// Runtimes whose reaper task ended (the runtime shut down, or is
+/// shutting down and dropped the task at once): no new ring for them, so
+/// a future polled there during shutdown uses the waiter thread instead
+/// of making ring after ring. Runtime ids are never reused.
+static DEAD: Mutex<Vec<tokio::runtime::Id>> = Mutex::new(Vec::new());
 
 thread_local! {
     /// This thread's last ring, to skip the global lookup on each poll.
@@ -222,6 +227,9 @@ impl Ring {
             if usable(&r) {
                 return Some(r);
             }
+        }
+        if DEAD.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
+            return None;
         }
         let ring = {
             let mut rings = RINGS.lock().unwrap_or_else(|e| e.into_inner());
@@ -441,6 +449,9 @@ impl Drop for Reaper {
         // Release: pairs with the Acquire in `current`: a thread that sees
         // the ring dead also sees it will be reaped no more.
         self.0.alive.store(false, StdOrdering::Release);
+        DEAD.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.0.rt);
         // Nobody reaps this ring now: wake every armed future so that it
         // polls again and moves to the waiter thread or another ring.
         let wake: Vec<Waker> = self
