@@ -3,10 +3,10 @@
 //!
 //! Every exported function:
 //!
-//! - runs inside [`call`]: a panic is caught and becomes
+//! - runs inside `call`: a panic is caught and becomes
 //!   `SHMKIT_EPANIC`, never an unwind into C;
 //! - validates its pointers (NULL is `SHMKIT_EINVAL`) and looks its handle
-//!   up in a [`Registry`]: a handle is an opaque number, not an address,
+//!   up in a `Registry`: a handle is an opaque number, not an address,
 //!   so a closed, forged or wrong-type handle is `SHMKIT_EBADHANDLE`;
 //! - returns 0 or a negative [`shmkit_status`], and stores the message of
 //!   the failure for [`shmkit_last_error`].

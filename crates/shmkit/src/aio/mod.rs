@@ -13,7 +13,7 @@
 //!
 //! An async waiter counts as a sleeper on the object it waits for, so the
 //! waking side (which calls `FUTEX_WAKE` only when someone sleeps) always
-//! wakes it; the handshake is in [`park`] and its loom model in
+//! wakes it; the handshake is in `park` and its loom model in
 //! `loom_tests`. Peer death reaches async waiters through the same slices
 //! as blocking ones: a pending future is polled again at least every
 //! slice (20 ms for channels, 50 ms for semaphores and events) and checks.

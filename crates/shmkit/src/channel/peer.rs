@@ -21,7 +21,7 @@
 //! The epoch counts the claims of the role (it wraps after 2^30), so a
 //! role that was closed and claimed again never shows the same word twice
 //! in a row: an endpoint that attached after its peer had already gone
-//! remembers that word ([`Stale`]) and waits for the *next* peer instead
+//! remembers that word (`Stale`) and waits for the *next* peer instead
 //! of ending at once (see "Reopening" in `docs/channel.md`).
 //!
 //! Claiming takes the lock first and then stores `ATTACHED` with the next

@@ -30,17 +30,17 @@
 //! The `SeqCst` fence of `notify` costs the notifier a store-buffer drain
 //! per message (it halved the spinning ring's 8-byte stream rate). A ring
 //! direction therefore has a third word, `armed`, and uses
-//! [`notify_armed`] / [`wait_loop_armed`]:
+//! `notify_armed` / `wait_loop_armed`:
 //!
 //! | `armed` | meaning |
 //! |---|---|
-//! | [`UNARMED`] | no waiter has ever got ready to sleep: notifiers store their index and nothing else (no fence, no `sleepers` load) |
-//! | [`ARMED`] | a waiter is ready to sleep, no notifier has acknowledged it yet |
-//! | [`ACKED`] (or any other value) | a notifier saw the waiter: every notify from now on runs the full sleeper protocol above |
+//! | `UNARMED` | no waiter has ever got ready to sleep: notifiers store their index and nothing else (no fence, no `sleepers` load) |
+//! | `ARMED` | a waiter is ready to sleep, no notifier has acknowledged it yet |
+//! | `ACKED` (or any other value) | a notifier saw the waiter: every notify from now on runs the full sleeper protocol above |
 //!
 //! - A waiter arms (`UNARMED` → `ARMED`) before its first sleep; an async
 //!   ring future arms in each poll that may park (it then sleeps through
-//!   the reactor, in the slices [`arm`] returns). A [`Wait::No`] call
+//!   the reactor, in the slices `arm` returns). A [`Wait::No`] call
 //!   (`try_recv`, `try_send`) never sleeps and so never arms: a user
 //!   spinning on `try_recv` keeps the fence-free path.
 //! - A notifier loads `armed` (`Relaxed`) after its index store. When it is
@@ -53,7 +53,7 @@
 //!   made before acknowledging visible to the waiter's re-check, and every
 //!   notify after the acknowledgement runs the full protocol (the word is
 //!   never lowered, and a notifier's later loads see at least what it
-//!   stored). Until then the waiter sleeps in short slices ([`ARM_SLICE`],
+//!   stored). Until then the waiter sleeps in short slices (`ARM_SLICE`,
 //!   doubling per sleep up to [`SLICE`]): the one wake-up the race can
 //!   lose costs at most such a slice, once per ring (the word is sticky).
 //! - Hostile values: anything but `UNARMED` makes notifiers run the full

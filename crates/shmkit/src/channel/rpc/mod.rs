@@ -1,5 +1,5 @@
 //! Request/response between processes: a [`Server`] answers the calls of
-//! up to `clients` [`Client`]s at a time, built on the SPSC [`ring`]s.
+//! up to `clients` [`Client`]s at a time, built on the SPSC [`ring`](super::ring)s.
 //!
 //! ```no_run
 //! use shmkit::channel::rpc::{Client, RpcOptions, Server};
