@@ -101,11 +101,12 @@ extern "C" fn forked_child() {
 /// The rings of this process, one per tokio runtime (weak: a ring lives
 /// as long as its reaper task or a registration holds it).
 static RINGS: Mutex<Vec<std::sync::Weak<Ring>>> = Mutex::new(Vec::new());
-/// Runtimes whose reaper task ended (the runtime shut down, or is
-/// shutting down and dropped the task at once): no new ring for them, so
-/// a future polled there during shutdown uses the waiter thread instead
-/// of making ring after ring. Runtime ids are never reused.
-static DEAD: Mutex<Vec<tokio::runtime::Id>> = Mutex::new(Vec::new());
+/// Runtimes that get no ring: their reaper task ended (the runtime shut
+/// down, or is shutting down and dropped the task at once), or a ring
+/// could not be made there (no IO driver). Their futures use the waiter
+/// thread instead of trying ring after ring. Runtime ids are never
+/// reused.
+static NO_RING: Mutex<Vec<tokio::runtime::Id>> = Mutex::new(Vec::new());
 
 thread_local! {
     /// This thread's last ring, to skip the global lookup on each poll.
@@ -228,7 +229,11 @@ impl Ring {
                 return Some(r);
             }
         }
-        if DEAD.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
+        if NO_RING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
             return None;
         }
         let ring = {
@@ -236,11 +241,16 @@ impl Ring {
             rings.retain(|w| w.strong_count() > 0);
             match rings.iter().filter_map(|w| w.upgrade()).find(|r| usable(r)) {
                 Some(r) => r,
-                None => {
-                    let r = Ring::new(&handle)?;
-                    rings.push(Arc::downgrade(&r));
-                    r
-                }
+                None => match Ring::new(&handle) {
+                    Some(r) => {
+                        rings.push(Arc::downgrade(&r));
+                        r
+                    }
+                    None => {
+                        NO_RING.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                        return None;
+                    }
+                },
             }
         };
         LAST.with(|l| *l.borrow_mut() = Some(ring.clone()));
@@ -449,7 +459,8 @@ impl Drop for Reaper {
         // Release: pairs with the Acquire in `current`: a thread that sees
         // the ring dead also sees it will be reaped no more.
         self.0.alive.store(false, StdOrdering::Release);
-        DEAD.lock()
+        NO_RING
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(self.0.rt);
         // Nobody reaps this ring now: wake every armed future so that it
