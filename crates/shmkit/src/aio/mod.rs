@@ -18,6 +18,14 @@
 //! as blocking ones: a pending future is polled again at least every
 //! slice (20 ms for channels, 50 ms for semaphores and events) and checks.
 //!
+//! With the feature `tokio`, a future pending inside a tokio runtime
+//! waits instead through io_uring `FUTEX_WAIT` on its runtime's ring,
+//! which tokio's reactor polls: one thread wake per hand-off instead of
+//! two (`uring`; loom model of its protocol in `loom_uring`). Outside
+//! tokio, without IO in the runtime, on kernels without it (< 6.7) or
+//! when switched off ([`set_uring`], `SHMKIT_AIO_URING=0`), the waiter
+//! thread serves.
+//!
 //! Design, limits and measurements: `docs/async.md`.
 //!
 //! [`stats`] reports the waiter threads for monitoring and tests.
@@ -29,6 +37,8 @@ pub(crate) mod uring;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(all(test, loom))]
+mod loom_uring;
 
 /// `(waiter threads, futex words registered, waiter-thread passes)` of
 /// this process: a snapshot for monitoring and tests. Passes count the
