@@ -27,6 +27,13 @@
 //!   `SHMKIT_AIO_URING=0` in the child): each hand-off goes through the
 //!   waiter thread (futex_waitv) and then the executor's wake, as with any
 //!   executor other than tokio;
+//! - `ring/async-sleep-mt`: `ring/async-sleep` with both ends in the
+//!   `block_on` body of a two-worker multi-threaded runtime (as
+//!   `#[tokio::main]` runs `main`): not a worker thread, so the waiter
+//!   thread serves it;
+//! - `ring/async-sleep-mt-task`, `ring/async-sleep-mt-task-thread`: the
+//!   same in a task spawned on that runtime (on a worker), io_uring and
+//!   waiter thread;
 //! - `wake/tokio-notify`: two tokio current-thread runtimes on two threads
 //!   of this process ping-ponging through `tokio::sync::Notify`: the cost
 //!   of waking an executor from another thread, which every async
@@ -77,6 +84,20 @@ fn spawn(role: &str, name: &str, size: usize) -> Child {
         )
         .spawn()
         .expect("spawn bench child")
+}
+
+/// The runtime of an async ring case: multi-threaded (two workers, the
+/// `#[tokio::main]` default) for the `-mt` roles, else current-thread.
+fn runtime_for(role: &str) -> tokio::runtime::Runtime {
+    if role.contains("-mt") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        current_thread()
+    }
 }
 
 fn current_thread() -> tokio::runtime::Runtime {
@@ -131,7 +152,8 @@ fn child(role: &str) {
         "ring-async-sleep"
         | "ring-async-default"
         | "ring-async-sleep-thread"
-        | "ring-async-default-thread" => current_thread().block_on(async {
+        | "ring-async-default-thread"
+        | "ring-async-sleep-mt" => runtime_for(role).block_on(async {
             let (mut rx, mut tx) = open_ring(role, &name);
             while let Ok(m) = rx.recv_async().await {
                 if tx.send_async(&m).await.is_err() {
@@ -139,6 +161,20 @@ fn child(role: &str) {
                 }
             }
         }),
+        "ring-async-sleep-mt-task" | "ring-async-sleep-mt-task-thread" => {
+            let (mut rx, mut tx) = open_ring(role, &name);
+            runtime_for(role).block_on(async {
+                tokio::spawn(async move {
+                    while let Ok(m) = rx.recv_async().await {
+                        if tx.send_async(&m).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await
+                .unwrap()
+            })
+        }
         "uds-tokio" => current_thread().block_on(async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::UnixStream::connect(socket_path(&name))
@@ -259,7 +295,11 @@ impl Case for RingCase {
 }
 
 struct AsyncRingCase {
-    inner: RingCase,
+    /// `None` only while a spawned task holds it (`spawn`).
+    inner: Option<RingCase>,
+    /// Run the round trips in a spawned task (on a worker thread of a
+    /// multi-threaded runtime) instead of `block_on`'s own thread.
+    spawn: bool,
     rt: tokio::runtime::Runtime,
     /// Whether this case uses the io_uring fast path (else the waiter
     /// thread); the child gets the same through its role.
@@ -272,9 +312,9 @@ impl Case for AsyncRingCase {
     }
 
     fn round_trips(&mut self, n: u64) -> Vec<Duration> {
-        let c = &mut self.inner;
         shmkit::aio::set_uring(self.uring);
-        self.rt.block_on(async {
+        let mut c = self.inner.take().expect("not held by a task");
+        let run = async move {
             let mut out = Vec::with_capacity(n as usize);
             for _ in 0..n {
                 let t0 = Instant::now();
@@ -283,8 +323,15 @@ impl Case for AsyncRingCase {
                 out.push(t0.elapsed());
                 assert_eq!(m.len(), c.msg.len());
             }
-            out
-        })
+            (c, out)
+        };
+        let (c, out) = if self.spawn {
+            self.rt.block_on(async { tokio::spawn(run).await.unwrap() })
+        } else {
+            self.rt.block_on(run)
+        };
+        self.inner = Some(c);
+        out
     }
 }
 
@@ -512,11 +559,15 @@ fn make(id: &str) -> Box<dyn Case> {
         "ring/async-sleep/8"
         | "ring/async-default/8"
         | "ring/async-sleep-thread/8"
-        | "ring/async-default-thread/8" => {
+        | "ring/async-default-thread/8"
+        | "ring/async-sleep-mt/8"
+        | "ring/async-sleep-mt-task/8"
+        | "ring/async-sleep-mt-task-thread/8" => {
             let role = id.replace("ring/", "ring-").replace("/8", "");
             Box::new(AsyncRingCase {
-                inner: RingCase::new(&role, 8),
-                rt: current_thread(),
+                inner: Some(RingCase::new(&role, 8)),
+                spawn: role.contains("-task"),
+                rt: runtime_for(&role),
                 uring: !id.contains("-thread"),
             })
         }
@@ -531,13 +582,16 @@ fn make(id: &str) -> Box<dyn Case> {
     }
 }
 
-const CASES: [&str; 13] = [
+const CASES: [&str; 16] = [
     "ring/blocking-sleep/8",
     "ring/blocking-default/8",
     "ring/async-sleep/8",
     "ring/async-default/8",
     "ring/async-sleep-thread/8",
     "ring/async-default-thread/8",
+    "ring/async-sleep-mt/8",
+    "ring/async-sleep-mt-task/8",
+    "ring/async-sleep-mt-task-thread/8",
     "wake/tokio-notify",
     "uds/tokio/8",
     "rpc/call/8",

@@ -60,7 +60,26 @@ fn tokio_futures_wait_through_io_uring() {
     let m = rt.block_on(async { rx.recv_async().await.unwrap() });
     assert_eq!(m, 42u64.to_le_bytes());
     probe.join().unwrap();
+    let tx = h.join().unwrap();
+    // A task spawned on a multi-threaded runtime (on a worker) too.
+    let mt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rings = shmkit::aio::uring_stats().0;
+    let h = send_later(tx, 43, Duration::from_millis(50));
+    let (m, _rx) = mt.block_on(async {
+        tokio::spawn(async move { (rx.recv_async().await.unwrap(), rx) })
+            .await
+            .unwrap()
+    });
+    assert_eq!(m, 43u64.to_le_bytes());
     h.join().unwrap();
+    assert!(
+        shmkit::aio::uring_stats().0 > rings,
+        "no ring for the multi-threaded runtime"
+    );
     assert_eq!(shmkit::aio::stats().0, 0, "a waiter thread was started");
 }
 
@@ -101,7 +120,8 @@ fn a_pending_future_moves_off_a_dead_runtime() {
 
 /// In a child process: a runtime without its IO driver (where tokio's
 /// registration panics) uses the waiter thread without printing that
-/// panic, and so does any runtime after `aio::set_uring(false)`.
+/// panic; so does the `block_on` thread of a multi-threaded runtime (not
+/// one of its workers), and any runtime after `aio::set_uring(false)`.
 #[test]
 fn no_io_driver_and_switched_off_use_the_waiter_thread() {
     if let Some((role, name, _)) = child_role() {
@@ -124,6 +144,27 @@ fn no_io_driver_and_switched_off_use_the_waiter_thread() {
             shmkit::aio::uring_stats().0,
             0,
             "a ring for a runtime without IO"
+        );
+        // The `block_on` body of a multi-threaded runtime (as
+        // `#[tokio::main]` runs it): not a worker, the waiter thread.
+        let mt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let passes = shmkit::aio::stats().2;
+        let h = send_later(tx, 3, Duration::from_millis(50));
+        let m = mt.block_on(async { rx.recv_async().await.unwrap() });
+        assert_eq!(m, 3u64.to_le_bytes());
+        let tx = h.join().unwrap();
+        assert!(
+            shmkit::aio::stats().2 > passes,
+            "the waiter thread did not wait"
+        );
+        assert_eq!(
+            shmkit::aio::uring_stats().0,
+            0,
+            "a ring for a block_on thread"
         );
         // Switched off: a full runtime uses the waiter thread too.
         shmkit::aio::set_uring(false);

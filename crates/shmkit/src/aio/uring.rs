@@ -36,11 +36,14 @@
 //!
 //! # When it is used
 //!
-//! Inside a tokio runtime with its IO driver (`enable_io`, `enable_all`,
+//! On a tokio runtime's own threads (a current-thread runtime's
+//! `block_on` thread; a multi-threaded runtime's workers, so spawned
+//! tasks) with its IO driver (`enable_io`, `enable_all`,
 //! `#[tokio::main]`), when the kernel has io_uring with `FUTEX_WAIT` and
-//! `SHMKIT_AIO_URING` is not `0`. Elsewhere (another executor, a runtime
-//! without IO, io_uring disabled by sysctl or seccomp, an older kernel, a
-//! failed submission) futures use the waiter thread. See `docs/async.md`.
+//! `SHMKIT_AIO_URING` is not `0`. Elsewhere (another executor, the
+//! `block_on` thread of a multi-threaded runtime, a runtime without IO,
+//! io_uring disabled by sysctl or seccomp, an older kernel, a failed
+//! submission) futures use the waiter thread. See `docs/async.md`.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
@@ -220,6 +223,15 @@ impl Ring {
             return None;
         }
         let handle = tokio::runtime::Handle::try_current().ok()?;
+        // Only on the runtime's own threads (a current-thread runtime's
+        // `block_on` thread, a multi-threaded runtime's workers): they
+        // park in the runtime's driver or are woken through it, and the
+        // kernel runs a wait's completion on the thread that submitted
+        // it. A multi-threaded runtime's `block_on` thread parks on a
+        // condition variable of its own: there a completion would wake it
+        // once for nothing, then again through a worker (measured 1.5x
+        // the waiter thread), so it keeps the waiter thread.
+        tokio::runtime::worker_index()?;
         let id = handle.id();
         let forks = FORKS.load(StdOrdering::Relaxed);
         let usable =
