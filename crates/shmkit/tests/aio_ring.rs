@@ -385,33 +385,10 @@ fn fallback_without_futex_waitv() {
     }
     let name = unique("aio-fb");
     let _c = Cleanup(name.clone());
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "fallback_without_futex_waitv",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE, "fallback")
-    .env(NAME, &name)
-    .env("SHMKIT_AIO_FALLBACK", "1")
-    // Inside tokio the io_uring path (feature `tokio`) would serve first.
-    .env("SHMKIT_AIO_URING", "0")
-    .stdout(std::process::Stdio::null());
-    // SAFETY: async-signal-safe prctl only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    let mut cmd = child_command("fallback_without_futex_waitv", "fallback", &name);
+    cmd.env("SHMKIT_AIO_FALLBACK", "1")
+        // Inside tokio the io_uring path (feature `tokio`) would serve first.
+        .env("SHMKIT_AIO_URING", "0");
     let mut kid = Kid(cmd.spawn().unwrap());
     assert!(wait_child(&mut kid, 60).success());
 }

@@ -187,31 +187,12 @@ fn no_io_driver_and_switched_off_use_the_waiter_thread() {
     }
     let name = unique("aio-noio");
     let _c = Cleanup(name.clone());
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
+    let mut cmd = child_command(
         "no_io_driver_and_switched_off_use_the_waiter_thread",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE, "no-io")
-    .env(NAME, &name)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped());
-    // SAFETY: async-signal-safe prctl only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+        "no-io",
+        &name,
+    );
+    cmd.stderr(std::process::Stdio::piped());
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {err}");

@@ -49,14 +49,15 @@ impl Wake for Flag {
 
 /// The shared object: a progress flag (a ring's tail, a semaphore's
 /// count), its futex word and its sleeper count.
-struct Obj {
-    progress: AtomicU32,
-    word: AtomicU32,
-    sleepers: AtomicU32,
+/// (Also the object of `loom_uring`.)
+pub(super) struct Obj {
+    pub(super) progress: AtomicU32,
+    pub(super) word: AtomicU32,
+    pub(super) sleepers: AtomicU32,
 }
 
 impl Obj {
-    fn new() -> Arc<Obj> {
+    pub(super) fn new() -> Arc<Obj> {
         Arc::new(Obj {
             progress: AtomicU32::new(0),
             word: AtomicU32::new(0),

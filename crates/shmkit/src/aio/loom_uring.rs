@@ -105,6 +105,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
+// The waiting object (progress, its futex word, its sleeper count) is
+// the waiter-thread model's.
+use super::loom_tests::Obj;
 use crate::primitive::{fence, AtomicU32, Ordering};
 
 /// The `user_data` of cancellations (odd: not a wait), as in `uring.rs`.
@@ -368,24 +371,6 @@ impl Drop for Registration {
                 self.ring.kernel.cancel(wait_ud(self.id));
             }
         }
-    }
-}
-
-/// The waiting object: progress (a ring's tail), its futex word and its
-/// sleeper count.
-struct Obj {
-    progress: AtomicU32,
-    word: AtomicU32,
-    sleepers: AtomicU32,
-}
-
-impl Obj {
-    fn new() -> Arc<Obj> {
-        Arc::new(Obj {
-            progress: AtomicU32::new(0),
-            word: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-        })
     }
 }
 

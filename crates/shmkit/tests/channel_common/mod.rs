@@ -71,8 +71,10 @@ impl Drop for Kid {
     }
 }
 
-/// Re-executes this test binary to run `test` as a child playing `role`.
-pub fn spawn(test: &str, role: &str, name: &str, arg: u64) -> Kid {
+/// A command that re-executes this test binary to run `test` alone as a
+/// child playing `role` on `name`, its stdout discarded; the child gets
+/// SIGKILL if the spawning thread dies first (`PR_SET_PDEATHSIG`).
+pub fn child_command(test: &str, role: &str, name: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
@@ -83,10 +85,9 @@ pub fn spawn(test: &str, role: &str, name: &str, arg: u64) -> Kid {
     ])
     .env(ROLE, role)
     .env(NAME, name)
-    .env(ARG, arg.to_string())
     .stdout(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (prctl, getppid).
+    // makes async-signal-safe system calls (prctl).
     unsafe {
         cmd.pre_exec(|| {
             // Die with the parent (thread) instead of running on as an orphan.
@@ -103,6 +104,13 @@ pub fn spawn(test: &str, role: &str, name: &str, arg: u64) -> Kid {
             Ok(())
         });
     }
+    cmd
+}
+
+/// Re-executes this test binary to run `test` as a child playing `role`.
+pub fn spawn(test: &str, role: &str, name: &str, arg: u64) -> Kid {
+    let mut cmd = child_command(test, role, name);
+    cmd.env(ARG, arg.to_string());
     Kid(cmd.spawn().expect("spawn child"))
 }
 
