@@ -138,6 +138,43 @@ impl Registrar for super::reactor::Reactor {
     }
 }
 
+/// The registrar of a real poll: its tokio runtime's ring where the fast
+/// path applies (feature `tokio`), else the waiter thread. Looked up only
+/// when the poll is about to register, so a poll that completes at once
+/// pays nothing for the choice.
+#[cfg(not(loom))]
+#[derive(Default)]
+struct Current {
+    #[cfg(feature = "tokio")]
+    ring: std::cell::OnceCell<Option<std::sync::Arc<super::uring::Ring>>>,
+}
+
+#[cfg(not(loom))]
+impl Current {
+    #[cfg(feature = "tokio")]
+    fn ring(&self) -> Option<&std::sync::Arc<super::uring::Ring>> {
+        self.ring.get_or_init(super::uring::Ring::current).as_ref()
+    }
+}
+
+#[cfg(not(loom))]
+impl Registrar for Current {
+    fn register(&self, word: &AtomicU32, linger: bool) -> Reg {
+        #[cfg(feature = "tokio")]
+        if let Some(ring) = self.ring() {
+            return Registrar::register(ring, word, linger);
+        }
+        Registrar::register(super::reactor::Reactor::get(), word, linger)
+    }
+    fn owns(&self, reg: &Reg) -> bool {
+        #[cfg(feature = "tokio")]
+        if let Some(ring) = self.ring() {
+            return Registrar::owns(ring, reg);
+        }
+        Registrar::owns(super::reactor::Reactor::get(), reg)
+    }
+}
+
 #[cfg(all(feature = "tokio", not(loom)))]
 impl Registrar for std::sync::Arc<super::uring::Ring> {
     fn register(&self, _word: &AtomicU32, _linger: bool) -> Reg {
@@ -163,11 +200,7 @@ impl Park {
         target: Target<'_>,
         mut check: impl FnMut(Check) -> Option<R>,
     ) -> Poll<R> {
-        #[cfg(feature = "tokio")]
-        if let Some(ring) = super::uring::Ring::current() {
-            return self.poll_with(&ring, cx, target, &mut check);
-        }
-        self.poll_with(super::reactor::Reactor::get(), cx, target, &mut check)
+        self.poll_with(&Current::default(), cx, target, &mut check)
     }
 
     /// [`poll`](Self::poll) with the given registrar (model tests).

@@ -47,7 +47,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as StdOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Instant;
@@ -130,8 +130,6 @@ pub(crate) struct Ring {
     forks: u64,
     /// Cleared when the reaper task ends (its runtime shut down).
     alive: AtomicBool,
-    /// Waits submitted and not yet completed (cancelled ones included).
-    in_flight: AtomicUsize,
 }
 
 /// The descriptor tokio polls; owns the ring, so the descriptor stays
@@ -153,6 +151,8 @@ struct Inner {
     next_id: u64,
     /// A submission failed: never submit on this ring again.
     broken: bool,
+    /// Waits submitted and not yet completed (cancelled ones included).
+    in_flight: usize,
     /// The expiry of the earliest tick timer in the kernel, if known
     /// (later ones may be pending too; each firing rescans).
     timer_at: Option<Instant>,
@@ -281,6 +281,7 @@ impl Ring {
                 slots: HashMap::new(),
                 next_id: 0,
                 broken: false,
+                in_flight: 0,
                 timer_at: None,
             }),
         };
@@ -300,7 +301,6 @@ impl Ring {
             rt: handle.id(),
             forks: FORKS.load(StdOrdering::Relaxed),
             alive: AtomicBool::new(true),
-            in_flight: AtomicUsize::new(0),
         });
         let reaper = Reaper(ring.clone());
         handle.spawn(async move { reaper.run().await });
@@ -337,7 +337,12 @@ impl Ring {
             let mut g = self.inner();
             let mut timer = false;
             loop {
-                let Inner { uring, slots, .. } = &mut *g;
+                let Inner {
+                    uring,
+                    slots,
+                    in_flight,
+                    ..
+                } = &mut *g;
                 for cqe in uring.completion() {
                     let ud = cqe.user_data();
                     if ud == TIMER_UD {
@@ -346,8 +351,7 @@ impl Ring {
                     if ud & 1 == 1 {
                         continue;
                     }
-                    // Relaxed: a statistic, changed under the ring lock.
-                    self.in_flight.fetch_sub(1, StdOrdering::Relaxed);
+                    *in_flight -= 1;
                     if let Some(s) = slots.get_mut(&(ud >> 1)) {
                         s.in_flight = false;
                         wake.extend(s.waker.take());
@@ -538,17 +542,17 @@ impl Registration {
             w => *w = Some(waker.clone()),
         }
         slot.tick = tick;
-        let in_flight = slot.in_flight;
-        let mut r = match tick {
+        // A wait still in flight stays valid (module docs): its completion
+        // wakes `waker`; otherwise submit one.
+        let submit_wait = !slot.in_flight;
+        let r = match tick {
             Some(t) => Ring::set_timer(&mut g, t),
             None => Ok(()),
-        };
-        if in_flight {
-            // Still valid (module docs): its completion wakes `waker`.
-            if r.is_ok() {
-                return true;
+        }
+        .and_then(|()| {
+            if !submit_wait {
+                return Ok(());
             }
-        } else if r.is_ok() {
             let wait = opcode::FutexWait::new(
                 word.as_ptr().cast_const(),
                 u64::from(seen),
@@ -557,24 +561,23 @@ impl Registration {
             )
             .build()
             .user_data(wait_ud(self.id));
-            r = Ring::submit(&mut g, &[wait]);
-            if r.is_ok() {
-                if let Some(s) = g.slots.get_mut(&self.id) {
-                    s.in_flight = true;
-                }
-                // Relaxed: a statistic, changed under the ring lock.
-                self.ring.in_flight.fetch_add(1, StdOrdering::Relaxed);
-                return true;
+            Ring::submit(&mut g, &[wait])?;
+            g.in_flight += 1;
+            if let Some(s) = g.slots.get_mut(&self.id) {
+                s.in_flight = true;
             }
+            Ok(())
+        });
+        if r.is_err() {
+            // The fast path is broken here: switch it off for the process
+            // and poll again, on the waiter thread.
+            OFF.store(true, StdOrdering::Relaxed);
+            if let Some(s) = g.slots.get_mut(&self.id) {
+                s.waker = None;
+            }
+            drop(g);
+            waker.wake_by_ref();
         }
-        // The fast path is broken here: switch it off for the process and
-        // poll again, on the waiter thread.
-        OFF.store(true, StdOrdering::Relaxed);
-        if let Some(s) = g.slots.get_mut(&self.id) {
-            s.waker = None;
-        }
-        drop(g);
-        waker.wake_by_ref();
         true
     }
 }
@@ -604,11 +607,10 @@ pub(crate) fn stats() -> (usize, usize, usize) {
         .iter()
         .filter_map(|w| w.upgrade())
         .collect();
-    let regs = rings.iter().map(|r| r.inner().slots.len()).sum();
-    let flight = rings
-        .iter()
-        .map(|r| r.in_flight.load(StdOrdering::Relaxed))
-        .sum();
+    let (regs, flight) = rings.iter().fold((0, 0), |(n, f), r| {
+        let g = r.inner();
+        (n + g.slots.len(), f + g.in_flight)
+    });
     (rings.len(), regs, flight)
 }
 
@@ -645,6 +647,28 @@ mod tests {
             .unwrap()
     }
 
+    /// A runtime, its ring, a word holding `value`, and a counting waker.
+    fn fixture(
+        value: u32,
+    ) -> (
+        tokio::runtime::Runtime,
+        Arc<Ring>,
+        Box<AtomicU32>,
+        Arc<Count>,
+        Waker,
+    ) {
+        assert!(enabled(), "io_uring FUTEX_WAIT unavailable on this kernel");
+        let rt = rt();
+        let ring = rt.block_on(async { Ring::current() }).expect("a ring");
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        (rt, ring, Box::new(AtomicU32::new(value)), count, waker)
+    }
+
+    fn in_flight(ring: &Ring) -> usize {
+        ring.inner().in_flight
+    }
+
     /// Runs the runtime (so the reaper reaps) until `cond` or 5 s.
     fn until(rt: &tokio::runtime::Runtime, ring: &Ring, mut cond: impl FnMut(&Ring) -> bool) {
         rt.block_on(async {
@@ -659,24 +683,19 @@ mod tests {
 
     #[test]
     fn dropped_registration_cancels_its_wait_and_a_change_completes_one() {
-        assert!(enabled(), "io_uring FUTEX_WAIT unavailable on this kernel");
-        let rt = rt();
-        let ring = rt.block_on(async { Ring::current() }).expect("a ring");
-        let word = Box::new(AtomicU32::new(7));
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (rt, ring, word, count, waker) = fixture(7);
         // A stale `seen` arms nothing.
         let reg = ring.register();
         assert!(!reg.arm(&word, 6, &waker, None));
-        assert_eq!(ring.in_flight.load(StdOrdering::SeqCst), 0);
+        assert_eq!(in_flight(&ring), 0);
         // Armed without a tick: only a change or a cancel ends the wait.
         assert!(reg.arm(&word, 7, &waker, None));
-        assert_eq!(ring.in_flight.load(StdOrdering::SeqCst), 1);
+        assert_eq!(in_flight(&ring), 1);
         // A re-arm while in flight submits nothing more.
         assert!(reg.arm(&word, 7, &waker, None));
-        assert_eq!(ring.in_flight.load(StdOrdering::SeqCst), 1);
+        assert_eq!(in_flight(&ring), 1);
         drop(reg);
-        until(&rt, &ring, |r| r.in_flight.load(StdOrdering::SeqCst) == 0);
+        until(&rt, &ring, |r| in_flight(r) == 0);
         assert_eq!(
             count.0.load(StdOrdering::SeqCst),
             0,
@@ -688,19 +707,14 @@ mod tests {
         assert!(reg.arm(&word, 7, &waker, None));
         word.store(8, Ordering::Release);
         crate::sys::futex::wake_all(&word);
-        until(&rt, &ring, |r| r.in_flight.load(StdOrdering::SeqCst) == 0);
+        until(&rt, &ring, |r| in_flight(r) == 0);
         assert_eq!(count.0.load(StdOrdering::SeqCst), 1);
         drop(reg);
     }
 
     #[test]
     fn the_tick_timer_wakes_a_registration_whose_word_never_changes() {
-        assert!(enabled(), "io_uring FUTEX_WAIT unavailable on this kernel");
-        let rt = rt();
-        let ring = rt.block_on(async { Ring::current() }).expect("a ring");
-        let word = Box::new(AtomicU32::new(0));
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (rt, ring, word, count, waker) = fixture(0);
         let reg = ring.register();
         let t0 = Instant::now();
         assert!(reg.arm(&word, 0, &waker, Some(t0 + Duration::from_millis(30))));
@@ -708,8 +722,8 @@ mod tests {
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(29), "woken early: {took:?}");
         // The wait itself is still in the kernel, and still valid.
-        assert_eq!(ring.in_flight.load(StdOrdering::SeqCst), 1);
+        assert_eq!(in_flight(&ring), 1);
         drop(reg);
-        until(&rt, &ring, |r| r.in_flight.load(StdOrdering::SeqCst) == 0);
+        until(&rt, &ring, |r| in_flight(r) == 0);
     }
 }

@@ -225,7 +225,7 @@ pub fn check_large(msg: &[u8]) -> u64 {
 /// Whether pending futures in a tokio runtime wait through io_uring here
 /// (feature `tokio` on a kernel with io_uring `FUTEX_WAIT`), rather than
 /// through the waiter thread.
-#[cfg(feature = "async")]
+#[cfg(all(feature = "async", not(loom)))]
 #[allow(dead_code)]
 pub fn uses_uring() -> bool {
     #[cfg(feature = "tokio")]
@@ -236,7 +236,7 @@ pub fn uses_uring() -> bool {
 
 /// Waits registered in this process, on either backend: futex words of
 /// the waiter threads, or io_uring waits in the kernel.
-#[cfg(feature = "async")]
+#[cfg(all(feature = "async", not(loom)))]
 #[allow(dead_code)]
 pub fn pending_waits() -> usize {
     #[cfg(feature = "tokio")]
@@ -248,7 +248,7 @@ pub fn pending_waits() -> usize {
 
 /// `(registrations, waits in the kernel)` of the io_uring fast path;
 /// zeros without the feature `tokio`.
-#[cfg(feature = "async")]
+#[cfg(all(feature = "async", not(loom)))]
 #[allow(dead_code)]
 pub fn uring_waits() -> (usize, usize) {
     #[cfg(feature = "tokio")]
